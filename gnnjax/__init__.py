@@ -1,0 +1,1 @@
+"""gnnjax: graph neural network research at scale in JAX."""

@@ -1,0 +1,1 @@
+"""Training: losses, optimizers, input pipelines, checkpoints and the loop that ties them."""

@@ -1,0 +1,119 @@
+"""Input pipelines: which padded batches a split sees.
+
+* `GraphTaskPipeline` (inductive graph tasks): each split is a set of graph indices; batches of
+  `batch_size` graphs, shuffled per epoch for training, padded to a budget ladder shared by all
+  splits (so eval and train reuse compilations).
+* `NodeTaskPipeline` (transductive node tasks): every split sees all graphs with all their edges;
+  the split only changes which nodes count (`nodes['<split>_mask']`). A single-graph dataset
+  (Cora) is one full batch, padded once.
+
+Shuffling uses `np.random.default_rng((seed, epoch))`, so epoch k's order does not depend on
+how many epochs ran before it: a resumed run sees exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping, Sequence
+
+import jraph
+import numpy as np
+
+from gnnjax import batching
+from gnnjax.data import dataset as ds
+
+
+class GraphTaskPipeline:
+  """Mini-batches of whole graphs for graph-level tasks."""
+
+  task_level = ds.GRAPH
+
+  def __init__(self, dataset: ds.GraphDataset, splits: Mapping[str, Sequence[int]],
+               batch_size: int, seed: int = 0):
+    if dataset.task_level != ds.GRAPH:
+      raise ValueError(f"{dataset.name} is a {dataset.task_level}-level task; use NodeTaskPipeline")
+    self.dataset = dataset
+    self.splits = {k: np.asarray(v, np.int64) for k, v in splits.items() if len(v)}
+    if "train" not in self.splits:
+      raise ValueError("splits must contain a non-empty 'train' split")
+    self.batch_size = batch_size
+    self.seed = seed
+    self.packed = batching.PackedGraphs.from_graphs(dataset.graphs)
+    self.ladder = batching.budget_ladder(self.packed, batch_size)
+
+  @property
+  def split_names(self) -> list[str]:
+    return list(self.splits)
+
+  def steps_per_epoch(self) -> int:
+    return -(-len(self.splits["train"]) // self.batch_size)
+
+  def train_batches(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
+    rng = np.random.default_rng((self.seed, epoch))
+    return batching.iterate_batches(self.packed, self.batch_size, self.ladder, rng=rng,
+                                    indices=self.splits["train"])
+
+  def eval_batches(self) -> Iterator[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
+    """(batch, splits it scores) pairs covering every split once."""
+    for split, idx in self.splits.items():
+      for batch in batching.iterate_batches(self.packed, self.batch_size, self.ladder,
+                                            indices=idx):
+        yield batch, (split,)
+
+  def example_batch(self) -> jraph.GraphsTuple:
+    return next(iter(self.train_batches(0)))
+
+
+class NodeTaskPipeline:
+  """All graphs, all edges; splits are node masks (transductive node tasks)."""
+
+  task_level = ds.NODE
+
+  def __init__(self, dataset: ds.GraphDataset, batch_size: int | None = None, seed: int = 0):
+    if dataset.task_level != ds.NODE:
+      raise ValueError(f"{dataset.name} is a {dataset.task_level}-level task; use GraphTaskPipeline")
+    nodes = dataset.graphs[0].nodes
+    self._split_names = [s for s in ("train", "val", "test")
+                         if f"{s}_mask" in nodes and any(g.nodes[f"{s}_mask"].any()
+                                                         for g in dataset.graphs)]
+    if "train" not in self._split_names:
+      raise ValueError(f"{dataset.name} has no 'train_mask' on its nodes; apply a node split "
+                       "(gnnjax.data.splits.random_node_split) first")
+    self.dataset = dataset
+    self.batch_size = batch_size or len(dataset)
+    self.seed = seed
+    self.packed = batching.PackedGraphs.from_graphs(dataset.graphs)
+    self.ladder = batching.budget_ladder(self.packed, self.batch_size)
+    self._full = (self.packed.gather(np.arange(len(dataset)), self.ladder[-1])
+                  if self.batch_size >= len(dataset) else None)
+
+  @property
+  def split_names(self) -> list[str]:
+    return list(self._split_names)
+
+  def steps_per_epoch(self) -> int:
+    return -(-len(self.dataset) // self.batch_size)
+
+  def train_batches(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
+    if self._full is not None:
+      return iter([self._full])
+    rng = np.random.default_rng((self.seed, epoch))
+    return batching.iterate_batches(self.packed, self.batch_size, self.ladder, rng=rng)
+
+  def eval_batches(self) -> Iterator[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
+    batches = ([self._full] if self._full is not None else
+               batching.iterate_batches(self.packed, self.batch_size, self.ladder))
+    for batch in batches:
+      yield batch, tuple(self._split_names)
+
+  def example_batch(self) -> jraph.GraphsTuple:
+    return next(iter(self.train_batches(0)))
+
+
+def make_pipeline(dataset: ds.GraphDataset, splits: Mapping[str, Sequence[int]] | None,
+                  batch_size: int, seed: int = 0):
+  """The pipeline for the dataset's task level (`splits` are graph indices; node tasks: None)."""
+  if dataset.task_level == ds.NODE:
+    return NodeTaskPipeline(dataset, batch_size, seed)
+  if splits is None:
+    raise ValueError("graph-level tasks need graph index splits")
+  return GraphTaskPipeline(dataset, splits, batch_size, seed)
