@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 import pathlib
 import tempfile
@@ -107,11 +106,19 @@ def fetch(remote: RemoteFile, data_dir: str | os.PathLike | None = None,
         f"{remote.relpath} not found under any data root ({where}); downloads are disabled. "
         f"Place the file at <data_dir>/{remote.relpath} and pass --data_dir or set {ENV_DATA}.")
   try:
-    payload = _download(remote.url)
-    if remote.archive_member is not None:
-      with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+    if remote.archive_member is None:
+      payload = _download(remote.url)
+    else:
+      # Archives are kept in the cache so that their other members need no new download.
+      archive_path = cache_dir() / "_archives" / remote.url.rsplit("/", 1)[-1]
+      if not archive_path.is_file():
+        _write_atomic(archive_path, _download(remote.url))
+      with zipfile.ZipFile(archive_path) as archive:
+        if remote.archive_member not in archive.namelist():
+          raise ArchiveMemberMissingError(
+              f"{remote.url} has no member {remote.archive_member}")
         payload = archive.read(remote.archive_member)
-  except (urllib.error.URLError, OSError, KeyError, zipfile.BadZipFile) as e:
+  except (urllib.error.URLError, OSError, zipfile.BadZipFile) as e:
     raise DatasetUnavailableError(
         f"{remote.relpath} not found under any data root ({where}) and the download from "
         f"{remote.url} failed ({e}). If this machine is offline, copy the file to "
@@ -125,6 +132,10 @@ def fetch(remote: RemoteFile, data_dir: str | os.PathLike | None = None,
           f"{remote.sha256}, got {got}; the file was not saved.")
   _write_atomic(target, payload)
   return target
+
+
+class ArchiveMemberMissingError(KeyError):
+  """The downloaded archive exists but does not contain the requested file."""
 
 
 class DatasetChecksumError(ValueError):

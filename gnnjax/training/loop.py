@@ -128,10 +128,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task_lev
   return step
 
 
-def make_predict(model: nn.Module) -> Callable:
-  """A jitted (params, batch_stats, batch) -> outputs function in eval mode."""
-  return jax.jit(lambda params, batch_stats, batch: model.apply(
-      _variables(params, batch_stats), batch, train=False))
+def make_predict(model: nn.Module, task_level: str, task_type: str) -> Callable:
+  """A jitted (params, batch_stats, batch, splits) -> (outputs, {split: (labels, mask)}) in eval
+  mode; `splits` is a static tuple of split names."""
+
+  def predict(params, batch_stats, batch, splits):
+    outputs = model.apply(_variables(params, batch_stats), batch, train=False)
+    return outputs, {s: losses.targets_and_mask(batch, task_level, task_type, s) for s in splits}
+
+  return jax.jit(predict, static_argnums=3)
 
 
 def evaluate(predict: Callable, params, batch_stats, pipeline, task_type: str,
@@ -139,17 +144,14 @@ def evaluate(predict: Callable, params, batch_stats, pipeline, task_type: str,
   """Loss and metrics per split, from host-collected masked predictions."""
   collected: dict[str, list] = {}
   for batch, splits in pipeline.eval_batches():
-    outputs = predict(params, batch_stats, batch)
-    for split in splits:
-      labels, mask = losses.targets_and_mask(batch, pipeline.task_level, task_type, split)
-      outputs_np, labels_np, mask_np = map(np.asarray, (outputs, labels, mask))
-      rows = mask_np if mask_np.ndim == 1 else mask_np.any(axis=1)
-      collected.setdefault(split, []).append((outputs_np[rows], labels_np[rows], mask_np[rows]))
+    outputs, targets = jax.device_get(predict(params, batch_stats, batch, splits))
+    for split, (labels, mask) in targets.items():
+      rows = mask if mask.ndim == 1 else mask.any(axis=1)
+      collected.setdefault(split, []).append((outputs[rows], labels[rows], mask[rows]))
   results = {}
   for split, parts in collected.items():
     outputs, labels, mask = (np.concatenate(p, axis=0) for p in zip(*parts))
-    loss, _ = losses.masked_loss(jnp.asarray(outputs), jnp.asarray(labels), jnp.asarray(mask),
-                                 task_type)
+    loss, _ = losses.masked_loss(outputs, labels, mask, task_type)
     results[split] = {"loss": float(loss)}
     for name in metric_names:
       results[split][name] = metrics_lib.evaluate_metric(name, outputs, labels, mask)
@@ -178,7 +180,7 @@ def fit(model: nn.Module, pipeline, dataset_task_type: str, optim_config: optim.
   state = init_state(model, pipeline.example_batch(), tx, key)
   best_vars = (state.params, state.batch_stats)
   train_step = make_train_step(model, tx, pipeline.task_level, task_type)
-  predict = make_predict(model)
+  predict = make_predict(model, pipeline.task_level, task_type)
 
   history: list[dict] = []
   best_epoch, best_value, best_metrics = -1, None, {}
