@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import dataclasses
 import os
 import pathlib
 import pickle
@@ -350,3 +351,21 @@ def load_planetoid(name: str, data_dir: str | os.PathLike | None = None, split: 
   }
   return GraphDataset(name=key, graphs=[graph], task_level=NODE, task_type=MULTICLASS,
                       num_outputs=num_classes, report=report)
+
+
+def resplit(dataset: GraphDataset, split: str, seed: int = 0) -> GraphDataset:
+  """The same Planetoid graph with another split: 'public' keeps the loaded one (it must be the
+  public split), 'random' draws 20 per class / 500 / 1000 with `seed`."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+  if split == "public":
+    if dataset.report.get("split") != "public":
+      raise ValueError(f"{dataset.name} was loaded with split {dataset.report.get('split')!r}; "
+                       "reload it with split='public'")
+    return dataset
+  graph = dataset.graphs[0]
+  masks = _random_split(graph.nodes["y"], graph.nodes["label_mask"], dataset.num_outputs, seed)
+  report = dict(dataset.report, split=f"random(seed={seed})",
+                split_sizes={k: int(m.sum()) for k, m in zip(splits.SPLIT_KEYS, masks)})
+  return dataclasses.replace(dataset, graphs=[splits.with_node_split(graph, *masks)],
+                             report=report)

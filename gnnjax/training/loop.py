@@ -26,7 +26,6 @@ import optax
 from absl import logging
 
 from gnnjax import metrics as metrics_lib
-from gnnjax.data import dataset as ds
 from gnnjax.training import checkpoint as ckpt_lib
 from gnnjax.training import losses
 from gnnjax.training import optim
