@@ -212,7 +212,9 @@ def fit(model: nn.Module, pipeline, dataset_task_type: str, optim_config: optim.
     if epoch == 0 or (epoch + 1) % config.eval_every == 0 or is_last:
       results = evaluate(predict, state.params, state.batch_stats, pipeline, task_type,
                          metric_names)
-      record = {"epoch": epoch, "train_loss": train_loss,
+      # 'epoch_loss' is the running loss of the training pass (dropout on); 'train_loss' the
+      # clean evaluation on the train split.
+      record = {"epoch": epoch, "epoch_loss": train_loss,
                 **{f"{s}_{k}": v for s, r in results.items() for k, v in r.items()}}
       history.append(record)
       value = results[selection_split][metric]
@@ -238,10 +240,10 @@ def fit(model: nn.Module, pipeline, dataset_task_type: str, optim_config: optim.
 
 
 def _split_record(record: dict) -> dict[str, dict[str, float]]:
-  """{'val_accuracy': x, ...} -> {'val': {'accuracy': x}, ...} (epoch/train_loss dropped)."""
+  """{'val_accuracy': x, ...} -> {'val': {'accuracy': x}, ...} (epoch/epoch_loss dropped)."""
   out: dict[str, dict[str, float]] = {}
   for key, value in record.items():
-    if key in ("epoch", "train_loss"):
+    if key in ("epoch", "epoch_loss"):
       continue
     split, name = key.split("_", 1)
     out.setdefault(split, {})[name] = value
