@@ -27,19 +27,25 @@ Array = jax.Array
 # Padding masks (jittable). Real = True.
 
 
+def _jnp_counts(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+  # jraph indexes n_node with traced values; NumPy counts captured by a jitted function would
+  # fail there, so the counts are made JAX arrays first.
+  return graph._replace(n_node=jnp.asarray(graph.n_node), n_edge=jnp.asarray(graph.n_edge))
+
+
 def node_mask(graph: jraph.GraphsTuple) -> Array:
   """bool [N]: True for real nodes of a padded graph."""
-  return jraph.get_node_padding_mask(graph)
+  return jraph.get_node_padding_mask(_jnp_counts(graph))
 
 
 def edge_mask(graph: jraph.GraphsTuple) -> Array:
   """bool [E]: True for real edges of a padded graph."""
-  return jraph.get_edge_padding_mask(graph)
+  return jraph.get_edge_padding_mask(_jnp_counts(graph))
 
 
 def graph_mask(graph: jraph.GraphsTuple) -> Array:
   """bool [G]: True for real graphs of a padded graph."""
-  return jraph.get_graph_padding_mask(graph)
+  return jraph.get_graph_padding_mask(_jnp_counts(graph))
 
 
 def num_nodes(graph: jraph.GraphsTuple) -> int:
@@ -95,27 +101,31 @@ def gcn_normalization(graph: jraph.GraphsTuple, add_self_loops: bool = True,
                       edge_weight: Array | None = None) -> tuple[Array, Array]:
   """Symmetric normalisation D^-1/2 (A + I) D^-1/2 of Kipf & Welling, without copying edges.
 
-  Self-loops are handled implicitly, as PyG's `add_remaining_self_loops`: a node that already
-  has a self-loop edge keeps it (weight as given) and gets no extra one.
+  Self-loops follow PyG's `add_remaining_self_loops`: existing self-loop edges are replaced by
+  exactly one loop per node, whose weight is that of the node's last self-loop edge (1 if it
+  has none). Without `add_self_loops`, self-loop edges count as ordinary edges.
 
   Args:
     graph: padded graph with E edges and N nodes.
-    add_self_loops: whether to include I.
+    add_self_loops: whether to use A + I.
     edge_weight: optional float [E] weights of A.
 
   Returns:
     (edge_coef [E], self_coef [N]): out_i = self_coef_i x_i + sum_{e: j->i} edge_coef_e x_j.
-    Padding edges get coefficient 0.
+    Padding edges (and replaced self-loop edges) get coefficient 0.
   """
   n = num_nodes(graph)
   emask = edge_mask(graph)
   w = emask.astype(jnp.float32) if edge_weight is None else jnp.where(emask, edge_weight, 0.0)
   if add_self_loops:
     is_loop = (graph.senders == graph.receivers) & emask
-    has_loop = jax.ops.segment_max(is_loop.astype(jnp.float32), graph.receivers, num_segments=n)
-    self_w = 1.0 - jnp.maximum(has_loop, 0.0)  # segment_max of an empty segment is -inf
+    edge_ids = jnp.arange(w.shape[0])
+    last_loop = jax.ops.segment_max(jnp.where(is_loop, edge_ids, -1), graph.receivers,
+                                    num_segments=n)
+    self_w = jnp.where(last_loop >= 0, w[jnp.maximum(last_loop, 0)], 1.0)
+    w = jnp.where(is_loop, 0.0, w)
   else:
-    self_w = jnp.zeros((n,), jnp.float32)
+    self_w = jnp.zeros((n,), w.dtype)
   deg = jax.ops.segment_sum(w, graph.receivers, num_segments=n) + self_w
   inv_sqrt = jnp.where(deg > 0, jax.lax.rsqrt(jnp.maximum(deg, 1e-30)), 0.0)
   edge_coef = inv_sqrt[graph.senders] * w * inv_sqrt[graph.receivers]

@@ -95,11 +95,9 @@ def test_degrees_and_gcn_normalization_against_dense():
   a = _dense_adjacency(g, n)
   np.testing.assert_allclose(graph_lib.in_degree(batch)[:n], a.sum(1))
   np.testing.assert_allclose(graph_lib.out_degree(batch)[:n], a.sum(0))
-  # PyG add_remaining_self_loops: nodes with a self-loop keep theirs, others get weight 1.
-  a_hat = a.copy()
-  for i in range(n):
-    if a[i, i] == 0:
-      a_hat[i, i] = 1.0
+  # PyG add_remaining_self_loops: each node ends with exactly one self-loop of weight 1 (node 4
+  # had two loop edges here, plus whatever the random edges added).
+  a_hat = a - np.diag(np.diag(a)) + np.eye(n)
   d = a_hat.sum(1)
   ref = a_hat / np.sqrt(np.outer(d, d))
   edge_coef, self_coef = graph_lib.gcn_normalization(batch)

@@ -23,24 +23,31 @@ glorot = nn.initializers.glorot_uniform()
 
 
 class GCNConv(nn.Module):
-  """Kipf & Welling: out = D^-1/2 (A + I) D^-1/2 X W + b (PyG GCNConv)."""
+  """Kipf & Welling: out = D^-1/2 (A + I) D^-1/2 X W + b (PyG GCNConv).
+
+  With normalize=False the layer is a plain (weighted) sum over incoming edges; as in PyG,
+  add_self_loops defaults to `normalize` and cannot be set without normalisation.
+  """
 
   features: int
-  add_self_loops: bool = True
+  add_self_loops: bool | None = None
   normalize: bool = True
   use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Array, graph: jraph.GraphsTuple, edge_weight: Array | None = None
                ) -> Array:
+    add_loops = self.normalize if self.add_self_loops is None else self.add_self_loops
+    if add_loops and not self.normalize:
+      raise ValueError("GCNConv: add_self_loops=True needs normalize=True (as in PyG)")
     h = nn.Dense(self.features, use_bias=False, kernel_init=glorot, name="lin")(x)
     n = x.shape[0]
     if self.normalize:
-      edge_coef, self_coef = graph_lib.gcn_normalization(graph, self.add_self_loops, edge_weight)
+      edge_coef, self_coef = graph_lib.gcn_normalization(graph, add_loops, edge_weight)
     else:
       mask = graph_lib.edge_mask(graph)
       edge_coef = mask.astype(h.dtype) if edge_weight is None else jnp.where(mask, edge_weight, 0)
-      self_coef = jnp.full((n,), 1.0 if self.add_self_loops else 0.0, h.dtype)
+      self_coef = jnp.zeros((n,), h.dtype)
     messages = h[graph.senders] * edge_coef[:, None]
     out = jax.ops.segment_sum(messages, graph.receivers, num_segments=n) + self_coef[:, None] * h
     if self.use_bias:

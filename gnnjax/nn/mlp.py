@@ -61,10 +61,12 @@ class MaskedBatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
     if train:
-      w = jnp.ones(x.shape[:1], x.dtype) if mask is None else mask.astype(x.dtype)
-      count = jnp.maximum(w.sum(), 1.0)
-      mean = (w[:, None] * x).sum(0) / count
-      var = (w[:, None] * (x - mean) ** 2).sum(0) / count
+      keep = jnp.ones(x.shape[:1], bool) if mask is None else mask
+      keep = keep[:, None]
+      # jnp.where, not a multiplication: 0 * (overflowing padding) would be NaN.
+      count = jnp.maximum(keep.sum(), 1).astype(x.dtype)
+      mean = jnp.where(keep, x, 0).sum(0) / count
+      var = jnp.where(keep, (x - mean) ** 2, 0).sum(0) / count
       if not self.is_initializing():
         unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
