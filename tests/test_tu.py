@@ -38,7 +38,7 @@ def _offline(monkeypatch):
 def loaded(request):
   root = request.getfixturevalue("data_dir")
   start = time.perf_counter()
-  datasets = {name: tu.load_tu(name, root) for name in SHIPPED}
+  datasets = {name: tu.load_tu(name, root, use_node_attr=True) for name in SHIPPED}
   return datasets, time.perf_counter() - start
 
 
@@ -159,7 +159,7 @@ def test_toy_dataset_features_and_local_ids(tmp_path):
   _write(tmp_path, "TOY", **TOY, node_labels="3, 0\n5, 1\n3, 0\n4, 1\n5, 0\n",
          node_attributes="0.5, 1\n1.5, 2\n2.5, 3\n3.5, 4\n4.5, 5\n",
          edge_labels="1\n1\n2\n2\n1\n1\n", edge_attributes="0.1\n0.2\n0.3\n0.4\n0.5\n0.6\n")
-  dataset = tu.load_tu("TOY", tmp_path)
+  dataset = tu.load_tu("TOY", tmp_path, use_node_attr=True, use_edge_attr=True)
   first, second = dataset.graphs
   # Attributes (2), then label column 1 one-hot over 3..5 (3), then column 2 over 0..1 (2).
   np.testing.assert_array_equal(first.nodes["x"], np.array([
@@ -267,7 +267,7 @@ def test_embedded_checksums_cover_shipped_files(data_dir):
 
 def _load_bad(tmp_path, **changes):
   _write(tmp_path, "BAD", **{**TOY, **changes})
-  return tu.load_tu("BAD", tmp_path)
+  return tu.load_tu("BAD", tmp_path, use_node_attr=True, use_edge_attr=True)
 
 
 @pytest.mark.parametrize("changes,pattern", [
@@ -305,3 +305,11 @@ def _load_bad(tmp_path, **changes):
 def test_malformed_files(tmp_path, changes, pattern):
   with pytest.raises(DataFormatError, match=pattern):
     _load_bad(tmp_path, **changes)
+
+
+def test_node_attributes_are_off_by_default_as_in_pyg(data_dir):
+  plain = tu.load_tu("PROTEINS", data_dir)
+  with_attr = tu.load_tu("PROTEINS", data_dir, use_node_attr=True)
+  assert plain.num_node_features == 3  # one-hot labels only (GIN / GraphGym inputs)
+  assert with_attr.num_node_features == 4
+  np.testing.assert_array_equal(with_attr.graphs[5].nodes["x"][:, 1:], plain.graphs[5].nodes["x"])

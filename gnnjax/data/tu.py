@@ -328,17 +328,22 @@ def _edge_facts(edges: np.ndarray, num_nodes: int) -> dict[str, int | bool]:
   }
 
 
-def load_tu(name: str, data_dir: str | os.PathLike | None = None) -> GraphDataset:
+def load_tu(name: str, data_dir: str | os.PathLike | None = None, use_node_attr: bool = False,
+            use_edge_attr: bool = False) -> GraphDataset:
   """Loads a TU Dortmund graph-classification dataset.
 
   Args:
     name: dataset name as TU Dortmund spells it (e.g. 'PROTEINS', 'IMDB-BINARY'); the shipped
       datasets (BZR, DHFR, MUTAG, NCI109, PROTEINS) match in any case.
     data_dir: data root holding tu/NAME/; see `gnnjax.data.sources`.
+    use_node_attr: include the continuous node attributes (off by default, as PyG's TUDataset:
+      the published GIN/GraphGym numbers use one-hot node labels only; PROTEINS' attribute is an
+      unnormalised count up to 798).
+    use_edge_attr: include continuous edge attributes (off by default, as PyG).
 
   Returns:
-    A graph-level multiclass dataset: per graph nodes['x'] float32 `[n, F]` (node attributes,
-    then one-hot node labels; a constant 1 column when the dataset has neither), edges['x']
+    A graph-level multiclass dataset: per graph nodes['x'] float32 `[n, F]` (node attributes if
+    requested, then one-hot node labels; a constant 1 column when there is neither), edges['x']
     float32 `[e, Fe]` (edge attributes, then one-hot edge labels) when present, globals['y']
     int32 `[1]` in 0..C-1. Edges are the file's, both directions as listed, in file order.
     `report` records the files, the label mapping and edge facts.
@@ -349,6 +354,11 @@ def load_tu(name: str, data_dir: str | os.PathLike | None = None) -> GraphDatase
   """
   name = _canonical_name(name)
   paths = _locate_files(name, data_dir)
+  available = dict(paths)
+  if not use_node_attr:
+    paths.pop("node_attributes", None)
+  if not use_edge_attr:
+    paths.pop("edge_attributes", None)
   graph_of_node = _graph_of_node(paths["graph_indicator"])
   num_nodes = graph_of_node.size
   num_graphs = int(graph_of_node[-1]) + 1
@@ -360,7 +370,7 @@ def load_tu(name: str, data_dir: str | os.PathLike | None = None) -> GraphDatase
   edge_x = _features(paths, "edge_attributes", "edge_labels", edges.shape[0], "edge in _A.txt")
   graphs = _split_into_graphs(graph_of_node, edges, labels, node_x, edge_x)
   report = {
-      "source": {kind: str(path) for kind, path in paths.items()},
+      "source": {kind: str(path) for kind, path in available.items()},
       "label_map": label_map,
       "class_counts": np.bincount(labels, minlength=len(label_map)).tolist(),
       "node_features": _describe_features(paths, "node"),
