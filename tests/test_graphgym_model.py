@@ -398,3 +398,10 @@ def test_end_to_end_training_reduces_loss():
   losses = [record["train_loss"] for record in result.history]
   assert losses[-1] < 0.5 * losses[0], losses
   assert result.last["train"]["accuracy"] >= 0.9
+
+
+def test_l2_normalize_has_finite_gradient_on_zero_rows():
+  x = jnp.zeros((2, 3)).at[1].set(jnp.array([3.0, 4.0, 0.0]))
+  grad = jax.grad(lambda v: graphgym.l2_normalize(v).sum())(x)
+  assert np.all(np.isfinite(np.asarray(grad)))
+  np.testing.assert_allclose(graphgym.l2_normalize(x)[1], [0.6, 0.8, 0.0], rtol=1e-6)

@@ -117,8 +117,10 @@ class GeneralLayer(nn.Module):
 
 def l2_normalize(x: Array) -> Array:
   """Row-wise x / max(||x||_2, 1e-12), as torch.nn.functional.normalize."""
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, L2_EPS)
+  # max(., eps^2) inside the sqrt: the same value as torch's max(norm, eps), and a zero gradient
+  # (not NaN) for an all-zero row, which sqrt(0) would give.
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), L2_EPS ** 2))
+  return x / norm
 
 
 class GraphGymGNN(nn.Module):
