@@ -395,7 +395,7 @@ def test_end_to_end_training_reduces_loss():
   result = loop.fit(model, pipeline, dataset.task_type, optim_config(design),
                     fit_config(design, seed=0, eval_every=5))
   assert result.status == "ok"
-  losses = [record["train_loss"] for record in result.history]
+  losses = [record["epoch_loss"] for record in result.history]
   assert losses[-1] < 0.5 * losses[0], losses
   assert result.last["train"]["accuracy"] >= 0.9
 

@@ -117,9 +117,11 @@ class GeneralLayer(nn.Module):
 
 def l2_normalize(x: Array) -> Array:
   """Row-wise x / max(||x||_2, 1e-12), as torch.nn.functional.normalize."""
-  # max(., eps^2) inside the sqrt: the same value as torch's max(norm, eps), and a zero gradient
-  # (not NaN) for an all-zero row, which sqrt(0) would give.
-  norm = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), L2_EPS ** 2))
+  squared = jnp.sum(x * x, axis=-1, keepdims=True)
+  # The double where keeps torch's value max(||x||, eps) and gives a finite gradient for an
+  # all-zero row, where d sqrt(s)/ds at s = 0 would be inf (and 0 * inf = NaN).
+  big = squared > L2_EPS ** 2
+  norm = jnp.where(big, jnp.sqrt(jnp.where(big, squared, 1.0)), L2_EPS)
   return x / norm
 
 
