@@ -48,7 +48,8 @@ flags.DEFINE_integer("step_size", 50, "Epochs between decays of the 'step' sched
 flags.DEFINE_float("step_gamma", 0.5, "Decay factor of the 'step' schedule.")
 flags.DEFINE_integer("epochs", 200, "Training epochs.")
 flags.DEFINE_integer("batch_size", 32, "Graphs per batch (node tasks on one graph: full batch).")
-flags.DEFINE_integer("eval_every", 1, "Evaluate every k epochs.")
+flags.DEFINE_integer("eval_every", None, "Evaluate every k epochs (default: 1; 20 with --design, "
+                     "GraphGym's eval period).")
 flags.DEFINE_string("metric", None, "Model-selection metric (default by task type).")
 flags.DEFINE_string("seeds", "0", "Seeds: a comma list (0,1,2) or a range (0-9).")
 flags.DEFINE_enum("split", "default", list(data_lib.SPLIT_PROTOCOLS), "Split protocol.")
@@ -115,7 +116,8 @@ def main(argv):
   if FLAGS.metrics_dir:
     os.makedirs(FLAGS.metrics_dir, exist_ok=True)
   fit_config = loop.FitConfig(
-      epochs=epochs, eval_every=FLAGS.eval_every, metric=FLAGS.metric,
+      epochs=epochs, eval_every=FLAGS.eval_every or (20 if design is not None else 1),
+      metric=FLAGS.metric,
       log_path=FLAGS.metrics_dir and os.path.join(FLAGS.metrics_dir, "metrics"),
       checkpoint_dir=FLAGS.checkpoint_dir, checkpoint_every=FLAGS.checkpoint_every,
       log_every=FLAGS.log_every)
