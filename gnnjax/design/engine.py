@@ -1,0 +1,836 @@
+"""The population engine: many (design, seed) trials of one task trained as one program.
+
+    results = train_population(designs, dataset, seeds=[1, 2, 3])   # one TrialResult each
+
+Approach: a superset program (`gnnjax.models.superset`). The designs of a group share one
+parameter layout padded to the group's maxima (widths with zero channels, extra layers as the
+identity, choices selected per design with `jnp.where`), and one jitted step, vmapped over the
+population axis, trains them all. Per member, the step reads its own arrays: the design's spec,
+optimizer code, learning rate, weight decay, momentum and epoch count, its PRNG key and which
+seed's batch stream it follows. A member is frozen (its update dropped with `where`) once past
+its own epoch count or once its epoch loss is non-finite; nothing in the step reduces over the
+population axis, so a member never affects another.
+
+Exactness. A member reproduces `gnnjax.design.reference.train_design` of the same (design, seed)
+up to float reassociation: the same initial parameters (the design's own GraphGymGNN.init
+values, drawn inside the program with loop.init_state's keys), the same batches (the reference
+pipelines of each seed, re-padded to a common budget: padding never reaches a real value), the
+same dropout masks (flax's per-layer keys, the design's own draw read out of a flat one), and
+optax's arithmetic with per-member hyperparameters (Adam and AdamW share one moment state;
+SGD's momentum trace exists only when some member uses SGD). Evaluation mirrors `loop.evaluate`
+(host metrics on the same rows) at the same epochs, and divergence is detected as loop.fit does
+(non-finite mean loss of an epoch). Caveat: a gradient that is zero only by symmetry (e.g. a
+batch-norm shift under max pooling and a batch-normalised head) is rounding noise, which Adam
+scales to full steps; such trajectories differ between any two programs, including two runs of
+the reference on a GPU (scatter-adds are not ordered there).
+
+Grouping and compilation. Members are grouped by (conv type, GAT heads, batch size): the conv
+type decides which modules exist and the batch size the steps per epoch. A group has one layout
+and one padded chunk size, so it compiles once (per batch shape of the budget ladder: a handful)
+however many designs and chunks it has. Chunks are filled in order of (epochs, width), so a
+chunk's members finish at similar epochs.
+
+Devices. The population axis of every per-member array is sharded over the devices
+(`NamedSharding(make_mesh((n,), ('pop',)), P('pop'))`); batches are replicated. A chunk is padded
+to a multiple of the device count with frozen copies of its last member, dropped afterwards.
+Nothing changes between 1 CPU, 1 GPU and 8 GPUs.
+
+Memory. `estimate_member_bytes` is an upper bound of a member's bytes in a training step (3-7x
+above XLA's memory analysis). If the whole group fits MEMORY_FRACTION of the smallest device's
+limit by it, the group is one chunk; otherwise the engine compiles a step with one member per
+device and sizes chunks from XLA's `memory_analysis()`. `max_parallel` overrides both. A chunk
+that still runs out of memory is split in two; a single member that does not fit is trained
+alone with loop.fit (`reference.train_design`, unpadded), else reported 'failed'.
+
+Measured (2026-11-21, one H200, jax 0.11.2): 32 designs sampled from GRAPHGYM_ROUND1 (batch
+32, 40 epochs, eval every 20) on GraphGym's smallworld clustering/pagerank task (256 graphs,
+8 steps per epoch), seed 1:
+
+  superset, one program (this module)   61.7 s for all 32: 40.0 s to the end of the first epoch
+                                        (init + compile), then 0.55 s per epoch for all 32;
+                                        1.9 s per design
+  alone with loop.fit (reference.py)    15.9, 3.1, 7.7 s for 3 of the designs
+  grouped by exact signature            19.1, 7.9, 14.1 s for the same 3 (this engine, one
+  (one program per distinct structure)  design per call: a compile each)
+
+At GraphGym's 400 epochs the superset needs about (40 + 400 x 0.55) / 32 = 8 s per design.
+Grouping by signature compiles once per design in practice: 32 of 32 (and 99 of 100) sampled
+round-1 designs have distinct structures. On the 2-core CPU, 4 structurally different tiny
+designs x 2 seeds train in 17 s together against 2-9 s each alone. Memory of that 32-design
+layout (D 181, H 550, 3/8/3 layers) on the H200: estimate 1.53 GB per member, XLA's analysis
+0.23 GB (289 members fit 60% of its 112 GB limit); on CPU the estimate was 2.6-5.4x XLA's.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+import optax
+from absl import logging
+
+from gnnjax import metrics as metrics_lib
+from gnnjax.data import dataset as ds
+from gnnjax.design import budget as budget_lib
+from gnnjax.design import reference
+from gnnjax.design import trial as trial_lib
+from gnnjax.design.design import Design
+from gnnjax.models import graphgym
+from gnnjax.models import superset
+from gnnjax.training import losses
+
+ProgressFn = Callable[[int, int, dict], None]
+
+POP_AXIS = "pop"
+DEFAULT_CPU_MEMORY = 2 * 2**30  # CPU devices report no limit: assume a conservative 2 GiB
+MEMORY_FRACTION = 0.6  # of the device's limit, left for a chunk's members (XLA needs headroom)
+ADAM_FAMILY = ("adam", "adamw")
+
+# Number of times each jitted population function was traced (tests count compilations).
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+# ----------------------------------------------------------------------------------------------
+# Members and chunk planning.
+
+
+@dataclasses.dataclass
+class _Member:
+  """One (design, seed) trial: its place in the output, the planned and resolved design."""
+
+  index: int
+  design: Design
+  resolved: Design
+  seed: int
+  model: graphgym.GraphGymGNN
+
+
+def _group_key(member: _Member) -> tuple:
+  return superset.conv_key(member.resolved) + (member.resolved.batch_size,)
+
+
+def _fill_order(member: _Member) -> tuple:
+  d = member.resolved
+  return (d.epochs, budget_lib.head_input_dim(d, d.dim_inner), d.dim_inner, d.layers_mp,
+          member.index)
+
+
+def _optimizers(designs: Sequence[Design]) -> tuple[str, ...]:
+  return tuple(sorted({d.optimizer for d in designs}))
+
+
+def estimate_member_bytes(layout: superset.Layout, optimizers: Sequence[str],
+                          budget: tuple[int, int, int]) -> int:
+  """An upper estimate of the device bytes one member needs during a training step.
+
+  Counts the padded parameters with their gradient, new value, update mask and optimizer
+  state, the member's copy of the batch, and, per layer, a few float32 arrays of the layer's
+  width over the batch's rows (nodes, or graphs in a graph task's head) and edges (messages).
+  XLA fuses and reuses much of this, so the true peak is 2-5x lower (checked against
+  `memory_analysis()` in the tests and on GPU); the engine measures it when this bound says a
+  group does not fit in one chunk.
+
+  Args:
+    layout: the chunk's superset layout.
+    optimizers: optimizers present in the chunk ('adam', 'adamw', 'sgd').
+    budget: the largest padded batch (n_node, n_edge, n_graph).
+
+  Returns:
+    Bytes per member.
+  """
+  n_node, n_edge, n_graph = budget
+  params = _layout_param_count(layout)
+  state_copies = 3 + (2 if set(optimizers) & set(ADAM_FAMILY) else 0) + ("sgd" in optimizers)
+  param_bytes = params * (4 * state_copies + 1)
+  rows_head = n_node if layout.task_level == ds.NODE else n_graph
+  floats = (layout.layers_pre * n_node * layout.dim * _PER_LAYER
+            + layout.layers_mp * (n_edge * layout.dim * _PER_MESSAGE_LAYER
+                                  + n_node * layout.dim * _PER_LAYER
+                                  + n_node * layout.head_dim * _PER_STAGE
+                                  * len(layout.stages))
+            + (layout.layers_post - 1) * rows_head * layout.head_dim * _PER_LAYER
+            + n_node * (layout.dim_in + 4) + 3 * n_edge)
+  return int(param_bytes + 4 * floats)
+
+
+# Float arrays of a layer's width counted per layer by estimate_member_bytes.
+_PER_LAYER = 8
+_PER_MESSAGE_LAYER = 4
+_PER_STAGE = 3
+
+
+def _layout_param_count(layout: superset.Layout) -> int:
+  """Padded parameters of one member, from the layout's widths (no tracing)."""
+  template = layout.conv_template().replace(batch_norm=True)
+  d, h = layout.dim, layout.head_dim
+  layer = lambda d_in, d_out: d_in * d_out + 3 * d_out  # weight + bias + BN scale/shift
+  count = layer(layout.dim_in, d) + (layout.layers_pre - 1) * layer(d, d)
+  for d_in in layout.mp_in_dims:
+    count += budget_lib.conv_layer_params(template, d_in, d) + d
+  count += (layout.layers_post - 1) * layer(h, h) + h * layout.num_outputs + layout.num_outputs
+  return count + 1
+
+
+def device_memory_bytes(device: jax.Device) -> int:
+  """The device's memory limit (GPU: memory_stats()['bytes_limit']; CPU: DEFAULT_CPU_MEMORY)."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # some backends do not implement memory_stats
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return DEFAULT_CPU_MEMORY
+
+
+def members_per_chunk(member_bytes: int, num_devices: int, memory_per_device: int) -> int:
+  """Members that fit MEMORY_FRACTION of every device's memory (at least one per device)."""
+  per_device = max(1, int(MEMORY_FRACTION * memory_per_device // max(member_bytes, 1)))
+  return per_device * num_devices
+
+
+def _plan_chunks(members: list[_Member], capacity: int) -> list[list[_Member]]:
+  """Members in fill order, cut into equal chunks of at most `capacity` (one shape: one
+  compilation for all chunks of a group)."""
+  ordered = sorted(members, key=_fill_order)
+  num_chunks = -(-len(ordered) // capacity)
+  size = -(-len(ordered) // num_chunks)
+  return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches: one stream per seed, stacked on a leading seed axis with a common padded budget.
+
+
+def _repad(graph: jraph.GraphsTuple, n_node: int, n_edge: int) -> jraph.GraphsTuple:
+  """Pads a padded batch further: the padding graph (the last with nodes, as jraph counts it)
+  takes the extra nodes (zeros) and edges (self-loops on its first node)."""
+  nodes_now = int(jax.tree.leaves(graph.nodes)[0].shape[0])
+  edges_now = int(graph.senders.shape[0])
+  extra_nodes, extra_edges = n_node - nodes_now, n_edge - edges_now
+  if not (extra_nodes or extra_edges):
+    return graph
+  n_node_arr, n_edge_arr = np.array(graph.n_node), np.array(graph.n_edge)
+  pad_graph = int(np.nonzero(n_node_arr)[0][-1])
+  first_pad_node = nodes_now - int(n_node_arr[pad_graph])
+  grow = lambda x, extra: np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)])
+  n_node_arr[pad_graph] += extra_nodes
+  n_edge_arr[pad_graph] += extra_edges
+  loops = np.full(extra_edges, first_pad_node, graph.senders.dtype)
+  return graph._replace(
+      nodes=jax.tree.map(lambda x: grow(np.asarray(x), extra_nodes), graph.nodes),
+      edges=jax.tree.map(lambda x: grow(np.asarray(x), extra_edges), graph.edges),
+      senders=np.concatenate([graph.senders, loops]),
+      receivers=np.concatenate([graph.receivers, loops]),
+      n_node=n_node_arr, n_edge=n_edge_arr)
+
+
+def _stack(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
+  """[S, ...] stack of padded batches, all re-padded to the largest one's node/edge counts."""
+  n_graph = {int(np.shape(g.n_node)[0]) for g in graphs}
+  if len(n_graph) != 1:
+    raise ValueError(f"batches to stack have different graph slot counts {sorted(n_graph)}")
+  n_node = max(int(jax.tree.leaves(g.nodes)[0].shape[0]) for g in graphs)
+  n_edge = max(int(g.senders.shape[0]) for g in graphs)
+  padded = [_repad(g, n_node, n_edge) for g in graphs]
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *padded)
+
+
+class _SeedStreams:
+  """The pipelines of the reference protocol for each seed of a batch-size group."""
+
+  def __init__(self, dataset: ds.GraphDataset, seeds: Sequence[int], batch_size: int):
+    self.seeds = sorted(set(int(s) for s in seeds))
+    self.splits, self.pipelines = [], []
+    for seed in self.seeds:
+      data, pipe = reference.split_for_seed(dataset, seed, batch_size)
+      self.splits.append(data)
+      self.pipelines.append(pipe)
+    steps = {p.steps_per_epoch() for p in self.pipelines}
+    if len(steps) != 1:
+      raise ValueError(f"seeds give different steps per epoch {sorted(steps)}")
+    self.steps_per_epoch = steps.pop()
+    self.split_names = self.pipelines[0].split_names
+    self._eval = None
+
+  def seed_index(self, seed: int) -> int:
+    return self.seeds.index(int(seed))
+
+  def largest_budget(self) -> tuple[int, int, int]:
+    top = [p.ladder[-1] for p in self.pipelines]
+    return (max(b.n_node for b in top), max(b.n_edge for b in top), max(b.n_graph for b in top))
+
+  def train_batches(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
+    for batches in zip(*(p.train_batches(epoch) for p in self.pipelines), strict=True):
+      yield _stack(batches)
+
+  def eval_batches(self) -> list[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
+    """(stacked batch, splits it scores) covering every split once, as loop.evaluate."""
+    if self._eval is None:
+      self._eval = []
+      for pairs in zip(*(list(p.eval_batches()) for p in self.pipelines), strict=True):
+        splits = {s for _, s in pairs}
+        if len(splits) != 1:
+          raise ValueError(f"seeds evaluate different splits per batch: {splits}")
+        self._eval.append((_stack([b for b, _ in pairs]), pairs[0][1]))
+    return self._eval
+
+
+# ----------------------------------------------------------------------------------------------
+# The jitted population functions.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+  """Everything static about a group's jitted functions (hashable: their cache key)."""
+
+  layout: superset.Layout
+  optimizers: tuple[str, ...]
+  task_type: str
+  steps_per_epoch: int
+
+
+def _member_batch(batches: jraph.GraphsTuple, seed_index: jax.Array) -> jraph.GraphsTuple:
+  return jax.tree.map(lambda a: a[seed_index], batches)
+
+
+def _cosine_rate(spec: Mapping[str, jax.Array], steps_per_epoch: int) -> Callable:
+  """optim.epoch_schedule's cosine, with the member's rate and horizon as arrays (same ops)."""
+
+  def schedule(count):
+    epoch = count // steps_per_epoch
+    return spec["lr_half"] * (1.0 + jnp.cos(math.pi * epoch / spec["epochs"]))
+
+  return schedule
+
+
+def _tree_where(condition, a, b):
+  return jax.tree.map(lambda x, y: jnp.where(condition, x, y), a, b)
+
+
+def _optimizer_update(program: _Program, grads, opt_state, params, spec, step):
+  """The member's optimizer step (optim.make_optimizer's chain, hyperparameters as arrays)."""
+  names = program.optimizers
+  code = spec["optimizer"]
+  is_opt = lambda name: code == names.index(name)
+  decay = optax.add_decayed_weights(spec["weight_decay"])
+  coupled, _ = decay.update(grads, optax.EmptyState(), params)  # torch's L2: g + wd p
+  candidates, new_state = {}, {}
+  if set(names) & set(ADAM_FAMILY):
+    adam_input = coupled
+    if "adamw" in names:
+      adam_input = _tree_where(is_opt("adamw"), grads, coupled) if "adam" in names else grads
+    scaled, new_state["adam"] = optax.scale_by_adam().update(adam_input, opt_state["adam"])
+    candidates["adam"] = scaled
+    if "adamw" in names:  # decoupled decay, after the Adam scaling
+      candidates["adamw"] = decay.update(scaled, optax.EmptyState(), params)[0]
+  if "sgd" in names:
+    candidates["sgd"], new_state["trace"] = optax.trace(decay=spec["momentum"]).update(
+        coupled, opt_state["trace"])
+  updates = superset.select(code, [candidates[name] for name in names])
+  rate = optax.scale_by_learning_rate(_cosine_rate(spec, program.steps_per_epoch))
+  updates, _ = rate.update(updates, optax.ScaleByScheduleState(count=step))
+  return optax.apply_updates(params, updates), new_state
+
+
+def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
+                     replicated: jax.sharding.Sharding) -> Callable:
+  layout = program.layout
+
+  def member_step(state, mask, spec, batches, step, active):
+    batch = _member_batch(batches, spec["seed_index"])
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state["key"], 2), step)
+    keys = superset.dropout_keys(layout, dropout_key) if layout.dropout else None
+
+    def loss_fn(params):
+      outputs, stats = superset.apply(layout, params, state["batch_stats"], spec, batch,
+                                      train=True, dropout_keys_by_layer=keys)
+      labels, label_mask = losses.targets_and_mask(batch, layout.task_level,
+                                                   program.task_type, "train")
+      loss, _ = losses.masked_loss(outputs, labels, label_mask, program.task_type)
+      return loss, stats
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    params, opt = _optimizer_update(program, grads, state["opt"], state["params"], spec, step)
+    params = _tree_where_masked(mask, params, state["params"])
+    new_state = dict(state, params=params, batch_stats=stats, opt=opt)
+    return _tree_where(active, new_state, state), loss
+
+  def train_step(state, mask, spec, batches, step, active):
+    TRACE_COUNTS["train_step"] += 1
+    return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, 0))(
+        state, mask, spec, batches, step, active)
+
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(pop, pop, pop, replicated, replicated, pop),
+                 out_shardings=(pop, pop))
+
+
+def _tree_where_masked(mask, new, old):
+  return jax.tree.map(lambda m, x, y: jnp.where(m, x, y), mask, new, old)
+
+
+def _make_predict(program: _Program, pop: jax.sharding.Sharding,
+                  replicated: jax.sharding.Sharding) -> Callable:
+  layout = program.layout
+
+  def member_predict(params, batch_stats, spec, batches):
+    batch = _member_batch(batches, spec["seed_index"])
+    outputs, _ = superset.apply(layout, params, batch_stats, spec, batch, train=False)
+    return outputs
+
+  def predict(params, batch_stats, spec, batches):
+    TRACE_COUNTS["predict"] += 1
+    return jax.vmap(member_predict, in_axes=(0, 0, 0, None))(params, batch_stats, spec, batches)
+
+  return jax.jit(predict, in_shardings=(pop, pop, pop, replicated), out_shardings=pop)
+
+
+def _make_init(program: _Program, pop: jax.sharding.Sharding) -> Callable:
+  def init(init_spec, keys):
+    TRACE_COUNTS["init"] += 1
+    return jax.vmap(lambda spec, key: _init_state(program, spec, key))(init_spec, keys)
+
+  return jax.jit(init, in_shardings=(pop, pop), out_shardings=pop)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Functions:
+  init: Callable
+  train_step: Callable
+  predict: Callable
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(program: _Program, mesh: jax.sharding.Mesh) -> _Functions:
+  """The jitted functions of a program on a mesh (the recent ones are kept with their
+  compilations, so a repeated population does not compile again)."""
+  pop = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(POP_AXIS))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return _Functions(_make_init(program, pop), _make_train_step(program, pop, replicated),
+                    _make_predict(program, pop, replicated))
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunk state.
+
+
+def _training_spec(program: _Program, design: Design, seed_index: int) -> dict[str, np.ndarray]:
+  return {
+      "optimizer": np.int32(program.optimizers.index(design.optimizer)),
+      "lr_half": np.float32(design.learning_rate * 0.5),
+      "epochs": np.int32(design.epochs),
+      "weight_decay": np.float32(design.weight_decay),
+      "momentum": np.float32(design.momentum),
+      "seed_index": np.int32(seed_index),
+  }
+
+
+def _stack_trees(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def _init_state(program: _Program, init_spec, key):
+  """A member's initial train state: variables as its own GraphGymGNN.init makes them with
+  loop.init_state's keys, and zero optimizer state."""
+  params, batch_stats, mask = superset.init_variables(program.layout, init_spec,
+                                                      jax.random.fold_in(key, 0))
+  state = {"params": params, "batch_stats": batch_stats, "opt": _init_opt_state(program, params),
+           "key": key}
+  return state, mask
+
+
+def _init_opt_state(program: _Program, params):
+  state = {}
+  if set(program.optimizers) & set(ADAM_FAMILY):
+    state["adam"] = optax.scale_by_adam().init(params)
+  if "sgd" in program.optimizers:
+    state["trace"] = optax.trace(decay=0.0).init(params)
+  return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation (mirrors loop.evaluate) and results.
+
+
+def _host_loss(outputs: np.ndarray, labels: np.ndarray, mask: np.ndarray, task_type: str
+               ) -> float:
+  """losses.masked_loss in NumPy (float64): eager jnp would compile every new row count."""
+  outputs = outputs.astype(np.float64)
+  if task_type == ds.MULTICLASS:
+    shifted = outputs - outputs.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=-1))
+    per = log_z - np.take_along_axis(shifted, labels.astype(np.int64)[:, None], -1)[:, 0]
+  elif task_type in (ds.BINARY, ds.MULTITASK):
+    logits = outputs.reshape(labels.shape) if task_type == ds.BINARY else outputs
+    targets = labels.astype(np.float64)
+    per = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
+  elif task_type == ds.REGRESSION:
+    per = (outputs.reshape(labels.shape) - labels) ** 2
+  else:
+    raise ValueError(f"unknown task type {task_type!r}")
+  mask = np.broadcast_to(mask, per.shape)
+  return float(np.where(mask, per, 0.0).sum() / max(int(mask.sum()), 1))
+
+
+def _score(parts: Mapping[str, list], task_type: str, metric_names: Sequence[str]
+           ) -> dict[str, dict[str, float]]:
+  """Per split: loss and metrics of the concatenated kept rows (as loop.evaluate)."""
+  results = {}
+  for split, rows in parts.items():
+    outputs, labels, mask = (np.concatenate(p, axis=0) for p in zip(*rows))
+    results[split] = {"loss": _host_loss(outputs, labels, mask, task_type)}
+    for name in metric_names:
+      results[split][name] = metrics_lib.evaluate_metric(name, outputs, labels, mask)
+  return results
+
+
+def _split_record(record: Mapping[str, float]) -> dict[str, dict[str, float]]:
+  """{'val_accuracy': x, ...} -> {'val': {'accuracy': x}, ...} (epoch/epoch_loss dropped)."""
+  out: dict[str, dict[str, float]] = {}
+  for key, value in record.items():
+    if key in ("epoch", "epoch_loss"):
+      continue
+    split, name = key.split("_", 1)
+    out.setdefault(split, {})[name] = value
+  return out
+
+
+@dataclasses.dataclass
+class _Tracker:
+  """A member's running record: history, best evaluation, status."""
+
+  history: list = dataclasses.field(default_factory=list)
+  best_value: float | None = None
+  best: dict = dataclasses.field(default_factory=dict)
+  status: str = trial_lib.OK
+  diverged_epoch: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups and chunks.
+
+
+class _Group:
+  """Members sharing a conv type and a batch size: one layout, one set of jitted functions.
+
+  Every chunk of a group uses the group's layout and the same padded size, so the group
+  compiles once (per batch shape) however many chunks it has.
+  """
+
+  def __init__(self, members: list[_Member], dataset: ds.GraphDataset, streams: _SeedStreams,
+               mesh: jax.sharding.Mesh, max_parallel: int | None):
+    self.members = members
+    self.streams = streams
+    designs = [m.resolved for m in members]
+    dim_in = self.streams.splits[0].num_node_features
+    layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
+                                          dataset.task_level)
+    self.program = _Program(layout, _optimizers(designs), dataset.task_type,
+                            self.streams.steps_per_epoch)
+    self.mesh = mesh
+    self.num_devices = mesh.devices.size
+    self.functions = _compiled(self.program, mesh)
+    self.member_bytes = None  # measured by XLA, when the estimate says one chunk is too small
+    self.chunks = _plan_chunks(members, max_parallel or self._capacity(dataset))
+    # Padded with frozen copies to a multiple of the device count, the same for every chunk.
+    self.size = self.round_up(max(len(c) for c in self.chunks))
+
+  def round_up(self, count: int) -> int:
+    """`count` rounded up to a multiple of the device count."""
+    return -(-count // self.num_devices) * self.num_devices
+
+  def _capacity(self, dataset: ds.GraphDataset) -> int:
+    """Members per chunk from device memory: the upper estimate when the whole group fits by
+    it, else XLA's memory analysis of a step with one member per device."""
+    memory = min(device_memory_bytes(d) for d in self.mesh.devices.flat)
+    estimate = estimate_member_bytes(self.program.layout, self.program.optimizers,
+                                     self.streams.largest_budget())
+    capacity = members_per_chunk(estimate, self.num_devices, memory)
+    if capacity >= len(self.members):
+      return capacity
+    probe = _ChunkRun(self, self.members[:1], dataset, eval_every=1, size=self.num_devices)
+    self.member_bytes = probe.measure_step_bytes() // self.num_devices
+    return members_per_chunk(self.member_bytes, self.num_devices, memory)
+
+
+class _ChunkRun:
+  """Trains one chunk of a group's members to their own epoch counts."""
+
+  def __init__(self, group: _Group, members: list[_Member], dataset: ds.GraphDataset,
+               eval_every: int, size: int | None = None):
+    self.group, self.members, self.eval_every = group, members, eval_every
+    self.streams, self.program, self.functions = group.streams, group.program, group.functions
+    self.task_name = dataset.name
+    self.task_level, self.task_type = dataset.task_level, dataset.task_type
+    self.metric = metrics_lib.default_metric(self.task_type)
+    self.metric_names = metrics_lib.metrics_for(self.task_type)
+    if self.metric not in self.metric_names:
+      self.metric_names = [self.metric] + self.metric_names
+    self.selection_split = "val" if "val" in self.streams.split_names else "train"
+    self.size = size or group.size
+    self.pop = jax.sharding.NamedSharding(group.mesh, jax.sharding.PartitionSpec(POP_AXIS))
+    self.replicated = jax.sharding.NamedSharding(group.mesh, jax.sharding.PartitionSpec())
+    self.epochs = np.array([m.resolved.epochs for m in members]
+                           + [0] * (self.size - len(members)))
+    self.trackers = [_Tracker() for _ in members]
+    self._target_cache: dict[int, list] = {}
+
+  def _padded(self, items: list) -> list:
+    return items + [items[-1]] * (self.size - len(items))
+
+  def _initial_state(self):
+    layout = self.program.layout
+    dim_in = self.streams.splits[0].num_node_features
+    init_specs, specs, keys, self.num_params = [], [], [], []
+    shapes_by_design = {}
+    for member in self.members:
+      if member.resolved not in shapes_by_design:
+        shapes_by_design[member.resolved] = superset.design_variable_shapes(member.model, dim_in)
+      shapes = shapes_by_design[member.resolved]
+      init_specs.append(superset.init_spec(layout, *shapes))
+      self.num_params.append(reference.count_params(shapes[0]))
+      specs.append({**superset.design_spec(layout, member.resolved),
+                    **_training_spec(self.program, member.resolved,
+                                     self.streams.seed_index(member.seed))})
+      keys.append(np.asarray(jax.random.PRNGKey(member.seed)))
+    put = lambda items: jax.device_put(_stack_trees(self._padded(items)), self.pop)
+    state, mask = self.functions.init(put(init_specs), put(keys))
+    return state, mask, put(specs)
+
+  def measure_step_bytes(self) -> int:
+    """Device bytes of a training step on the largest batch (XLA's memory analysis), all
+    members of the chunk together."""
+    state, mask, spec = self._initial_state()
+    n_node, n_edge, _ = self.streams.largest_budget()
+    stacked = next(iter(self.streams.train_batches(0)))
+    batch = _stack([_repad(jax.tree.map(lambda a, s=s: a[s], stacked), n_node, n_edge)
+                    for s in range(len(self.streams.seeds))])
+    active = jax.device_put(np.zeros(self.size, bool), self.pop)
+    compiled = self.functions.train_step.lower(
+        state, mask, spec, jax.device_put(batch, self.replicated), np.int32(0),
+        active).compile()
+    stats = compiled.memory_analysis()
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes
+               + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+
+  def run(self, on_epoch: Callable[[int, int], None] | None = None
+          ) -> list[trial_lib.TrialResult]:
+    started = time.time()
+    state, mask, spec = self._initial_state()
+    diverged = np.zeros(self.size, bool)
+    epochs = int(self.epochs.max())
+    step = 0
+    for epoch in range(epochs):
+      active = (epoch < self.epochs) & ~diverged
+      if not active.any():
+        break
+      active_on_device = jax.device_put(active, self.pop)
+      step_losses = []
+      for batch in self.streams.train_batches(epoch):
+        state, loss = self.functions.train_step(state, mask, spec,
+                                                jax.device_put(batch, self.replicated),
+                                                np.int32(step), active_on_device)
+        step_losses.append(loss)
+        step += 1
+      epoch_losses = np.asarray(jax.device_get(step_losses), np.float32)  # [steps, size]
+      to_evaluate = self._after_epoch(epoch, active, epoch_losses, diverged)
+      if to_evaluate:
+        self._evaluate(epoch, state, spec, to_evaluate, epoch_losses)
+      if on_epoch is not None:
+        on_epoch(epoch, epochs)
+    seconds = (time.time() - started) / len(self.members)
+    return [self._result(m, t, n, seconds)
+            for m, t, n in zip(self.members, self.trackers, self.num_params)]
+
+  def _after_epoch(self, epoch: int, active: np.ndarray, epoch_losses: np.ndarray,
+                   diverged: np.ndarray) -> list[int]:
+    """Marks members whose epoch loss is non-finite as diverged (loop.fit stops them there);
+    returns the members to evaluate at this epoch."""
+    to_evaluate = []
+    for i, tracker in enumerate(self.trackers):
+      if not active[i]:
+        continue
+      if not math.isfinite(_epoch_loss(epoch_losses, i)):
+        diverged[i] = True
+        tracker.status, tracker.diverged_epoch = trial_lib.DIVERGED, epoch
+        continue
+      last = epoch == self.epochs[i] - 1
+      if epoch == 0 or (epoch + 1) % self.eval_every == 0 or last:
+        to_evaluate.append(i)
+    return to_evaluate
+
+  def _evaluate(self, epoch: int, state, spec, members: list[int],
+                epoch_losses: np.ndarray) -> None:
+    parts: list[dict[str, list]] = [{} for _ in members]
+    chosen = np.asarray(members)
+    for stacked, splits in self.streams.eval_batches():
+      outputs = self.functions.predict(state["params"], state["batch_stats"], spec,
+                                       jax.device_put(stacked, self.replicated))
+      outputs = np.asarray(jax.device_get(outputs[chosen]))
+      targets = self._targets(stacked, splits)
+      for row, i in enumerate(members):
+        seed_index = self.streams.seed_index(self.members[i].seed)
+        for split, (labels, mask) in targets[seed_index].items():
+          rows = mask if mask.ndim == 1 else mask.any(axis=1)
+          parts[row].setdefault(split, []).append((outputs[row][rows], labels[rows], mask[rows]))
+    for row, i in enumerate(members):
+      results = _score(parts[row], self.task_type, self.metric_names)
+      tracker = self.trackers[i]
+      tracker.history.append({"epoch": epoch, "epoch_loss": _epoch_loss(epoch_losses, i),
+                              **{f"{s}_{k}": v for s, r in results.items() for k, v in r.items()}})
+      value = results[self.selection_split][self.metric]
+      if tracker.best_value is None or metrics_lib.is_better(self.metric, value,
+                                                             tracker.best_value):
+        tracker.best_value, tracker.best = value, results
+
+  def _targets(self, stacked: jraph.GraphsTuple, splits: tuple[str, ...]) -> list[dict]:
+    """Per seed: split -> (labels, mask) of a stacked eval batch (computed once per chunk)."""
+    key = id(stacked)
+    if key not in self._target_cache:
+      self._target_cache[key] = [
+          {split: tuple(np.asarray(a) for a in losses.targets_and_mask(
+              jax.tree.map(lambda a, s=s: a[s], stacked), self.task_level, self.task_type,
+              split)) for split in splits}
+          for s in range(len(self.streams.seeds))]
+    return self._target_cache[key]
+
+  def _result(self, member: _Member, tracker: _Tracker, num_params: int,
+              seconds: float) -> trial_lib.TrialResult:
+    return trial_lib.TrialResult(
+        key=trial_lib.TrialKey(task=self.task_name, design_id=member.design.design_id,
+                               seed=member.seed),
+        design=member.resolved.to_dict(), num_params=num_params, status=tracker.status,
+        history=tracker.history,
+        final=_split_record(tracker.history[-1]) if tracker.history else {},
+        best=tracker.best, diverged_epoch=tracker.diverged_epoch, seconds=seconds)
+
+
+def _epoch_loss(epoch_losses: np.ndarray, member: int) -> float:
+  """loop.fit's epoch loss: the float32 mean of the epoch's step losses."""
+  return float(np.mean(np.ascontiguousarray(epoch_losses[:, member])))
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point.
+
+
+def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[int],
+                     *, eval_every: int = 20, max_parallel: int | None = None,
+                     devices: Sequence[jax.Device] | None = None,
+                     progress: ProgressFn | None = None) -> list[trial_lib.TrialResult]:
+  """Trains every (design, seed) with GraphGym's protocol, many at once.
+
+  Args:
+    designs: the designs as planned (dim_inner None: budget-matched per dataset).
+    dataset: the task (split per seed with protocol 'graphgym', as reference.train_design).
+    seeds: seeds; every design is trained once per seed.
+    eval_every: evaluate every k epochs (and after the first and each member's last epoch).
+    max_parallel: members per chunk (rounded up to a multiple of the device count with frozen
+      padding members); default: as many as fit MEMORY_FRACTION of the devices' memory
+      (`members_per_chunk`).
+    devices: devices the population axis is sharded over (default: all local devices).
+    progress: called as progress(done, total, info) after every epoch of every chunk and when
+      a chunk finishes; `done` counts finished trials; info holds 'chunk', 'chunks',
+      'members', 'seconds' and, per epoch, 'epoch' (1-based) and 'epochs'.
+
+  Returns:
+    One TrialResult per (design, seed), designs outer and seeds inner, as
+    reference.train_design returns it (up to float reassociation).
+  """
+  if eval_every < 1:
+    raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+  if max_parallel is not None and max_parallel < 1:
+    raise ValueError(f"max_parallel must be >= 1 or None, got {max_parallel}")
+  seeds = [int(s) for s in seeds]
+  if not designs or not seeds:
+    return []
+  devices = list(devices) if devices is not None else jax.local_devices()
+  mesh = jax.make_mesh((len(devices),), (POP_AXIS,), (jax.sharding.AxisType.Auto,),
+                       devices=devices)
+  members = _resolve_members(designs, dataset, seeds)
+  by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
+  for member in members:
+    by_key[_group_key(member)].append(member)
+  pending, streams = [], {}
+  for group_members in by_key.values():
+    batch_size = group_members[0].resolved.batch_size
+    if batch_size not in streams:
+      streams[batch_size] = _SeedStreams(dataset, seeds, batch_size)
+    group = _Group(group_members, dataset, streams[batch_size], mesh, max_parallel)
+    pending.extend((group, chunk, group.size) for chunk in group.chunks)
+
+  results: list[trial_lib.TrialResult | None] = [None] * len(members)
+  done, started, chunk_index = 0, time.time(), 0
+  while pending:
+    group, chunk, size = pending.pop(0)
+    chunk_index += 1
+    info = {"chunk": chunk_index, "chunks": chunk_index + len(pending), "members": len(chunk)}
+
+    def on_epoch(epoch: int, epochs: int) -> None:
+      if progress is not None:
+        progress(done, len(members), {**info, "epoch": epoch + 1, "epochs": epochs,
+                                      "seconds": time.time() - started})
+
+    try:
+      chunk_results = _ChunkRun(group, chunk, dataset, eval_every, size).run(on_epoch)
+    except Exception as error:  # a chunk that does not fit is split; other errors propagate
+      if not _is_out_of_memory(error):
+        raise
+      if len(chunk) > 1:
+        logging.warning("a chunk of %d members ran out of memory; splitting it", len(chunk))
+        halves = chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]
+        half_size = group.round_up(len(halves[1]))  # a smaller program: one more compilation
+        pending[:0] = [(group, half, half_size) for half in halves]
+        chunk_index -= 1
+        continue
+      chunk_results = [_train_alone(chunk[0], dataset, eval_every)]
+    for member, result in zip(chunk, chunk_results):
+      results[member.index] = result
+    done += len(chunk)
+    if progress is not None:
+      progress(done, len(members), {**info, "seconds": time.time() - started})
+  return results
+
+
+def _resolve_members(designs: Sequence[Design], dataset: ds.GraphDataset,
+                     seeds: Sequence[int]) -> list[_Member]:
+  members = []
+  for design in designs:
+    model, resolved = graphgym.build_model(design, dataset)
+    for seed in seeds:
+      members.append(_Member(len(members), design, resolved, seed, model))
+  return members
+
+
+def _train_alone(member: _Member, dataset: ds.GraphDataset,
+                 eval_every: int) -> trial_lib.TrialResult:
+  """A member whose padded program does not fit: trained alone and unpadded (loop.fit), or
+  reported 'failed' if that does not fit either."""
+  logging.warning("%s (seed %d) does not fit in a population; training it alone",
+                  member.resolved.summary(), member.seed)
+  try:
+    return reference.train_design(member.design, dataset, member.seed, eval_every)
+  except Exception as error:
+    if not _is_out_of_memory(error):
+      raise
+    return _failed(member, dataset, str(error))
+
+
+def _failed(member: _Member, dataset: ds.GraphDataset, message: str) -> trial_lib.TrialResult:
+  return trial_lib.TrialResult(
+      key=trial_lib.TrialKey(task=dataset.name, design_id=member.design.design_id,
+                             seed=member.seed),
+      design=member.resolved.to_dict(), num_params=0, status=trial_lib.FAILED,
+      message=message[:2000])

@@ -1,0 +1,698 @@
+"""A superset GraphGym model: many different designs as one program, vmapped over designs.
+
+Every design of a population is embedded in one parameter layout (`Layout`) padded to the
+population's maxima, and a per-design `spec` (small integer / float arrays) tells the shared
+program which parts are real:
+
+* widths: hidden width d padded to D = max d, stage/head width h (d, or (l_mp + 1) d for
+  skipconcat) padded to H = max h. Padded channels hold zero weights and stay exactly zero
+  through every layer (zero weights and biases, batch norm with zero scale, act(0) = 0), so the
+  real channels compute what the unpadded design computes, up to float reassociation.
+* layer counts: the program has max l_pre / l_mp / l_post layers; a design's extra layers are
+  the identity (`where(active, layer(x), x)`).
+* skipconcat: the stage state is an [N, H] buffer and block i writes its d channels at offset
+  (i + 1) d, which is exactly the design's own concatenation, padded at the end.
+* choices (stage type, activation, aggregation, batch norm on/off, l2norm, pooling): the
+  alternatives present in the population are all computed (they are elementwise or cheap) and
+  one is selected per design with `jnp.where`, which is exact.
+* randomness: JAX's partitionable threefry gives element k of a draw the counter k, so a
+  design's draw of its own shape [a, b] is element i * b + j of a flat draw of the padded size.
+  Initial parameters (`init_variables`) and dropout masks (`dropout`) are read out of flat draws
+  with the keys flax derives for the design's own modules, so they are the values the design's
+  own `GraphGymGNN.init` and `nn.Dropout` produce.
+
+Parameter names mirror `gnnjax.models.graphgym.GraphGymGNN` (`pre_mp_{i}/lin`, `mp_{i}/conv`,
+`*/bn`, `post_mp_{i}/lin`, `post_mp_out`, `prelu/slope`). Conv types other than GeneralConv are
+called through their flax modules at the padded width (they are channel-separable, so zero
+padding is exact); a layout holds one conv type (the engine groups populations by it).
+
+Everything here works on ONE design (no leading population axis): the population engine
+(`gnnjax.design.engine`) vmaps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from gnnjax import graph as graph_lib
+from gnnjax.data import dataset as ds
+from gnnjax.design import budget as budget_lib
+from gnnjax.design.design import Design
+from gnnjax.models import graphgym
+from gnnjax.nn import aggregate as agg_lib
+from gnnjax.nn import conv as conv_lib
+from gnnjax.nn import mlp as mlp_lib
+from gnnjax.nn import pool as pool_lib
+
+Array = jax.Array
+Params = dict[str, Any]
+
+# ----------------------------------------------------------------------------------------------
+# Static layout and per-design spec.
+
+
+def conv_key(design: Design) -> tuple[str, int]:
+  """The conv fields that must be equal within one layout (the engine groups by them).
+
+  GeneralConv's two variants share a layout: 'release' designs keep a zero self weight."""
+  return design.conv_type, design.heads if design.conv_type == "gat" else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Static shape and choice set of a population's superset program (hashable: a jit key).
+
+  Attributes:
+    dim_in: input node feature width F.
+    num_outputs: output width C.
+    task_level: 'node' or 'graph'.
+    conv: (conv_type, heads), shared by every design of the layout.
+    self_weight: GeneralConv with a self weight (some design uses variant 'self').
+    dim: D, the largest hidden width.
+    head_dim: H, the largest stage-output / head width.
+    layers_pre, layers_mp, layers_post: the largest layer counts.
+    mp_in_dims: input width of each message-passing layer (largest over designs using it).
+    stages, activations, aggregations, poolings: the choices present, in spec-code order.
+    batch_norms, l2norms: the on/off values present.
+    dropout: whether some design has dropout > 0.
+  """
+
+  dim_in: int
+  num_outputs: int
+  task_level: str
+  conv: tuple[str, int]
+  self_weight: bool
+  dim: int
+  head_dim: int
+  layers_pre: int
+  layers_mp: int
+  layers_post: int
+  mp_in_dims: tuple[int, ...]
+  stages: tuple[str, ...]
+  activations: tuple[str, ...]
+  aggregations: tuple[str, ...]
+  poolings: tuple[str, ...]
+  batch_norms: tuple[bool, ...]
+  l2norms: tuple[bool, ...]
+  dropout: bool
+
+  @classmethod
+  def from_designs(cls, designs: Sequence[Design], dim_in: int, num_outputs: int,
+                   task_level: str) -> "Layout":
+    """The smallest layout holding every design (dim_inner must be resolved).
+
+    Raises:
+      ValueError: an unresolved dim_inner, or designs with different conv settings.
+    """
+    if not designs:
+      raise ValueError("a layout needs at least one design")
+    for design in designs:
+      if design.dim_inner is None:
+        raise ValueError(f"design {design.summary()} has dim_inner None; resolve it with "
+                         "gnnjax.models.graphgym.build_model first")
+    convs = {conv_key(d) for d in designs}
+    if len(convs) != 1:
+      raise ValueError(f"one layout holds one conv setting; got {sorted(convs)}")
+    layers_mp = max(d.layers_mp for d in designs)
+    mp_in_dims = tuple(
+        max((_mp_input_dim(d, i) for d in designs if d.layers_mp > i), default=1)
+        for i in range(layers_mp))
+    return cls(
+        dim_in=int(dim_in), num_outputs=int(num_outputs), task_level=task_level,
+        conv=convs.pop(),
+        self_weight=any(d.conv_type == "generalconv" and d.conv_variant == "self"
+                        for d in designs),
+        dim=max(d.dim_inner for d in designs),
+        head_dim=max(budget_lib.head_input_dim(d, d.dim_inner) for d in designs),
+        layers_pre=max(d.layers_pre_mp for d in designs),
+        layers_mp=layers_mp,
+        layers_post=max(d.layers_post_mp for d in designs),
+        mp_in_dims=mp_in_dims,
+        stages=_present(d.stage_type for d in designs),
+        activations=_present(d.activation for d in designs),
+        aggregations=_present(d.aggregation for d in designs),
+        poolings=_present(d.graph_pooling for d in designs),
+        batch_norms=_present(d.batch_norm for d in designs),
+        l2norms=_present(d.l2norm for d in designs),
+        dropout=any(d.dropout > 0 for d in designs))
+
+  @property
+  def conv_type(self) -> str:
+    return self.conv[0]
+
+  def conv_template(self) -> Design:
+    """A design whose `make_conv` builds this layout's conv (always with a bias slot)."""
+    conv_type, heads = self.conv
+    return Design(conv_type=conv_type, conv_variant="self" if self.self_weight else "release",
+                  heads=heads, batch_norm=False, dim_inner=self.dim)
+
+  def dropout_layer_names(self) -> tuple[str, ...]:
+    """Names of the GeneralLayers (each has one dropout site), as GraphGymGNN names them."""
+    return (tuple(f"pre_mp_{i}" for i in range(self.layers_pre))
+            + tuple(f"mp_{i}" for i in range(self.layers_mp))
+            + tuple(f"post_mp_{i}" for i in range(self.layers_post - 1)))
+
+
+def _present(values) -> tuple:
+  return tuple(sorted(set(values), key=str))
+
+
+def _mp_input_dim(design: Design, layer: int) -> int:
+  return (layer + 1) * design.dim_inner if design.stage_type == "skipconcat" else design.dim_inner
+
+
+def design_spec(layout: Layout, design: Design) -> dict[str, np.ndarray]:
+  """The per-design arrays the superset program reads (0-d NumPy arrays).
+
+  Keys: dim, head_dim, layers_pre, layers_mp, layers_post (int32); stage, activation,
+  aggregation, pooling (int32 codes into the layout's choice tuples); batch_norm, l2norm
+  (bool); dropout (float32 rate) and keep (float32 1 - rate, the divisor nn.Dropout uses).
+  """
+  return {
+      "dim": np.int32(design.dim_inner),
+      "head_dim": np.int32(budget_lib.head_input_dim(design, design.dim_inner)),
+      "layers_pre": np.int32(design.layers_pre_mp),
+      "layers_mp": np.int32(design.layers_mp),
+      "layers_post": np.int32(design.layers_post_mp),
+      "stage": np.int32(layout.stages.index(design.stage_type)),
+      "activation": np.int32(layout.activations.index(design.activation)),
+      "aggregation": np.int32(layout.aggregations.index(design.aggregation)),
+      "pooling": np.int32(layout.poolings.index(design.graph_pooling)),
+      "batch_norm": np.bool_(design.batch_norm),
+      "l2norm": np.bool_(design.l2norm),
+      "dropout": np.float32(design.dropout),
+      "keep": np.float32(1.0 - design.dropout),
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter layout.
+
+
+class _ConvCore(nn.Module):
+  """The conv part of a GeneralLayer, built by graphgym.make_conv in the same scope, so its
+  parameters carry the names GraphGymGNN gives them ('conv', or 'gin_mlp' + 'conv')."""
+
+  design: Design
+  features: int
+
+  @nn.compact
+  def __call__(self, x: Array, graph: jraph.GraphsTuple, train: bool) -> Array:
+    conv = graphgym.make_conv(self.design, self.features)
+    if isinstance(conv, (conv_lib.GINConv, conv_lib.GATConv)):
+      return conv(x, graph, train=train)
+    return conv(x, graph)
+
+
+def _conv_shapes(layout: Layout, dim_in: int) -> Params:
+  core = _ConvCore(layout.conv_template(), layout.dim)
+  graph = _dummy_graph(dim_in)
+  shapes = jax.eval_shape(lambda: core.init(jax.random.PRNGKey(0), graph.nodes["x"], graph,
+                                            False))
+  return shapes["params"]
+
+
+def _bn_shapes(width: int) -> tuple[Params, Params]:
+  vec = jax.ShapeDtypeStruct((width,), jnp.float32)
+  return {"scale": vec, "bias": vec}, {"mean": vec, "var": vec}
+
+
+def _linear_shapes(d_in: int, d_out: int) -> Params:
+  return {"kernel": jax.ShapeDtypeStruct((d_in, d_out), jnp.float32),
+          "bias": jax.ShapeDtypeStruct((d_out,), jnp.float32)}
+
+
+def variable_shapes(layout: Layout) -> tuple[Params, Params]:
+  """(params, batch_stats) shape trees (ShapeDtypeStruct leaves) of one design's superset."""
+  return jax.tree.map(lambda leaf: leaf, _variable_shapes(layout))
+
+
+@functools.lru_cache(maxsize=64)
+def _variable_shapes(layout: Layout) -> tuple[Params, Params]:
+  """variable_shapes, traced once per layout (callers must not mutate the trees)."""
+  params, stats = {}, {}
+
+  def layer(name: str, core: Params, width: int) -> None:
+    bn_params, bn_stats = _bn_shapes(width)
+    params[name] = {**core, "bn": bn_params}
+    stats[name] = {"bn": bn_stats}
+
+  for i in range(layout.layers_pre):
+    layer(f"pre_mp_{i}", {"lin": _linear_shapes(layout.dim_in if i == 0 else layout.dim,
+                                                layout.dim)}, layout.dim)
+  for i in range(layout.layers_mp):
+    layer(f"mp_{i}", _conv_shapes(layout, layout.mp_in_dims[i]), layout.dim)
+  for i in range(layout.layers_post - 1):
+    layer(f"post_mp_{i}", {"lin": _linear_shapes(layout.head_dim, layout.head_dim)},
+          layout.head_dim)
+  params["post_mp_out"] = _linear_shapes(layout.head_dim, layout.num_outputs)
+  params["prelu"] = {"slope": jax.ShapeDtypeStruct((), jnp.float32)}
+  return params, stats
+
+
+def _flatten(tree: Mapping) -> dict[tuple[str, ...], Any]:
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat[tuple(str(k.key) for k in path)] = leaf
+  return flat
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> Params:
+  tree: Params = {}
+  for path, leaf in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return tree
+
+
+def param_count(layout: Layout) -> int:
+  """Scalars per design in the padded parameter layout."""
+  params, _ = _variable_shapes(layout)
+  return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation inside the population program.
+#
+# A design's own GraphGymGNN.init draws each random parameter as initializer(key, shape), with
+# flax deriving `key` from the parameter's module path and its rank among the scope's params.
+# Partitionable threefry gives element k of a draw the counter k, so the design's draw of its
+# real shape is read out of a flat draw of the padded size (index = real row-major offset).
+# One jitted program then initialises every member of a chunk, whatever its widths, instead of
+# one eager init per design (which compiles every new random shape: seconds per design on CPU).
+
+# jax.nn.initializers.variance_scaling arguments of GraphGymGNN's random parameters.
+_XAVIER_RELU = ("uniform", 2.0, "fan_avg")  # graphgym.XAVIER_RELU: GeneralLayer, head, GIN MLP
+_GLOROT = ("uniform", 1.0, "fan_avg")  # conv weights (GeneralConv, GCN, GAT) and GAT attention
+_LECUN_NORMAL = ("truncated_normal", 1.0, "fan_in")  # flax Dense default: SAGE's lin_l / lin_r
+_TRUNCATED_NORMAL_STD = 0.87962566103423978  # std of a standard normal truncated to (-2, 2)
+# Constant initial values by leaf name (biases, batch norm, PReLU's slope).
+_CONSTANTS = {"bias": 0.0, "scale": 1.0, "slope": 0.25, "mean": 0.0, "var": 1.0}
+
+
+def _random_init(path: tuple[str, ...]) -> tuple[tuple[str, float, str], int] | None:
+  """(variance_scaling arguments, rank of the make_rng call in its scope) of a random leaf."""
+  scope, leaf = path[:-1], path[-1]
+  if leaf == "kernel":
+    if scope[-1] in ("lin_l", "lin_r"):
+      return _LECUN_NORMAL, 1
+    if len(scope) >= 2 and scope[-2] == "conv":
+      return _GLOROT, 1
+    return _XAVIER_RELU, 1
+  if leaf in ("att_src", "att_dst"):
+    return _GLOROT, 1 if leaf == "att_src" else 2
+  return None
+
+
+def _view_shape(layout: Layout, path: tuple[str, ...], shape: tuple[int, ...]
+                ) -> tuple[int, ...]:
+  """The shape whose row-major layout real and padded leaves share: GAT's kernel
+  [d_in, heads * d] is viewed as [d_in, heads, d] so that every head's block pads on its own."""
+  if layout.conv_type == "gat" and path[-3:] == ("conv", "lin", "kernel"):
+    heads = layout.conv[1]
+    return (shape[0], heads, shape[1] // heads)
+  return tuple(shape)
+
+
+def _fans(shape: Sequence[int]) -> tuple[float, float]:
+  """jax.nn.initializers' fans for in_axis=-2, out_axis=-1 (Python floats, as it computes)."""
+  receptive = math.prod(shape) / shape[-2] / shape[-1]
+  return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _variance(init: tuple[str, float, str], shape: Sequence[int]) -> np.float32:
+  fan_in, fan_out = _fans(shape)
+  denominator = fan_in if init[2] == "fan_in" else (fan_in + fan_out) / 2
+  return np.float32(init[1] / denominator)
+
+
+def _dummy_graph(dim_in: int) -> jraph.GraphsTuple:
+  return jraph.GraphsTuple(nodes={"x": np.zeros((3, dim_in), np.float32)}, edges={},
+                           senders=np.zeros(1, np.int32), receivers=np.ones(1, np.int32),
+                           globals={}, n_node=np.array([2, 1], np.int32),
+                           n_edge=np.array([1, 0], np.int32))
+
+
+def design_variable_shapes(model: graphgym.GraphGymGNN, dim_in: int) -> tuple[Params, Params]:
+  """(params, batch_stats) shape trees of a design's own model (traced, not run)."""
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _dummy_graph(dim_in)))
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def init_spec(layout: Layout, params: Params, batch_stats: Params) -> dict[str, Any]:
+  """The per-design arrays `init_variables` reads, from the design's own variable shapes.
+
+  Args:
+    layout: the population layout.
+    params, batch_stats: the design's own shape trees (`design_variable_shapes`).
+
+  Returns:
+    {'shapes': {leaf: int32 [rank]}, 'present': {leaf: bool}, 'variances': {leaf: float32}}
+    keyed by '/'-joined paths: every layout leaf's real shape in its view (zeros where the
+    design lacks it), whether the design has it, and, for random leaves, the initializer's
+    variance (computed in Python floats, as jax does).
+
+  Raises:
+    ValueError: a real variable with no place in the layout (names out of sync with
+      GraphGymGNN, or a design that is not in the layout).
+  """
+  shapes, present, variances = {}, {}, {}
+  for real, padded in zip((params, batch_stats), _variable_shapes(layout)):
+    real_flat, padded_flat = _flatten(real), _flatten(padded)
+    unknown = sorted(set(real_flat) - set(padded_flat))
+    if unknown:
+      raise ValueError(f"variables {['/'.join(p) for p in unknown]} have no place in the "
+                       "superset layout")
+    for path, leaf in padded_flat.items():
+      view = _view_shape(layout, path, leaf.shape)
+      name = "/".join(path)
+      present[name] = np.bool_(path in real_flat)
+      if path not in real_flat:
+        shapes[name] = np.zeros(len(view), np.int32)
+      else:
+        real_shape = tuple(real_flat[path].shape)
+        real_view = _view_shape(layout, path, real_shape)
+        if any(r > p for r, p in zip(real_view, view)):
+          raise ValueError(f"{name} of shape {real_shape} does not fit the layout's "
+                           f"{leaf.shape}")
+        shapes[name] = np.asarray(real_view, np.int32)
+      random = _random_init(path)
+      if random is not None:
+        variances[name] = (_variance(random[0], real_flat[path].shape) if path in real_flat
+                           else np.float32(1.0))
+  return {"shapes": shapes, "present": present, "variances": variances}
+
+
+class _RngProbe(nn.Module):
+  """Mirrors a module tree: calls make_rng('params') `draws` times in its own scope and
+  recurses into `children` ((name, draws, children) triples) under their names."""
+
+  draws: int
+  children: tuple
+
+  @nn.compact
+  def __call__(self) -> dict[str, Any]:
+    out: dict[str, Any] = {"": [self.make_rng("params") for _ in range(self.draws)]}
+    for name, draws, children in self.children:
+      out[name] = _RngProbe(draws, children, name=name)()
+    return out
+
+
+def _probe_tree(scopes: Mapping[tuple[str, ...], int], prefix: tuple[str, ...] = ()) -> tuple:
+  names = sorted({scope[len(prefix)] for scope in scopes
+                  if len(scope) > len(prefix) and scope[:len(prefix)] == prefix})
+  return tuple((name, scopes.get(prefix + (name,), 0), _probe_tree(scopes, prefix + (name,)))
+               for name in names)
+
+
+def _random_leaves(layout: Layout) -> dict[tuple[str, ...], tuple]:
+  params, _ = _variable_shapes(layout)
+  return {path: init for path in _flatten(params)
+          if (init := _random_init(path)) is not None}
+
+
+def param_keys(layout: Layout, params_key: Array) -> dict[str, Array]:
+  """'/'-joined path -> the key flax passes the initializer of that random parameter when
+  GraphGymGNN.init gets rngs={'params': params_key}."""
+  leaves = _random_leaves(layout)
+  scopes: dict[tuple[str, ...], int] = {}
+  for path, (_, rank) in leaves.items():
+    scopes[path[:-1]] = max(scopes.get(path[:-1], 0), rank)
+  keys = _RngProbe(0, _probe_tree(scopes)).apply({}, rngs={"params": params_key})
+  out = {}
+  for path, (_, rank) in leaves.items():
+    node = keys
+    for name in path[:-1]:
+      node = node[name]
+    out["/".join(path)] = node[""][rank - 1]
+  return out
+
+
+def _valid_and_offset(view: tuple[int, ...], real: Array) -> tuple[Array, Array]:
+  """Over a padded view: bool, inside the real shape; int32, row-major offset in the real."""
+  valid = jnp.ones(view, bool)
+  offset = jnp.zeros(view, jnp.int32)
+  for axis in range(len(view)):
+    index = jax.lax.broadcasted_iota(jnp.int32, view, axis)
+    valid = valid & (index < real[axis])
+    offset = offset * real[axis] + index
+  return valid, offset
+
+
+def _draw(init: tuple[str, float, str], key: Array, size: int, variance: Array) -> Array:
+  """A flat [size] draw of jax's variance_scaling initializer (same ops, same values)."""
+  distribution = init[0]
+  if distribution == "uniform":
+    return jax.random.uniform(key, (size,), jnp.float32, -1) * jnp.sqrt(3 * variance)
+  stddev = jnp.sqrt(variance) / jnp.array(_TRUNCATED_NORMAL_STD, jnp.float32)
+  return jax.random.truncated_normal(key, -2, 2, (size,), jnp.float32) * stddev
+
+
+def init_variables(layout: Layout, spec: Mapping[str, Any], params_key: Array
+                   ) -> tuple[Params, Params, Params]:
+  """A design's initial variables in the layout, equal to its own GraphGymGNN.init padded
+  with zeros (jittable and vmappable over designs).
+
+  Args:
+    layout: the population layout (static).
+    spec: the design's `init_spec`.
+    params_key: the 'params' key of the design's init (loop.init_state: fold_in(key, 0)).
+
+  Returns:
+    (params, batch_stats, mask): float32 trees of `variable_shapes(layout)`, and a bool tree
+    over params, True where the design has a real parameter (updates elsewhere are dropped).
+  """
+  keys = param_keys(layout, params_key)
+  random = _random_leaves(layout)
+  out = []
+  for shapes in _variable_shapes(layout):
+    values, masks = {}, {}
+    for path, leaf in _flatten(shapes).items():
+      name = "/".join(path)
+      view = _view_shape(layout, path, leaf.shape)
+      valid, offset = _valid_and_offset(view, spec["shapes"][name])
+      valid = valid & spec["present"][name]  # a 0-d leaf has no axis to say it is absent
+      if path in random:
+        draw = _draw(random[path][0], keys[name], math.prod(view), spec["variances"][name])
+        value = draw[jnp.where(valid, offset, 0).reshape(-1)].reshape(view)
+      else:
+        value = jnp.full(view, _CONSTANTS[path[-1]], jnp.float32)
+      values[path] = jnp.where(valid, value, 0.0).reshape(leaf.shape)
+      masks[path] = valid.reshape(leaf.shape)
+    out.append((_unflatten(values), _unflatten(masks)))
+  (params, mask), (batch_stats, _) = out
+  return params, batch_stats, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout keys: the keys flax hands each GeneralLayer's nn.Dropout inside GraphGymGNN.
+
+
+class _DropoutKey(nn.Module):
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.make_rng("dropout")
+
+
+class _LayerDropoutKey(nn.Module):
+  """Stands in for a GeneralLayer: its nn.Dropout is the layer's first auto-named Dropout."""
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return _DropoutKey(name="Dropout_0")()
+
+
+class _DropoutKeyProbe(nn.Module):
+  names: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self) -> dict[str, Array]:
+    return {name: _LayerDropoutKey(name=name)() for name in self.names}
+
+
+def dropout_keys(layout: Layout, dropout_key: Array) -> dict[str, Array]:
+  """Layer name -> the key `nn.Dropout` draws from in GraphGymGNN when `model.apply` gets
+  rngs={'dropout': dropout_key} (flax derives it from the module path)."""
+  probe = _DropoutKeyProbe(layout.dropout_layer_names())
+  return probe.apply({}, rngs={"dropout": dropout_key})
+
+
+def dropout(x: Array, key: Array, keep: Array, width: Array) -> Array:
+  """nn.Dropout(1 - keep) on the first `width` columns of x [R, W], with the mask a
+  [R, width] draw from `key` would give (partitionable threefry: element k uses counter k)."""
+  rows, cols = x.shape
+  uniform = jax.random.uniform(key, (rows * cols,), jnp.float32)
+  col = jnp.arange(cols, dtype=jnp.int32)
+  index = jnp.arange(rows, dtype=jnp.int32)[:, None] * width + col[None, :]
+  kept = uniform[jnp.where(col[None, :] < width, index, 0)] < keep
+  return jax.lax.select(kept, x / keep, jnp.zeros_like(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward pass of one design.
+
+
+def select(code: Array, options: Sequence[Any]) -> Any:
+  """options[code] for a traced int code, by exact elementwise selection (pytrees allowed).
+
+  Every option is computed; `jnp.where` passes the chosen one through bit for bit, and its
+  gradient gives the others a zero cotangent."""
+  result = options[-1]
+  for index in range(len(options) - 2, -1, -1):
+    result = jax.tree.map(lambda a, b, i=index: jnp.where(code == i, a, b), options[index],
+                          result)
+  return result
+
+
+def _pad_channels(x: Array, width: int) -> Array:
+  return jnp.pad(x, ((0, 0), (0, width - x.shape[-1])))
+
+
+def _place(y: Array, offset: Array, width: Array, total: int) -> Array:
+  """[R, total] holding y's first `width` columns at columns offset .. offset + width - 1."""
+  src = jnp.arange(total, dtype=jnp.int32) - offset
+  valid = (src >= 0) & (src < width)
+  return jnp.where(valid[None, :], y[:, jnp.clip(src, 0, y.shape[-1] - 1)], 0.0)
+
+
+def _dense(x: Array, p: Params) -> Array:
+  return x @ p["kernel"] + p["bias"]
+
+
+class _Member:
+  """One design's forward pass over the layout (a closure over its spec and variables)."""
+
+  def __init__(self, layout: Layout, params: Params, batch_stats: Params,
+               spec: Mapping[str, Array], train: bool, keys: Mapping[str, Array] | None):
+    self.layout, self.params, self.stats, self.spec = layout, params, batch_stats, spec
+    self.train, self.keys = train, keys
+    self.new_stats: Params = {}
+
+  def activate(self, x: Array) -> Array:
+    options = []
+    for name in self.layout.activations:
+      if name == "prelu":
+        options.append(mlp_lib.PReLU().apply({"params": self.params["prelu"]}, x))
+      else:
+        options.append(mlp_lib.get_activation(name)(x))
+    return select(self.spec["activation"], options)
+
+  def finish_layer(self, name: str, h: Array, mask: Array, width: Array) -> Array:
+    """GeneralLayer after its core: [BatchNorm] -> [Dropout] (the model applies the act)."""
+    bn_vars = {"params": self.params[name]["bn"], "batch_stats": self.stats[name]["bn"]}
+    stats = self.stats[name]["bn"]
+    if True in self.layout.batch_norms:
+      if self.train:
+        normed, updated = mlp_lib.MaskedBatchNorm().apply(bn_vars, h, mask, True,
+                                                          mutable=["batch_stats"])
+        stats = select(self.spec["batch_norm"].astype(jnp.int32),
+                        [stats, updated["batch_stats"]])
+      else:
+        normed = mlp_lib.MaskedBatchNorm().apply(bn_vars, h, mask, False)
+      h = jnp.where(self.spec["batch_norm"], normed, h)
+    self.new_stats[name] = {"bn": stats}
+    if self.layout.dropout and self.train:
+      dropped = dropout(h, self.keys[name], self.spec["keep"], width)
+      h = jnp.where(self.spec["dropout"] > 0, dropped, h)
+    return h
+
+  def conv(self, name: str, x: Array, graph: jraph.GraphsTuple) -> Array:
+    layer = self.params[name]
+    if self.layout.conv_type != "generalconv":
+      core = _ConvCore(self.layout.conv_template(), self.layout.dim)
+      conv_params = {k: v for k, v in layer.items() if k != "bn"}
+      return core.apply({"params": conv_params}, x, graph, self.train)
+    p = layer["conv"]
+    h = x @ p["lin"]["kernel"]
+    n, edge_mask = x.shape[0], graph_lib.edge_mask(graph)
+    messages = h[graph.senders]
+    out = select(self.spec["aggregation"], [
+        agg_lib.aggregate(kind, messages, graph.receivers, n, edge_mask)
+        for kind in self.layout.aggregations])
+    if "lin_self" in p:
+      out = out + x @ p["lin_self"]["kernel"]
+    return out + p["bias"]
+
+  def pre_mp(self, x: Array, mask: Array) -> Array:
+    for i in range(self.layout.layers_pre):
+      name = f"pre_mp_{i}"
+      h = self.finish_layer(name, _dense(x, self.params[name]["lin"]), mask, self.spec["dim"])
+      y = self.activate(h)
+      x = y if i == 0 else jnp.where(i < self.spec["layers_pre"], y, x)
+    return x
+
+  def stage(self, x: Array, graph: jraph.GraphsTuple, mask: Array) -> Array:
+    layout, spec = self.layout, self.spec
+    width = layout.head_dim
+    buffer = _pad_channels(x, width)
+    for i in range(layout.layers_mp):
+      name = f"mp_{i}"
+      h = self.conv(name, buffer[:, :layout.mp_in_dims[i]], graph)
+      h = self.finish_layer(name, h, mask, spec["dim"])
+      options = []
+      for stage in layout.stages:
+        if stage == "stack":
+          options.append(_pad_channels(h, width))
+        elif stage == "skipsum":
+          options.append(buffer + _pad_channels(h, width))
+        else:  # skipconcat: the buffer is zero from (i + 1) d on, so + is the concatenation
+          options.append(buffer + _place(h, (i + 1) * spec["dim"], spec["dim"], width))
+      y = self.activate(select(spec["stage"], options))
+      buffer = jnp.where(i < spec["layers_mp"], y, buffer)
+    return buffer
+
+  def readout(self, x: Array, graph: jraph.GraphsTuple) -> tuple[Array, Array]:
+    if True in self.layout.l2norms:
+      x = jnp.where(self.spec["l2norm"], graphgym.l2_normalize(x), x)
+    if self.layout.task_level == ds.GRAPH:
+      pooled = select(self.spec["pooling"], [pool_lib.global_pool(kind, x, graph)
+                                              for kind in self.layout.poolings])
+      return pooled, graph_lib.graph_mask(graph)
+    return x, graph_lib.node_mask(graph)
+
+  def head(self, x: Array, mask: Array) -> Array:
+    for i in range(self.layout.layers_post - 1):
+      name = f"post_mp_{i}"
+      h = self.finish_layer(name, _dense(x, self.params[name]["lin"]), mask,
+                            self.spec["head_dim"])
+      x = jnp.where(i < self.spec["layers_post"] - 1, self.activate(h), x)
+    return _dense(x, self.params["post_mp_out"])
+
+
+def apply(layout: Layout, params: Params, batch_stats: Params, spec: Mapping[str, Array],
+          graph: jraph.GraphsTuple, train: bool = False,
+          dropout_keys_by_layer: Mapping[str, Array] | None = None) -> tuple[Array, Params]:
+  """One design's forward pass on a padded batch.
+
+  Args:
+    layout: the population layout (static).
+    params, batch_stats: the design's variables in the layout (see `init_variables`).
+    spec: the design's arrays (see `design_spec`).
+    graph: a padded batch whose nodes['x'] is float [N, F].
+    train: batch statistics and dropout on (True) or running statistics (False).
+    dropout_keys_by_layer: `dropout_keys(layout, key)`; needed when train and layout.dropout.
+
+  Returns:
+    (outputs, batch_stats): outputs float32 [N, C] (node tasks) or [G, C] (graph tasks), and
+    the updated running statistics (the input ones when not training).
+  """
+  if train and layout.dropout and dropout_keys_by_layer is None:
+    raise ValueError("training a layout with dropout needs dropout_keys_by_layer")
+  member = _Member(layout, params, batch_stats, spec, train, dropout_keys_by_layer)
+  node_mask = graph_lib.node_mask(graph)
+  x = jnp.asarray(graph.nodes["x"]).astype(jnp.float32)
+  x = member.pre_mp(x, node_mask)
+  x = member.stage(x, graph, node_mask)
+  x, mask = member.readout(x, graph)
+  return member.head(x, mask), member.new_stats

@@ -1,0 +1,392 @@
+"""The population engine against the trusted path: every member of a population must train as
+`reference.train_design` (loop.fit) trains the same design and seed alone.
+
+Data: tiny hand-built circulant graphs (every graph has 12 nodes and 48 directed edges, so a
+batch budget ladder has one rung and each program compiles once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from gnnjax import graph as graph_lib
+from gnnjax.data import dataset as ds
+from gnnjax.design import Design, engine, reference
+from gnnjax.design import trial as trial_lib
+from gnnjax.models import graphgym, superset
+from gnnjax.training import loop
+
+TOLERANCE = 1e-4  # absolute, on losses and accuracies (float reassociation only)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_dataset(level: str = ds.NODE, num_graphs: int = 8, num_nodes: int = 12,
+                 seed: int = 0) -> ds.GraphDataset:
+  """Circulant graphs C_n(1, k): 4 edges per node in both directions; 3 classes."""
+  rng = np.random.default_rng(seed)
+  nodes = np.arange(num_nodes)
+  graphs = []
+  for g in range(num_graphs):
+    k = 2 + g % 4
+    senders = np.tile(nodes, 4)
+    receivers = np.concatenate([(nodes + 1) % num_nodes, (nodes - 1) % num_nodes,
+                                (nodes + k) % num_nodes, (nodes - k) % num_nodes])
+    x = rng.normal(size=(num_nodes, 4)).astype(np.float32)
+    if level == ds.NODE:
+      score = x[:, 0] + 0.5 * (x[(nodes + 1) % num_nodes, 1] + x[(nodes - 1) % num_nodes, 1])
+      y = np.digitize(score, [-0.5, 0.5]).astype(np.int32)
+      graphs.append(ds.make_graph(senders, receivers, num_nodes, {"x": x, "y": y}))
+    else:
+      graphs.append(ds.make_graph(senders, receivers, num_nodes, {"x": x},
+                                  graph_features={"y": np.array([g % 3], np.int32)}))
+  return ds.GraphDataset(f"tiny/{level}", graphs, level, ds.MULTICLASS, 3)
+
+
+BASE = Design(dim_inner=6, epochs=4, batch_size=4)
+# Structurally different designs: every stage type, activation, aggregation, optimizer, batch
+# norm on and off, dropout 0 and > 0, different layer counts, widths, rates and epoch counts.
+DESIGNS = [
+    BASE,
+    BASE.replace(dim_inner=5, stage_type="skipconcat", layers_mp=2, activation="prelu",
+                 aggregation="max", dropout=0.3, layers_post_mp=2, optimizer="sgd",
+                 learning_rate=0.05, epochs=5),
+    BASE.replace(stage_type="skipsum", layers_pre_mp=2, aggregation="mean", batch_norm=False,
+                 optimizer="adamw", learning_rate=0.003, epochs=3),
+    BASE.replace(conv_variant="self", activation="swish", layers_mp=1, dropout=0.6,
+                 learning_rate=0.02),
+    BASE.replace(stage_type="skipconcat", layers_mp=1, aggregation="mean", activation="swish"),
+    BASE.replace(layers_pre_mp=2, batch_norm=False, aggregation="max", optimizer="sgd"),
+    BASE.replace(dim_inner=5, stage_type="skipsum", layers_mp=1, l2norm=False, epochs=2),
+    BASE.replace(dim_inner=4, stage_type="skipconcat", layers_post_mp=2, dropout=0.3),
+]  # 8 different structures; the first four are compared with runs of their own
+DIVERGING = BASE.replace(optimizer="sgd", learning_rate=1e15)  # NaN loss in epoch 1
+HARMLESS = BASE.replace(optimizer="sgd", learning_rate=1e-3)  # same structure, converges
+SEEDS = [1, 2]
+CHUNK = 5  # 18 members -> chunks of 5, 5, 5, 3
+REFERENCE_CASES = [(0, 1), (1, 2), (2, 1), (3, 1)]  # (design index, seed)
+
+
+def _traces(run):
+  before = dict(engine.TRACE_COUNTS)
+  out = run()
+  return out, {k: v - before.get(k, 0) for k, v in engine.TRACE_COUNTS.items()
+               if v != before.get(k, 0)}
+
+
+@pytest.fixture(scope="module")
+def node_data():
+  return tiny_dataset()
+
+
+@pytest.fixture(scope="module")
+def with_diverging(node_data):
+  """The designs and a diverging one, five at a time: (results, traces, progress calls)."""
+  calls = []
+  results, traces = _traces(lambda: engine.train_population(
+      DESIGNS + [DIVERGING], node_data, SEEDS, eval_every=2, max_parallel=CHUNK,
+      progress=lambda done, total, info: calls.append((done, total, info))))
+  return results, traces, calls
+
+
+@pytest.fixture(scope="module")
+def without_diverging(node_data, with_diverging):
+  """The same run with the diverging design replaced by a harmless one of its structure."""
+  return _traces(lambda: engine.train_population(DESIGNS + [HARMLESS], node_data, SEEDS,
+                                                 eval_every=2, max_parallel=CHUNK))
+
+
+@pytest.fixture(scope="module")
+def references(node_data):
+  return {(i, seed): reference.train_design(DESIGNS[i], node_data, seed, eval_every=2)
+          for i, seed in REFERENCE_CASES}
+
+
+def _result(results, design_index, seed):
+  return results[design_index * len(SEEDS) + SEEDS.index(seed)]
+
+
+def assert_same_trial(got: trial_lib.TrialResult, want: trial_lib.TrialResult,
+                      tolerance: float = TOLERANCE) -> None:
+  assert got.key == want.key
+  assert got.design == want.design
+  assert got.num_params == want.num_params
+  assert (got.status, got.diverged_epoch) == (want.status, want.diverged_epoch)
+  assert [r["epoch"] for r in got.history] == [r["epoch"] for r in want.history]
+  for got_record, want_record in zip(got.history, want.history):
+    assert got_record.keys() == want_record.keys()
+    for name, value in want_record.items():
+      assert got_record[name] == pytest.approx(value, abs=tolerance), (got_record["epoch"], name)
+  for which in ("final", "best"):
+    got_splits, want_splits = getattr(got, which), getattr(want, which)
+    assert got_splits.keys() == want_splits.keys()
+    for split, metrics in want_splits.items():
+      for name, value in metrics.items():
+        assert got_splits[split][name] == pytest.approx(value, abs=tolerance), (which, split)
+
+
+# ----------------------------------------------------------------------------------------------
+# Equivalence with trials trained alone.
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES)
+def test_member_matches_design_trained_alone(with_diverging, references, case):
+  results, _, _ = with_diverging
+  got = _result(results, *case)
+  assert got.status == trial_lib.OK and len(got.history) >= 3
+  assert_same_trial(got, references[case])
+
+
+def test_results_come_in_input_order(with_diverging, node_data):
+  results, _, _ = with_diverging
+  designs = DESIGNS + [DIVERGING]
+  assert [(r.key.design_id, r.key.seed) for r in results] == [
+      (d.design_id, s) for d in designs for s in SEEDS]
+  assert all(r.key.task == node_data.name for r in results)
+
+
+def test_graph_task_matches_designs_trained_alone():
+  # Max pooling then batch norm over graphs makes the last conv's batch-norm shift a symmetry
+  # whose gradient is zero up to rounding noise, which Adam turns into full steps, so that case
+  # keeps l2norm (which breaks the symmetry) to stay comparable.
+  data = tiny_dataset(ds.GRAPH, num_graphs=10)
+  designs = [BASE.replace(graph_pooling="mean", dropout=0.3, layers_mp=1),
+             BASE.replace(graph_pooling="max", layers_post_mp=2, activation="prelu", layers_mp=1)]
+  results = engine.train_population(designs, data, [3], eval_every=2)
+  assert [r.status for r in results] == [trial_lib.OK] * 2
+  assert_same_trial(results[1], reference.train_design(designs[1], data, 3, eval_every=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergence, chunking, compilation, progress.
+
+
+def test_diverging_member_is_isolated(with_diverging, without_diverging, node_data):
+  results, _, _ = with_diverging
+  alone = reference.train_design(DIVERGING, node_data, SEEDS[0], eval_every=2)
+  for seed in SEEDS:
+    diverged = _result(results, len(DESIGNS), seed)
+    assert diverged.status == trial_lib.DIVERGED == alone.status
+    assert diverged.diverged_epoch == alone.diverged_epoch == 1
+    assert [r["epoch"] for r in diverged.history] == [0]
+  # Every other member trains exactly as in the run where a harmless design takes its place
+  # (same program: no compilation, and bit-identical results).
+  harmless, traces = without_diverging
+  assert traces == {}
+  assert all(r.status == trial_lib.OK for r in harmless)
+  for got, want in zip(results[:-len(SEEDS)], harmless):
+    assert (got.history, got.final, got.best) == (want.history, want.final, want.best)
+
+
+def test_chunks_compile_once(with_diverging):
+  _, traces, calls = with_diverging
+  assert [info["members"] for done, _, info in calls if "epoch" not in info] == [5, 5, 5, 3]
+  # Four chunks of 9 different designs (8 structures) x 2 seeds: one program, compiled once.
+  assert traces == {"init": 1, "train_step": 1, "predict": 1}
+
+
+def test_progress_reports_every_epoch_and_each_chunk(with_diverging):
+  _, _, calls = with_diverging
+  total = (len(DESIGNS) + 1) * len(SEEDS)
+  assert all(t == total for _, t, _ in calls)
+  assert [done for done, _, info in calls if "epoch" not in info] == [5, 10, 15, total]
+  first_chunk = [info["epoch"] for _, _, info in calls if info["chunk"] == 1 and "epoch" in info]
+  assert first_chunk == list(range(1, len(first_chunk) + 1)) and first_chunk[-1] >= 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices.
+
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {repo!r})
+    import jax
+    from tests import test_engine as t
+    from gnnjax.design import engine
+    shardings = []
+    init = engine._ChunkRun._initial_state
+    def spy(self):
+      state, mask, spec = init(self)
+      shardings.append(len(jax.tree.leaves(state["params"])[0].sharding.device_set))
+      return state, mask, spec
+    engine._ChunkRun._initial_state = spy
+    data = t.tiny_dataset()
+    base = t.BASE.replace(layers_mp=1, epochs=3)
+    designs = [base, base.replace(dropout=0.3, optimizer="sgd", learning_rate=0.05)]
+    one = engine.train_population(designs, data, [1, 2], eval_every=2,
+                                  devices=jax.devices()[:1])
+    both = engine.train_population(designs, data, [1, 2], eval_every=2)
+    diff = max(abs(a[k] - b[k]) for x, y in zip(one, both) for a, b in zip(x.history, y.history)
+               for k in a)
+    same_shape = all(len(x.history) == len(y.history) and x.status == y.status
+                     for x, y in zip(one, both))
+    print(json.dumps({{"devices": jax.device_count(), "shardings": shardings, "diff": diff,
+                       "same_shape": same_shape}}))
+""")
+
+
+def test_population_axis_shards_over_two_devices_with_the_same_results():
+  # Two host devices; LLVM's cheaper settings make the two compilations ~30% faster (the test
+  # compares device counts, not speed).
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=2",
+                                 "--xla_backend_optimization_level=0",
+                                 "--xla_llvm_disable_expensive_passes=true"]))
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT.format(repo=REPO)], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 2
+  assert report["shardings"] == [1, 2]  # the state lives on both devices in the second run
+  assert report["same_shape"] and report["diff"] < TOLERANCE
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory-aware packing.
+
+
+def test_memory_estimate_bounds_xla_and_sets_chunks(node_data, monkeypatch):
+  mesh = jax.make_mesh((1,), (engine.POP_AXIS,), (jax.sharding.AxisType.Auto,))
+  designs = [BASE.replace(epochs=5), BASE.replace(dim_inner=5, epochs=3), BASE,
+             BASE.replace(optimizer="sgd", epochs=2)]
+  members = engine._resolve_members(designs, node_data, SEEDS)
+  streams = engine._SeedStreams(node_data, SEEDS, BASE.batch_size)
+  group = engine._Group(members, node_data, streams, mesh, max_parallel=None)
+  assert len(group.chunks) == 1 and group.member_bytes is None  # the estimate fits 2 GiB
+  estimate = engine.estimate_member_bytes(group.program.layout, group.program.optimizers,
+                                          group.streams.largest_budget())
+  probe = engine._ChunkRun(group, members[:2], node_data, eval_every=1, size=2)
+  measured = probe.measure_step_bytes() / 2
+  assert measured < estimate < 20 * measured
+  # With memory for three measured members per chunk, the group is cut in three chunks.
+  monkeypatch.setattr(engine, "DEFAULT_CPU_MEMORY",
+                      int(3.5 * measured / engine.MEMORY_FRACTION))
+  monkeypatch.setattr(engine._ChunkRun, "measure_step_bytes", lambda self: int(measured))
+  small = engine._Group(members, node_data, streams, mesh, max_parallel=None)
+  assert small.member_bytes == int(measured)
+  assert [len(c) for c in small.chunks] == [3, 3, 2] and small.size == 3
+  # Chunks follow (epochs, width): members with the fewest epochs come first.
+  epochs = [m.resolved.epochs for c in small.chunks for m in c]
+  assert epochs == sorted(epochs)
+
+
+def test_members_per_chunk_uses_the_device_limit():
+  assert engine.members_per_chunk(10, 1, 1000) == int(engine.MEMORY_FRACTION * 100)
+  assert engine.members_per_chunk(10, 4, 1000) == 4 * int(engine.MEMORY_FRACTION * 100)
+  assert engine.members_per_chunk(10**12, 2, 1000) == 2  # at least one per device
+  assert engine.device_memory_bytes(jax.devices("cpu")[0]) == engine.DEFAULT_CPU_MEMORY
+
+
+# ----------------------------------------------------------------------------------------------
+# Superset pieces.
+
+
+def test_dropout_reads_the_designs_own_mask_out_of_a_padded_draw():
+  key = jax.random.PRNGKey(4)
+  x = jax.random.normal(jax.random.PRNGKey(5), (7, 10))
+  width = 6
+  want = nn.Dropout(0.3, deterministic=False).apply({}, x[:, :width], rng=key)
+  got = superset.dropout(x.at[:, width:].set(0.0), key, np.float32(0.7), np.int32(width))
+  np.testing.assert_array_equal(np.asarray(got[:, :width]), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(got[:, width:]), 0.0)
+
+
+@pytest.mark.parametrize("design", [
+    Design(dim_inner=4, conv_type="gat", heads=2, stage_type="skipconcat", layers_mp=2),
+    Design(dim_inner=3, conv_type="sage", batch_norm=False, layers_post_mp=2),
+], ids=["gat", "sage"])
+def test_init_and_forward_match_the_design_model(node_data, design):
+  data, pipe = reference.split_for_seed(node_data, 1, 4)
+  model, resolved = graphgym.build_model(design, data)
+  # A wider design of the same conv shares the layout, so the real one is padded.
+  wider = graphgym.build_model(design.replace(dim_inner=5, stage_type="stack"), data)[1]
+  layout = superset.Layout.from_designs([resolved, wider], 4, 3, ds.NODE)
+  batch = pipe.example_batch()
+  state = jax.jit(lambda key: loop.init_state(model, batch, _identity(), key))(
+      jax.random.PRNGKey(9))
+  spec = superset.init_spec(layout, *superset.design_variable_shapes(model, 4))
+  params, stats, mask = jax.jit(lambda s, k: superset.init_variables(layout, s, k))(
+      spec, jax.random.fold_in(jax.random.PRNGKey(9), 0))
+  flat, real = superset._flatten(params), superset._flatten(state.params)
+  for path, value in real.items():
+    padded = np.asarray(flat[path])
+    view = superset._view_shape(layout, path, padded.shape)
+    real_view = superset._view_shape(layout, path, np.shape(value))
+    # Bit-equal for uniform draws; the truncated normal's erf_inv may round differently.
+    np.testing.assert_allclose(
+        padded.reshape(view)[tuple(slice(0, n) for n in real_view)].reshape(np.shape(value)),
+        np.asarray(value), rtol=1e-6, atol=1e-7)
+  assert sum(int(np.sum(m)) for m in jax.tree.leaves(mask)) == reference.count_params(real)
+  want = jax.jit(model.apply)({"params": state.params, "batch_stats": state.batch_stats}, batch)
+  got, _ = jax.jit(lambda *args: superset.apply(layout, *args))(
+      params, stats, superset.design_spec(layout, resolved), batch)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def _identity():
+  import optax
+  return optax.identity()
+
+
+def test_repad_keeps_real_nodes_edges_and_masks(node_data):
+  _, pipe = reference.split_for_seed(node_data, 1, 3)
+  batch = next(iter(pipe.train_batches(0)))
+  n_node, n_edge = batch.nodes["x"].shape[0] + 5, batch.senders.shape[0] + 7
+  bigger = engine._repad(batch, n_node, n_edge)
+  assert bigger.nodes["x"].shape[0] == n_node and bigger.senders.shape[0] == n_edge
+  for mask in (graph_lib.node_mask, graph_lib.edge_mask, graph_lib.graph_mask):
+    old, new = np.asarray(mask(batch)), np.asarray(mask(bigger))
+    np.testing.assert_array_equal(new[:old.size], old)
+    assert not new[old.size:].any()
+  real = np.asarray(graph_lib.node_mask(batch))
+  np.testing.assert_array_equal(bigger.nodes["x"][:real.size][real], batch.nodes["x"][real])
+
+
+def test_bad_arguments_raise(node_data):
+  with pytest.raises(ValueError, match="eval_every"):
+    engine.train_population([BASE], node_data, [0], eval_every=0)
+  with pytest.raises(ValueError, match="max_parallel"):
+    engine.train_population([BASE], node_data, [0], max_parallel=0)
+  assert engine.train_population([], node_data, [0]) == []
+
+
+def test_chunks_that_run_out_of_memory_are_split_then_trained_alone(node_data, monkeypatch):
+  designs = [BASE.replace(learning_rate=lr) for lr in (0.01, 0.02, 0.03)]
+  sizes = []
+
+  def run_one_at_a_time(self, on_epoch=None):
+    sizes.append((len(self.members), self.size))
+    if len(self.members) > 1:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+    member = self.members[0]
+    return [trial_lib.TrialResult(trial_lib.TrialKey("t", member.design.design_id, member.seed),
+                                  member.resolved.to_dict(), num_params=1)]
+
+  monkeypatch.setattr(engine._ChunkRun, "run", run_one_at_a_time)
+  results = engine.train_population(designs, node_data, [1])
+  # Halves share a padded size (one compilation for both).
+  assert sizes == [(3, 3), (1, 2), (2, 2), (1, 1), (1, 1)]
+  assert [r.key.design_id for r in results] == [d.design_id for d in designs]
+
+  def out_of_memory(*args, **kwargs):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+
+  # A single member that does not fit is trained alone, unpadded, else reported failed.
+  monkeypatch.setattr(engine._ChunkRun, "run", out_of_memory)
+  monkeypatch.setattr(reference, "train_design", lambda design, data, seed, every: "alone")
+  assert engine.train_population(designs[:1], node_data, [1]) == ["alone"]
+  monkeypatch.setattr(reference, "train_design", out_of_memory)
+  results = engine.train_population(designs[:1], node_data, [1])
+  assert results[0].status == trial_lib.FAILED and "RESOURCE_EXHAUSTED" in results[0].message
+  monkeypatch.setattr(engine._ChunkRun, "run", lambda self, on_epoch=None: 1 / 0)
+  with pytest.raises(ZeroDivisionError):  # other errors are not swallowed
+    engine.train_population(designs[:1], node_data, [1])
