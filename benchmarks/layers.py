@@ -11,7 +11,6 @@ gradient with respect to the parameters and the node features.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
