@@ -7,8 +7,11 @@ Real-data tests read the offline dataset copies from `$GNNJAX_DATA`, defaulting 
 
 import os
 import pathlib
+import urllib.error
 
 import pytest
+
+from gnnjax.data import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,3 +31,11 @@ def data_dir() -> pathlib.Path:
 def _isolated_cache(tmp_path, monkeypatch):
   """Keeps tests from writing into the user's real download cache."""
   monkeypatch.setenv("GNNJAX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+  """No test may reach the network: downloads are refused unless a test installs its own fake."""
+  def refuse(url, timeout=60.0):
+    raise urllib.error.URLError(f"offline test, refused {url}")
+  monkeypatch.setattr(sources, "_download", refuse)

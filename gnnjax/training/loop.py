@@ -233,13 +233,13 @@ def fit(model: nn.Module, pipeline, dataset_task_type: str, optim_config: optim.
           "best_value": best_value, "best_metrics": best_metrics})
   if checkpointer is not None:
     checkpointer.close()
-  last = _split_record(history[-1]) if history else {}
+  last = split_record(history[-1]) if history else {}
   return FitResult(best_epoch=best_epoch, best=best_metrics, last=last, history=history,
                    state=state, best_variables=_variables(*best_vars), status=status,
                    diverged_epoch=diverged_epoch, seconds=time.time() - started)
 
 
-def _split_record(record: dict) -> dict[str, dict[str, float]]:
+def split_record(record: dict) -> dict[str, dict[str, float]]:
   """{'val_accuracy': x, ...} -> {'val': {'accuracy': x}, ...} (epoch/epoch_loss dropped)."""
   out: dict[str, dict[str, float]] = {}
   for key, value in record.items():
