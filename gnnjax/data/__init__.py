@@ -13,6 +13,8 @@ Names:
   <family>/<label>/<feature>              GraphGym synthetic tasks on the shipped graphs, e.g.
                                           smallworld/clustering/onehot (see data.synthetic)
   generated/<family>/<label>/<feature>    the same on freshly generated graphs (no files needed)
+  pointcloud, pointcloud/<P>              generated point-cloud part segmentation (P points per
+                                          cloud, default 256; see data.pointcloud)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 
 import numpy as np
 
-from gnnjax.data import planetoid, splits, synthetic, tu
+from gnnjax.data import planetoid, pointcloud, splits, synthetic, tu
 from gnnjax.data.dataset import GRAPH, NODE, DataFormatError, GraphDataset  # noqa: F401
 from gnnjax.data.sources import DatasetUnavailableError  # noqa: F401
 
@@ -63,6 +65,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, seed: 
     from gnnjax.data import moleculenet
     return moleculenet.load_moleculenet(lowered, data_dir, limit=limit)
   parts = lowered.split("/")
+  if parts[0] == pointcloud.COLLECTION and len(parts) <= 2:
+    return pointcloud.load_pointcloud(name, num_graphs=num_graphs, seed=seed)
   generate = parts[0] == "generated"
   if generate:
     parts = parts[1:]
@@ -74,7 +78,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, seed: 
       f"unknown dataset {name!r}. Known: {', '.join(planetoid.NAMES)}, "
       f"{', '.join(tu.SHIPPED_NAMES)} (or tu/<NAME>), {', '.join(MOLECULENET_NAMES)}, "
       f"<family>/<label>/<feature> with family in {synthetic.FAMILIES}, label in "
-      f"{synthetic.LABELS}, feature in {synthetic.FEATURES} (prefix generated/ to generate)")
+      f"{synthetic.LABELS}, feature in {synthetic.FEATURES} (prefix generated/ to generate), "
+      f"pointcloud or pointcloud/<points>")
 
 
 def apply_split(dataset: GraphDataset, protocol: str = "default", seed: int = 0
@@ -103,6 +108,8 @@ def apply_split(dataset: GraphDataset, protocol: str = "default", seed: int = 0
   if dataset.task_level == NODE:
     if is_planetoid and protocol in ("public", "random"):
       return planetoid.resplit(dataset, protocol, seed), None
+    if dataset.name.startswith(pointcloud.COLLECTION) and protocol == "random":
+      return pointcloud.split_clouds(dataset, fractions, seed), None  # whole clouds per split
     if protocol in ("public", "scaffold"):
       raise ValueError(f"split {protocol!r} does not apply to node task {dataset.name}")
     return splits.random_node_split(dataset, fractions, seed=seed, per_graph=True), None
