@@ -15,6 +15,8 @@ Names:
   generated/<family>/<label>/<feature>    the same on freshly generated graphs (no files needed)
   pointcloud, pointcloud/<P>              generated point-cloud part segmentation (P points per
                                           cloud, default 256; see data.pointcloud)
+  <name>/link                             link prediction on the graphs of <name> (e.g. cora/link;
+                                          data.links: GraphGym's 80/10/10 edge split, negatives)
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import os
 
 import numpy as np
 
-from gnnjax.data import planetoid, pointcloud, splits, synthetic, tu
-from gnnjax.data.dataset import GRAPH, NODE, DataFormatError, GraphDataset  # noqa: F401
+from gnnjax.data import links, planetoid, pointcloud, splits, synthetic, tu
+from gnnjax.data.dataset import EDGE, GRAPH, NODE, DataFormatError, GraphDataset  # noqa: F401
 from gnnjax.data.sources import DatasetUnavailableError  # noqa: F401
 
 # Needs no files: graphs are generated with networkx.
@@ -56,6 +58,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, seed: 
     limit: read only the first `limit` molecules (MoleculeNet; quick experiments).
   """
   lowered = name.lower()
+  if lowered.endswith("/link"):
+    base = load_dataset(name[:-len("/link")], data_dir, seed=seed,
+                        normalize_features=normalize_features, num_graphs=num_graphs,
+                        limit=limit)
+    return links.as_link_task(base, name=name)
   if lowered in planetoid.NAMES:
     return planetoid.load_planetoid(lowered, data_dir, split="public",
                                     normalize_features=normalize_features)
@@ -90,13 +97,19 @@ def apply_split(dataset: GraphDataset, protocol: str = "default", seed: int = 0
   graph_splits None; graph tasks return index arrays {'train', 'val', 'test'}.
 
   Protocols: 'public' (Planetoid's standard split), 'random' (Planetoid: 20 per class / 500 /
-  1000, seeded; other node tasks 80/10/10 per graph; graph tasks 80/10/10), 'scaffold'
+  1000, seeded; other node tasks 80/10/10 per graph; graph tasks 80/10/10; link tasks
+  GraphGym's 80/10/10 edge split with one negative per positive, the default), 'scaffold'
   (MoleculeNet, Hu et al.), 'graphgym' (80/20 train/val, no test, as GraphGym), 'default'
   (public for Planetoid, scaffold for MoleculeNet, graphgym for synthetic tasks, random
   otherwise).
   """
   if protocol not in SPLIT_PROTOCOLS:
     raise ValueError(f"unknown split {protocol!r}; choose from {list(SPLIT_PROTOCOLS)}")
+  if dataset.task_level == EDGE:
+    if protocol not in ("default", "random"):
+      raise ValueError(f"link task {dataset.name} splits its edges: use 'default' or 'random', "
+                       f"not {protocol!r}")
+    return links.split_links(dataset, seed=seed), None
   is_planetoid = dataset.name.lower() in planetoid.NAMES
   is_molecule = "smiles" in dataset.report
   is_synthetic = "/" in dataset.name and dataset.name.split("/")[0] in synthetic.FAMILIES

@@ -28,8 +28,9 @@ import jraph
 import numpy as np
 
 NODE = "node"
+EDGE = "edge"  # link prediction: one logit per query node pair (see gnnjax.data.links)
 GRAPH = "graph"
-TASK_LEVELS = (NODE, GRAPH)
+TASK_LEVELS = (NODE, EDGE, GRAPH)
 
 MULTICLASS = "multiclass"  # one label per example, `num_classes` >= 2 logits, softmax CE
 BINARY = "binary"  # one {0,1} label per example, one logit, sigmoid BCE
@@ -45,7 +46,8 @@ class GraphDataset:
   Attributes:
     name: dataset name, e.g. 'cora', 'MUTAG', 'bbbp', 'smallworld/clustering'.
     graphs: host-side graphs, one `GraphsTuple` per graph (conventions in the module doc).
-    task_level: 'node' (labels on nodes) or 'graph' (one label per graph).
+    task_level: 'node' (labels on nodes), 'edge' (labels on node pairs, gnnjax.data.links) or
+      'graph' (one label per graph).
     task_type: one of TASK_TYPES.
     num_outputs: width of the model output: number of classes for multiclass, 1 for binary,
       number of tasks for multitask and regression.

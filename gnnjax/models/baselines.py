@@ -72,8 +72,9 @@ class BaselineGNN(nn.Module):
   def setup(self):
     if self.model not in MODELS:
       raise ValueError(f"unknown model {self.model!r}; choose from {list(MODELS)}")
-    if self.task_level not in ds.TASK_LEVELS:
-      raise ValueError(f"unknown task level {self.task_level!r}")
+    if self.task_level not in (ds.NODE, ds.GRAPH):
+      raise ValueError(f"baseline models predict nodes or graphs, not {self.task_level!r} "
+                       "targets; train link prediction with a GraphGym design (--design)")
 
   def _conv(self, features: int, last: bool, batch_norm_mlp: bool) -> nn.Module:
     if self.model == "gcn":

@@ -12,7 +12,9 @@ Forward order (GraphGym's graphgym/models/gnn.py of the release commit):
    Then (l2norm) every node embedding is scaled to unit L2 norm.
 4. Head: graph tasks first pool the nodes of each graph (`graph_pooling`); then
    (layers_post_mp - 1) Linear GeneralLayers h -> h, h = the stage's output width, and a plain
-   Linear h -> C with bias.
+   Linear h -> C with bias. Edge (link) tasks use GraphGym's GNNEdgeHead: with 'dot' or
+   'cosine_similarity' decoding the same MLP maps every node h -> h and a query pair (u, v)
+   scores <h_u, h_v> (or their cosine); with 'concat' the MLP maps [h_u, h_v] 2h -> 1.
 
 A GeneralLayer is core -> [BatchNorm] -> [Dropout] -> act, its core biased only without batch
 norm; here the activation is applied by the model so that PReLU's single slope is one parameter
@@ -50,6 +52,7 @@ Array = jax.Array
 # torch.nn.init.xavier_uniform_ with gain calculate_gain('relu') = sqrt(2): variance scale 2.
 XAVIER_RELU = nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")
 L2_EPS = 1e-12  # torch.nn.functional.normalize's eps
+EDGE_DECODINGS = ("dot", "cosine_similarity", "concat")
 
 
 def make_conv(design: Design, features: int) -> nn.Module:
@@ -128,17 +131,23 @@ def l2_normalize(x: Array) -> Array:
 class GraphGymGNN(nn.Module):
   """The GraphGym GNN of a design: padded batch -> [N, C] (node task) or [G, C] (graph task).
 
+  Edge tasks return [G * Q] logits, one per query pair in `globals['pairs']` [G, Q, 2] (node ids
+  within each graph; see gnnjax.data.links), flattened in the order of
+  `gnnjax.training.losses.targets_and_mask`.
+
   Attributes:
     design: the design; `design.dim_inner` must be set (`build_model` sets it by budget).
     num_outputs: output width C (1 logit for binary tasks).
-    task_level: 'node' or 'graph'.
+    task_level: 'node', 'edge' or 'graph'.
     feature_keys: node arrays concatenated into the input, in order (GraphGym's preprocess).
+    edge_decoding: edge tasks: 'dot' (GraphGym's default), 'cosine_similarity' or 'concat'.
   """
 
   design: Design
   num_outputs: int
   task_level: str = ds.NODE
   feature_keys: Sequence[str] = ("x",)
+  edge_decoding: str = "dot"
 
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple, train: bool = False) -> Array:
@@ -157,11 +166,13 @@ class GraphGymGNN(nn.Module):
     x = self._stage(x, graph, node_mask, act, train)
     if design.l2norm:
       x = l2_normalize(x)
+    if self.task_level == ds.EDGE:
+      return self._edge_head(x, graph, node_mask, act, train)
     mask = node_mask
     if self.task_level == ds.GRAPH:
       x = pool_lib.global_pool(design.graph_pooling, x, graph)
       mask = graph_lib.graph_mask(graph)
-    return self._head(x, mask, act, train)
+    return self._head(x, mask, act, train, self.num_outputs)
 
   def _activation(self) -> Callable[[Array], Array]:
     if self.design.activation == "prelu":
@@ -189,17 +200,40 @@ class GraphGymGNN(nn.Module):
       x = act(x)
     return x
 
-  def _head(self, x: Array, mask: Array, act: Callable, train: bool) -> Array:
+  def _head(self, x: Array, mask: Array, act: Callable, train: bool, features: int) -> Array:
     width = x.shape[-1]
     for i in range(self.design.layers_post_mp - 1):
       x = act(GeneralLayer(width, self.design, "linear", name=f"post_mp_{i}")(
           x, None, mask, train))
-    return nn.Dense(self.num_outputs, kernel_init=XAVIER_RELU, name="post_mp_out")(x)
+    return nn.Dense(features, kernel_init=XAVIER_RELU, name="post_mp_out")(x)
+
+  def _edge_head(self, x: Array, graph: jraph.GraphsTuple, node_mask: Array, act: Callable,
+                 train: bool) -> Array:
+    """x [N, h] node embeddings -> [G * Q] pair logits (GraphGym's GNNEdgeHead)."""
+    if self.edge_decoding not in EDGE_DECODINGS:
+      raise ValueError(f"unknown edge_decoding {self.edge_decoding!r}; choose from "
+                       f"{list(EDGE_DECODINGS)}")
+    if self.num_outputs != 1:
+      raise ValueError(f"link prediction scores one logit per pair, got num_outputs "
+                       f"{self.num_outputs}")
+    pairs = graph.globals["pairs"]  # [G, Q, 2], ids local to each graph
+    first_node = jnp.cumsum(graph.n_node) - graph.n_node
+    ids = (pairs + first_node[:, None, None]).reshape(-1, 2)
+    if self.edge_decoding == "concat":
+      pair_mask = (graph_lib.graph_mask(graph)[:, None]
+                   & jnp.ones(pairs.shape[:2], bool)).reshape(-1)
+      h = jnp.concatenate([x[ids[:, 0]], x[ids[:, 1]]], axis=-1)
+      return self._head(h, pair_mask, act, train, 1).reshape(-1)
+    h = self._head(x, node_mask, act, train, x.shape[-1])
+    h_u, h_v = h[ids[:, 0]], h[ids[:, 1]]
+    if self.edge_decoding == "cosine_similarity":
+      h_u, h_v = l2_normalize(h_u), l2_normalize(h_v)
+    return jnp.sum(h_u * h_v, axis=-1)
 
 
 def build_model(design: Design, dataset: ds.GraphDataset, *, synthetic: bool | None = None,
-                budget: int | None = None, reference: Design = DESIGN_V1
-                ) -> tuple[GraphGymGNN, Design]:
+                budget: int | None = None, reference: Design = DESIGN_V1,
+                edge_decoding: str = "dot") -> tuple[GraphGymGNN, Design]:
   """The GraphGym model of `design` for `dataset`, with dim_inner budget-matched if unset.
 
   Args:
@@ -209,6 +243,7 @@ def build_model(design: Design, dataset: ds.GraphDataset, *, synthetic: bool | N
       of 1; default: True for dataset names starting with 'smallworld' or 'scalefree'.
     budget: parameter budget P*; default: the proxy count of `reference`.
     reference: the budget's reference design (GraphGym: design_v1, P* = 133,121).
+    edge_decoding: how link-prediction tasks score a node pair (EDGE_DECODINGS).
 
   Returns:
     (model, design with dim_inner set).
@@ -223,4 +258,5 @@ def build_model(design: Design, dataset: ds.GraphDataset, *, synthetic: bool | N
     f_proxy = budget_lib.proxy_dim_in(dataset.name, synthetic)
     target = budget if budget is not None else budget_lib.reference_budget(reference)
     design = design.replace(dim_inner=budget_lib.match_dim_inner(design, target, f_proxy))
-  return GraphGymGNN(design, dataset.num_outputs, dataset.task_level), design
+  return GraphGymGNN(design, dataset.num_outputs, dataset.task_level,
+                     edge_decoding=edge_decoding), design

@@ -115,6 +115,9 @@ class Layout:
     """
     if not designs:
       raise ValueError("a layout needs at least one design")
+    if task_level not in (ds.NODE, ds.GRAPH):
+      raise ValueError(f"the population engine trains node and graph tasks, not {task_level!r}; "
+                       "train link-prediction designs one at a time (reference.train_design)")
     for design in designs:
       if design.dim_inner is None:
         raise ValueError(f"design {design.summary()} has dim_inner None; resolve it with "

@@ -2,7 +2,8 @@
 
 `targets_and_mask` is the single place that knows where labels live in a padded batch (see
 `gnnjax.data.dataset`): node tasks read `nodes['y']` under the split's node mask, graph tasks
-read `globals['y']` under the graph padding mask (and `globals['y_mask']` for missing labels).
+read `globals['y']` under the graph padding mask (and `globals['y_mask']` for missing labels),
+edge (link) tasks read `globals['pair_y']` under the split's pair mask (`gnnjax.data.links`).
 Padding therefore never reaches a loss or a metric.
 """
 
@@ -25,10 +26,20 @@ def targets_and_mask(batch: jraph.GraphsTuple, task_level: str, task_type: str,
 
   Returns:
     (labels, mask): node tasks: labels [N] or [N, T], mask [N] or [N, T]; graph tasks: labels
-    [G] or [G, T], mask [G] or [G, T]. `split` ('train'/'val'/'test') selects a node split mask
-    for node tasks (ignored for graph tasks, whose batches hold one split's graphs); None means
-    every labelled node.
+    [G] or [G, T], mask [G] or [G, T]; edge tasks: labels and mask [G * Q], the G graph slots'
+    Q query pairs flattened in order. `split` ('train'/'val'/'test') selects a node (pair)
+    split mask for node (edge) tasks (ignored for graph tasks, whose batches hold one split's
+    graphs); None means every labelled node (pair).
   """
+  if task_level == ds.EDGE:
+    labels = batch.globals["pair_y"]
+    mask = graph_lib.graph_mask(batch)[:, None]
+    if split is not None:
+      mask = mask & batch.globals[f"pair_{split}_mask"]
+    else:
+      mask = mask & (batch.globals["pair_train_mask"] | batch.globals["pair_val_mask"]
+                     | batch.globals["pair_test_mask"])
+    return labels.reshape(-1), mask.reshape(-1)
   if task_level == ds.NODE:
     labels = batch.nodes["y"]
     mask = graph_lib.node_mask(batch)

@@ -6,6 +6,8 @@
 * `NodeTaskPipeline` (transductive node tasks): every split sees all graphs with all their edges;
   the split only changes which nodes count (`nodes['<split>_mask']`). A single-graph dataset
   (Cora) is one full batch, padded once.
+* `EdgeTaskPipeline` (transductive link prediction): the same batches; the split changes which
+  query pairs count (`globals['pair_<split>_mask']`, see gnnjax.data.links).
 
 Shuffling uses `np.random.default_rng((seed, epoch))`, so epoch k's order does not depend on
 how many epochs ran before it: a resumed run sees exactly the batches of an uninterrupted one.
@@ -69,15 +71,13 @@ class NodeTaskPipeline:
   task_level = ds.NODE
 
   def __init__(self, dataset: ds.GraphDataset, batch_size: int | None = None, seed: int = 0):
-    if dataset.task_level != ds.NODE:
-      raise ValueError(f"{dataset.name} is a {dataset.task_level}-level task; use GraphTaskPipeline")
-    nodes = dataset.graphs[0].nodes
+    if dataset.task_level != self.task_level:
+      raise ValueError(f"{dataset.name} is a {dataset.task_level}-level task; use "
+                       f"make_pipeline, which picks the pipeline of the task level")
     self._split_names = [s for s in ("train", "val", "test")
-                         if f"{s}_mask" in nodes and any(g.nodes[f"{s}_mask"].any()
-                                                         for g in dataset.graphs)]
+                         if any(self._split_mask(g, s).any() for g in dataset.graphs)]
     if "train" not in self._split_names:
-      raise ValueError(f"{dataset.name} has no 'train_mask' on its nodes; apply a node split "
-                       "(gnnjax.data.splits.random_node_split) first")
+      raise ValueError(self._missing_train_message(dataset))
     self.dataset = dataset
     self.batch_size = batch_size or len(dataset)
     self.seed = seed
@@ -85,6 +85,15 @@ class NodeTaskPipeline:
     self.ladder = batching.budget_ladder(self.packed, self.batch_size)
     self._full = (self.packed.gather(np.arange(len(dataset)), self.ladder[-1])
                   if self.batch_size >= len(dataset) else None)
+
+  @staticmethod
+  def _split_mask(graph: jraph.GraphsTuple, split: str) -> np.ndarray:
+    return np.asarray(graph.nodes.get(f"{split}_mask", False))
+
+  @staticmethod
+  def _missing_train_message(dataset: ds.GraphDataset) -> str:
+    return (f"{dataset.name} has no 'train_mask' on its nodes; apply a node split "
+            "(gnnjax.data.splits.random_node_split) first")
 
   @property
   def split_names(self) -> list[str]:
@@ -109,11 +118,29 @@ class NodeTaskPipeline:
     return next(iter(self.train_batches(0)))
 
 
+class EdgeTaskPipeline(NodeTaskPipeline):
+  """All graphs, their message-passing (train) edges; splits are query-pair masks."""
+
+  task_level = ds.EDGE
+
+  @staticmethod
+  def _split_mask(graph: jraph.GraphsTuple, split: str) -> np.ndarray:
+    return np.asarray(graph.globals.get(f"pair_{split}_mask", False))
+
+  @staticmethod
+  def _missing_train_message(dataset: ds.GraphDataset) -> str:
+    return (f"{dataset.name} has no train pairs; split its edges first "
+            "(gnnjax.data.apply_split or gnnjax.data.links.split_links)")
+
+
 def make_pipeline(dataset: ds.GraphDataset, splits: Mapping[str, Sequence[int]] | None,
                   batch_size: int, seed: int = 0):
-  """The pipeline for the dataset's task level (`splits` are graph indices; node tasks: None)."""
+  """The pipeline for the dataset's task level (`splits` are graph indices; node and edge
+  tasks: None)."""
   if dataset.task_level == ds.NODE:
     return NodeTaskPipeline(dataset, batch_size, seed)
+  if dataset.task_level == ds.EDGE:
+    return EdgeTaskPipeline(dataset, batch_size, seed)
   if splits is None:
     raise ValueError("graph-level tasks need graph index splits")
   return GraphTaskPipeline(dataset, splits, batch_size, seed)
