@@ -6,3 +6,7 @@ from gnnjax.deep.reversible import coupling_inverse
 from gnnjax.deep.reversible import dropout_mask
 from gnnjax.deep.reversible import invert_stack
 from gnnjax.deep.reversible import reversible_stack
+from gnnjax.deep.deq import DEQConfig
+from gnnjax.deep.deq import deq_fixed_point
+from gnnjax.deep.solvers import SolverStats
+from gnnjax.deep.solvers import solve
