@@ -1,0 +1,424 @@
+r"""AutoTransfer: search a new task's design with a prior transferred from the task-model bank.
+
+Search mode (default): for the task --dataset, compute its distance to every bank task
+(`task_distances`: FIM task features -> learned embedding g -> d_e = 1 - z_e . z_e'), show the
+nearest bank tasks, mix their top-K design distributions into the transferred prior, run a
+search (--algorithm, --prior, --trials) whose candidates are trained with the population engine,
+and report the best design (JSON in --out_dir). A bank task with the new task's name is left
+out of the bank (no leakage).
+
+  python -m experiments.autotransfer --db=results/bank/bank.sqlite --dataset=cora \
+      --data_dir=../shared/datasets --algorithm=tpe --prior=transferred --trials=30
+
+Study mode (--mode=study): the leave-one-task-out search-efficiency study over the bank's tasks
+(gnnjax.search.efficiency): every algorithm with and without the prior, --runs runs of --trials
+trials, table + best-so-far plot + JSON in --out_dir. By default it is a TABULAR benchmark
+(--evaluator=bank): a search on a held-out task draws from that task's designs in the bank and
+reads their stored results instead of training (cheap; the FIM features are the only compute).
+
+  python -m experiments.autotransfer --mode=study --db=results/bank/bank.sqlite \
+      --data_dir=../shared/datasets --features=results/bank/features.json --runs=10 --trials=30
+
+Distances (--distance): 'embedding' (default: the paper's; g is trained on the bank tasks that
+have anchor trials in the bank, supervised by GraphGym's anchor similarity; with fewer than 3
+such tasks it falls back to 'feature'), 'feature' (cosine distance of the raw FIM features),
+'graphgym' (1 - Kendall tau of anchor performance; needs the new task's anchors in the bank: an
+oracle for comparisons), or 'file' (--distances_json: {"task": distance} or, in study mode,
+{"held_out": {"task": distance}}). FIM features are cached in --features (JSON task -> vector;
+missing tasks are computed, loading each task by its bank name, and written back).
+
+Quick CPU run (tiny): see tests/test_search.py for a bank-lookup run; with real training:
+  python -m experiments.autotransfer --db=/tmp/bank.sqlite --dataset=<task> --trials=4 \
+      --batch_size=2 --epochs_cap=2 --anchors=2 --fisher_seeds=1 --num_graphs=16
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from gnnjax import data as data_lib
+from gnnjax.design import bank as bank_lib
+from gnnjax.design import spaces, study
+from gnnjax.search import ALGORITHMS, make_searcher, run_search
+from gnnjax.search import efficiency
+from gnnjax.search.evaluate import BankLookup, TrainingEvaluator
+from gnnjax.tasks import prior as prior_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "search", ["search", "study"], "search: one new task; study: the "
+                  "leave-one-task-out search-efficiency study over the bank.")
+flags.DEFINE_string("db", None, "The task-model bank (SQLite).", required=True)
+flags.DEFINE_string("dataset", data_lib.DEFAULT_DATASET, "search mode: the new task (a dataset "
+                    "name of gnnjax.data).")
+flags.DEFINE_string("data_dir", None, "Local data root laid out like shared/datasets.")
+flags.DEFINE_integer("num_graphs", 64, "Graphs per generated/ synthetic task.")
+flags.DEFINE_string("space", "autotransfer", "Design space: a built-in name "
+                    f"({', '.join(sorted(spaces.SPACES))}) or a space JSON file.")
+flags.DEFINE_enum("algorithm", "tpe", sorted(ALGORITHMS), "search mode: search algorithm.")
+flags.DEFINE_enum("prior", "transferred", ["transferred", "uniform"], "search mode: start from "
+                  "the transferred prior or the uniform one.")
+flags.DEFINE_integer("trials", 30, "Trials (evaluations) per search.")
+flags.DEFINE_integer("batch_size", 1, "Suggestions asked for at once (trained together by the "
+                     "population engine).")
+flags.DEFINE_integer("seed", 0, "Searcher seed (study: run r uses seed + r).")
+flags.DEFINE_integer("top_k", prior_lib.DEFAULT_TOP_K, "K: top designs per bank task in its "
+                     "design distribution.")
+flags.DEFINE_integer("nearest", prior_lib.DEFAULT_NEAREST, "Use the k nearest bank tasks (the "
+                     "released code's rule; also the fallback when --d_thres selects none).")
+flags.DEFINE_float("d_thres", None, "The paper's rule: use every bank task within this "
+                   "distance (default: the k nearest).")
+flags.DEFINE_float("smoothing", 0.0, "Mix this much of the uniform prior into the transferred "
+                   "one (0: choices unseen in the near tasks' top-K stay impossible, as the "
+                   "paper).")
+flags.DEFINE_enum("distance", "embedding", ["embedding", "feature", "graphgym", "file"],
+                  "How task distances are computed (see the module docstring).")
+flags.DEFINE_string("distances_json", None, "--distance=file: the distances JSON.")
+flags.DEFINE_string("features", None, "JSON cache of FIM task features (task -> vector); "
+                    "default <out_dir>/features.json.")
+flags.DEFINE_integer("anchors", 12, "Use the first N of AutoTransfer's 12 anchors for FIM "
+                     "features (fewer: faster, coarser).")
+flags.DEFINE_integer("fisher_seeds", 5, "R: random initialisations per anchor.")
+flags.DEFINE_integer("fisher_max_examples", None, "Estimate each Fisher from at most this many "
+                     "val examples (default: all).")
+flags.DEFINE_integer("embedding_seed", 0, "Seed of the projection g's training.")
+flags.DEFINE_enum("evaluator", None, ["train", "bank"], "How candidates are evaluated: 'train' "
+                  "(population engine) or 'bank' (tabular lookup of the task's trials in the "
+                  "bank). Default: train in search mode, bank in study mode.")
+flags.DEFINE_string("seeds", "1", "Training seeds per candidate (comma list or range).")
+flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs while training candidates.")
+flags.DEFINE_integer("epochs_cap", None, "Train candidates at most this many epochs (quick CPU "
+                     "runs; the space's epochs are 200-1600).")
+flags.DEFINE_integer("max_parallel", None, "Most designs the population engine trains at once.")
+flags.DEFINE_string("search_db", None, "search mode: bank for the trained candidates (resumable; "
+                    "default <out_dir>/search.sqlite).")
+flags.DEFINE_integer("n_startup", 5, "TPE warm-up trials drawn from the prior (paper: 5).")
+flags.DEFINE_integer("population", 5, "Evolution's initial population (paper: 5).")
+flags.DEFINE_float("hb_max_resource", 60, "HyperBand R (fraction R/R = the design's epochs).")
+flags.DEFINE_float("hb_eta", 3, "HyperBand eta.")
+flags.DEFINE_list("tasks", None, "study mode: held-out tasks (default: every bank task with at "
+                  "least --min_pool designs in the space).")
+flags.DEFINE_integer("min_pool", 30, "study mode: smallest pool a held-out task needs.")
+flags.DEFINE_list("algorithms", sorted(ALGORITHMS), "study mode: algorithms.")
+flags.DEFINE_integer("runs", 10, "study mode: runs per (task, algorithm, prior).")
+flags.DEFINE_string("out_dir", "results/autotransfer", "Where results go.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Task features and distances.
+
+
+def load_features(path: str | None) -> dict[str, np.ndarray]:
+  if path is None or not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {task: np.asarray(v, np.float64) for task, v in json.load(f).items()}
+
+
+def save_features(path: str, features: Mapping[str, np.ndarray]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({t: np.asarray(v).tolist() for t, v in features.items()}, f, indent=1)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def compute_features(tasks: Sequence[str], cache_path: str | None, load: Callable[[str], Any],
+                     num_anchors: int, fisher_seeds: int, max_examples: int | None,
+                     print_fn: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+  """FIM task features of `tasks` (`gnnjax.tasks.fisher.task_feature`), read from / added to
+  the cache file. `load(task)` returns the task's dataset."""
+  features = load_features(cache_path)
+  missing = [t for t in tasks if t not in features]
+  if missing:
+    from gnnjax.tasks import anchors as anchors_lib
+    from gnnjax.tasks import fisher
+    config = fisher.FisherConfig(num_seeds=fisher_seeds, max_examples=max_examples)
+    anchors = anchors_lib.AUTOTRANSFER_ANCHORS[:num_anchors]
+    for i, task in enumerate(missing):
+      print_fn(f"FIM features {i + 1}/{len(missing)}: {task} ({len(anchors)} anchors x "
+               f"{fisher_seeds} seeds)")
+      result = fisher.task_feature(load(task), anchors, config,
+                                   progress=lambda line: print_fn("  " + line))
+      features[task] = result.feature
+      print_fn(f"  feature {np.round(result.feature, 3).tolist()} (compile "
+               f"{result.compile_seconds.sum():.1f} s, run {result.run_seconds.sum():.1f} s)")
+      if cache_path:
+        save_features(cache_path, features)
+  return {t: features[t] for t in tasks}
+
+
+def cosine_distances(new: np.ndarray, bank: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """1 - cos(new, bank task) for each bank task."""
+  new = np.asarray(new, np.float64)
+  out = {}
+  for task, vector in bank.items():
+    vector = np.asarray(vector, np.float64)
+    cos = float(new @ vector / max(np.linalg.norm(new) * np.linalg.norm(vector), 1e-12))
+    out[task] = max(0.0, 1.0 - cos)
+  return out
+
+
+def anchor_similarity(bank) -> tuple[list[str], np.ndarray]:
+  """GraphGym's similarity (Kendall tau of the 12 anchors' performance) of the bank tasks that
+  hold every anchor."""
+  from gnnjax.tasks import similarity
+  performance = similarity.anchor_performance_from_bank(bank)
+  return similarity.similarity_matrix(performance)
+
+
+def embedding_distances(new_feature: np.ndarray, bank_features: Mapping[str, np.ndarray],
+                        similarity: tuple[list[str], np.ndarray], seed: int = 0,
+                        print_fn: Callable[[str], None] = print) -> dict[str, float]:
+  """d_e = 1 - z_e(new) . z_e(task) with g trained on the bank tasks that have both a feature
+  and a row of the anchor similarity (falls back to the raw-feature cosine distance when fewer
+  than 3 tasks qualify)."""
+  names, matrix = similarity
+  train = [t for t in names if t in bank_features]
+  if len(train) < 3:
+    print_fn(f"  only {len(train)} bank task(s) have anchor trials for g's supervision: using "
+             "the raw-feature cosine distance")
+    return cosine_distances(new_feature, bank_features)
+  import jax
+  from gnnjax.tasks import embedding
+  index = [names.index(t) for t in train]
+  features = np.stack([bank_features[t] for t in train])
+  params, _ = embedding.train_projection(jax.random.key(seed), features,
+                                         matrix[np.ix_(index, index)])
+  tasks = list(bank_features)
+  z = np.asarray(embedding.project(params, np.stack([new_feature] + [bank_features[t]
+                                                                     for t in tasks])))
+  return {t: float(max(0.0, 1.0 - z[0] @ z[i + 1])) for i, t in enumerate(tasks)}
+
+
+def graphgym_distances(bank, new_task: str, bank_tasks: Sequence[str]) -> dict[str, float]:
+  """1 - Kendall tau of anchor performance between the new task and each bank task (needs the
+  new task's anchor trials in the bank)."""
+  names, matrix = anchor_similarity(bank)
+  if new_task not in names:
+    raise ValueError(f"--distance=graphgym needs the 12 anchors of {new_task!r} in the bank")
+  i = names.index(new_task)
+  return {t: float(1.0 - matrix[i, names.index(t)]) for t in bank_tasks if t in names}
+
+
+def task_distances(new_task: str, bank_tasks: Sequence[str], bank, *, distance: str,
+                   load: Callable[[str], Any], features_path: str | None = None,
+                   distances_json: str | None = None, num_anchors: int = 12,
+                   fisher_seeds: int = 5, max_examples: int | None = None,
+                   embedding_seed: int = 0, similarity: tuple[list[str], np.ndarray] | None = None,
+                   print_fn: Callable[[str], None] = print) -> dict[str, float]:
+  """{bank task: distance to new_task} (smaller = closer); `new_task` itself is never a bank
+  task here. `distance` is 'embedding', 'feature', 'graphgym' or 'file'."""
+  bank_tasks = [t for t in bank_tasks if t != new_task]
+  if distance == "file":
+    if not distances_json:
+      raise ValueError("--distance=file needs --distances_json")
+    with open(distances_json) as f:
+      table = json.load(f)
+    if new_task in table and isinstance(table[new_task], Mapping):
+      table = table[new_task]
+    return {t: float(table[t]) for t in bank_tasks if t in table}
+  if distance == "graphgym":
+    return graphgym_distances(bank, new_task, bank_tasks)
+  if distance not in ("embedding", "feature"):
+    raise ValueError(f"unknown distance {distance!r}; choose embedding, feature, graphgym, file")
+  features = compute_features([new_task, *bank_tasks], features_path, load, num_anchors,
+                              fisher_seeds, max_examples, print_fn)
+  bank_features = {t: features[t] for t in bank_tasks}
+  if distance == "feature":
+    return cosine_distances(features[new_task], bank_features)
+  if similarity is None:
+    similarity = anchor_similarity(bank)
+  names, matrix = similarity
+  keep = [i for i, t in enumerate(names) if t != new_task]  # g never sees the new task
+  similarity = ([names[i] for i in keep], matrix[np.ix_(keep, keep)])
+  return embedding_distances(features[new_task], bank_features, similarity, embedding_seed,
+                             print_fn)
+
+
+def print_nearest(distances: Mapping[str, float], transfer: prior_lib.Transfer | None,
+                  print_fn: Callable[[str], None] = print, show: int = 10) -> None:
+  order = sorted(distances, key=lambda t: (distances[t], t))
+  print_fn(f"nearest bank tasks ({len(order)} in all):")
+  for rank, task in enumerate(order[:show], start=1):
+    weight = transfer.weights.get(task) if transfer is not None else None
+    note = f"  weight {weight:.3f}" if weight is not None else ""
+    print_fn(f"  {rank:2d}. {task:<45} d={distances[task]:.4f}{note}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Modes.
+
+
+def _load_space(name_or_path: str) -> spaces.DesignSpace:
+  if name_or_path not in spaces.SPACES and os.path.exists(name_or_path):
+    return spaces.load_space(name_or_path)
+  return spaces.get_space(name_or_path)
+
+
+def _loader(name: str):
+  return data_lib.load_dataset(name, FLAGS.data_dir, num_graphs=FLAGS.num_graphs)
+
+
+def searcher_kwargs() -> dict[str, dict[str, Any]]:
+  return {"tpe": {"n_startup": FLAGS.n_startup}, "evolution": {"population_size": FLAGS.population},
+          "hyperband": {"max_resource": FLAGS.hb_max_resource, "eta": FLAGS.hb_eta},
+          "random": {}}
+
+
+def _distances_for(bank, new_task: str, bank_tasks: Sequence[str], similarity=None
+                   ) -> dict[str, float]:
+  return task_distances(
+      new_task, bank_tasks, bank, distance=FLAGS.distance, load=_loader,
+      features_path=FLAGS.features or os.path.join(FLAGS.out_dir, "features.json"),
+      distances_json=FLAGS.distances_json, num_anchors=FLAGS.anchors,
+      fisher_seeds=FLAGS.fisher_seeds, max_examples=FLAGS.fisher_max_examples,
+      embedding_seed=FLAGS.embedding_seed, similarity=similarity)
+
+
+def _json_default(value: Any) -> Any:
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
+  task = FLAGS.dataset
+  bank_tasks = [t for t in bank.tasks() if t != task]
+  if task in bank.tasks():
+    print(f"{task} is in the bank: left out of it for the transfer (no leakage)")
+  distributions = prior_lib.bank_distributions(bank, space, bank_tasks, FLAGS.top_k)
+  if not distributions:
+    raise ValueError(f"no bank task has trials in space {space.name!r}; build the bank first")
+  print(f"bank: {len(bank_tasks)} task(s), {len(distributions)} with designs in space "
+        f"{space.name!r}")
+  distances = _distances_for(bank, task, list(distributions))
+  transfer = prior_lib.transfer_prior(distributions, distances, FLAGS.d_thres, FLAGS.nearest)
+  print_nearest(distances, transfer)
+  if transfer.fallback:
+    print(f"no bank task within d_thres={FLAGS.d_thres}: used the {FLAGS.nearest} nearest")
+  transferred = transfer.prior.smoothed(FLAGS.smoothing) if FLAGS.smoothing else transfer.prior
+  print(f"transferred prior: support {transferred.support_size()} of {space.size} designs\n"
+        + transferred.summary())
+  prior = transferred if FLAGS.prior == "transferred" else None
+
+  evaluator_kind = FLAGS.evaluator or "train"
+  pool, evaluate_fn, evaluate_batch = None, None, None
+  search_bank = None
+  if evaluator_kind == "bank":
+    lookup = BankLookup(bank, task, space)
+    pool, evaluate_fn, higher = lookup.pool, lookup, lookup.higher_is_better
+    print(f"evaluation: lookup of {task}'s {len(lookup)} designs in the bank (tabular)")
+  else:
+    dataset = _loader(task)
+    search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "search.sqlite")
+    search_bank = bank_lib.Bank(search_db)
+    evaluator = TrainingEvaluator(
+        dataset, task, _parse_seeds(FLAGS.seeds), bank=search_bank,
+        eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
+        progress=study.engine_progress())
+    evaluate_batch, higher = evaluator.evaluate_batch, evaluator.higher_is_better
+    print(f"evaluation: training with the population engine, seeds {evaluator.seeds}, "
+          f"metric val_{evaluator.metric}; trials stored in {search_db}")
+
+  searcher = make_searcher(FLAGS.algorithm, space, prior, FLAGS.seed, pool,
+                           **searcher_kwargs()[FLAGS.algorithm])
+
+  def progress(record, best):
+    budget = f" ({record.budget_epochs} epochs)" if FLAGS.algorithm == "hyperband" else ""
+    print(f"[{record.trial:3d}/{FLAGS.trials}] value {record.value:.4f} best {best:.4f}  "
+          f"{record.design.summary()}{budget}")
+
+  print(f"search: {FLAGS.algorithm} from the {FLAGS.prior} prior, {FLAGS.trials} trials, "
+        f"batches of {FLAGS.batch_size}")
+  try:
+    result = run_search(searcher, evaluate_fn, FLAGS.trials, batch_size=FLAGS.batch_size,
+                        evaluate_batch=evaluate_batch, higher_is_better=higher,
+                        progress=progress)
+  finally:
+    if search_bank is not None:
+      search_bank.close()
+  best = result.best_trial
+  report = {"task": task, "algorithm": FLAGS.algorithm, "prior": FLAGS.prior,
+            "distance": FLAGS.distance, "distances": distances,
+            "transfer": {"tasks": list(transfer.weights), "weights": transfer.weights,
+                         "rule": transfer.rule, "fallback": transfer.fallback},
+            "prior_json": transferred.to_dict(), "search": result.to_dict()}
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  safe = task.replace("/", "_")
+  path = os.path.join(FLAGS.out_dir, f"autotransfer_{safe}_{FLAGS.algorithm}_{FLAGS.prior}.json")
+  with open(path, "w") as f:
+    json.dump(report, f, indent=1, default=_json_default)
+    f.write("\n")
+  print(f"\nbest design (trial {best.trial}, val {best.value:.4f}"
+        + (f", test {best.report:.4f}" if best.report is not None else "") + "):")
+  print(json.dumps(best.design.to_dict(), indent=1))
+  print(f"wrote {path}")
+  return report
+
+
+def _parse_seeds(text: str) -> list[int]:
+  text = text.strip()
+  if "-" in text.strip("-") and "," not in text:
+    low, high = text.split("-")
+    return list(range(int(low), int(high) + 1))
+  return [int(s) for s in text.split(",") if s.strip()]
+
+
+def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResult:
+  all_tasks = bank.tasks()
+  distributions = prior_lib.bank_distributions(bank, space, all_tasks, FLAGS.top_k)
+  if FLAGS.tasks:
+    tasks = list(FLAGS.tasks)
+  else:
+    tasks = [t for t in distributions if distributions[t].info["designs_scored"] >= FLAGS.min_pool]
+  if not tasks:
+    raise ValueError(f"no bank task has {FLAGS.min_pool} designs in space {space.name!r}")
+  print(f"study: {len(tasks)} held-out task(s), {len(distributions)} bank task(s) with designs")
+  similarity = None
+  if FLAGS.distance == "embedding":
+    similarity = anchor_similarity(bank)
+  distances = {}
+  for task in tasks:
+    distances[task] = _distances_for(bank, task, [t for t in distributions if t != task],
+                                     similarity)
+  config = efficiency.StudyConfig(
+      algorithms=tuple(FLAGS.algorithms), runs=FLAGS.runs, trials=FLAGS.trials,
+      top_k=FLAGS.top_k, nearest=FLAGS.nearest, d_thres=FLAGS.d_thres,
+      smoothing=FLAGS.smoothing, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+      searcher_kwargs={a: searcher_kwargs()[a] for a in FLAGS.algorithms})
+  make_evaluator = None
+  if (FLAGS.evaluator or "bank") == "train":
+    def make_evaluator(task):
+      evaluator = TrainingEvaluator(_loader(task), task, _parse_seeds(FLAGS.seeds),
+                                    eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap,
+                                    max_parallel=FLAGS.max_parallel)
+      return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
+  result = efficiency.search_efficiency(bank, space, tasks, distances, config, make_evaluator,
+                                        bank_tasks=all_tasks)
+  print()
+  print(efficiency.format_table(result))
+  for path in efficiency.save(result, FLAGS.out_dir):
+    print(f"wrote {path}")
+  return result
+
+
+def main(argv):
+  del argv
+  space = _load_space(FLAGS.space)
+  with bank_lib.Bank(FLAGS.db) as bank:
+    if FLAGS.mode == "study":
+      run_study_mode(bank, space)
+    else:
+      run_search_mode(bank, space)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,306 @@
+"""The search-efficiency study of AutoTransfer (Fig. 3, Tables 1 and 4), leave-one-task-out over
+the bank's tasks.
+
+For each held-out task h: the bank without h supplies the design distributions, the distances
+from h to the other tasks select and weight them (`prior.transfer_prior`), and every search
+algorithm runs `runs` times for `trials` trials with the uniform and with the transferred
+prior. The curve of a run is the best reported metric among its first t trials (the paper's:
+"at trial t, the best test accuracy among all models searched from trial 1 to trial t"; the
+validation objective when the bank has no test split), also kept: the objective's best so far
+and the report of the best-objective trial.
+
+Evaluation defaults to a TABULAR BENCHMARK (`evaluate.BankLookup`): the candidates of a search
+on h are h's designs in the bank, and a trial is a lookup of the stored result, so the whole
+study needs no training. Runs r of the two priors share the seed (common random numbers).
+`make_evaluator` swaps in real training (`evaluate.TrainingEvaluator`, no pool).
+
+Summary (`summary_rows`): per task, algorithm and prior, mean +- std over runs at t = 1, 3, 5,
+10, 30, and the first t at which the mean curve reaches plain TPE's mean at the last trial
+(the paper's Table 4: "trials needed to surpass TPE's 30-trial result").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from gnnjax.design.spaces import DesignSpace
+from gnnjax.search import make_searcher
+from gnnjax.search.base import run_search
+from gnnjax.search.evaluate import BankLookup
+from gnnjax.tasks import prior as prior_lib
+
+PRIORS = ("uniform", "transferred")
+REPORT_TRIALS = (1, 3, 5, 10, 30)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """Settings of the search-efficiency study.
+
+  Attributes:
+    algorithms: search algorithms (names in `gnnjax.search.ALGORITHMS`).
+    priors: 'uniform' and/or 'transferred'.
+    runs: independent runs per (task, algorithm, prior).
+    trials: trials per run.
+    top_k: K of the bank design distributions.
+    nearest: k nearest tasks (rule of the released code; also the threshold's fallback).
+    d_thres: the paper's distance threshold (None: the k nearest).
+    smoothing: mix this much uniform into the transferred prior (0: as the paper).
+    batch_size: suggestions per ask.
+    seed: base seed; run r uses seed + r.
+    searcher_kwargs: algorithm -> extra constructor arguments.
+  """
+
+  algorithms: tuple[str, ...] = ("random", "evolution", "tpe", "hyperband")
+  priors: tuple[str, ...] = PRIORS
+  runs: int = 10
+  trials: int = 30
+  top_k: int = prior_lib.DEFAULT_TOP_K
+  nearest: int = prior_lib.DEFAULT_NEAREST
+  d_thres: float | None = None
+  smoothing: float = 0.0
+  batch_size: int = 1
+  seed: int = 0
+  searcher_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    unknown = [p for p in self.priors if p not in PRIORS]
+    if unknown:
+      raise ValueError(f"unknown prior(s) {unknown}; choose from {list(PRIORS)}")
+    if self.runs < 1 or self.trials < 1:
+      raise ValueError(f"runs and trials must be >= 1, got {self.runs}, {self.trials}")
+
+
+@dataclasses.dataclass
+class EfficiencyResult:
+  """Curves of the study.
+
+  Attributes:
+    tasks: held-out tasks.
+    curves: name -> [tasks, algorithms, priors, runs, trials] array: 'report' (best report so
+      far; the paper's curves), 'objective' (best objective so far), 'report_at_best'.
+    higher_is_better: per task.
+    pool: per task {'size', 'best_report', 'best_objective', 'has_test'} (tabular mode).
+    transfers: per task, the near tasks and their weights/distances.
+  """
+
+  config: StudyConfig
+  tasks: list[str]
+  curves: dict[str, np.ndarray]
+  higher_is_better: list[bool]
+  pool: list[dict[str, Any]]
+  transfers: list[dict[str, Any]]
+  seconds: float = 0.0
+
+  def mean_curve(self, task: int, algorithm: str, prior: str, name: str = "report"
+                 ) -> np.ndarray:
+    a = self.config.algorithms.index(algorithm)
+    p = self.config.priors.index(prior)
+    return np.nanmean(self.curves[name][task, a, p], axis=0)
+
+  def to_dict(self) -> dict[str, Any]:
+    def clean(array):
+      return np.where(np.isfinite(array), array, np.nan).tolist()
+    return {"config": {**dataclasses.asdict(self.config),
+                       "searcher_kwargs": {k: dict(v) for k, v in
+                                           self.config.searcher_kwargs.items()}},
+            "tasks": self.tasks, "higher_is_better": self.higher_is_better,
+            "pool": self.pool, "transfers": self.transfers, "seconds": self.seconds,
+            "curves": {name: clean(c) for name, c in self.curves.items()},
+            "summary": summary_rows(self)}
+
+
+Distances = Callable[[str], Mapping[str, float]] | Mapping[str, Mapping[str, float]]
+# make_evaluator(task) -> (evaluate_fn, evaluate_batch or None, pool or None, higher_is_better)
+EvaluatorFactory = Callable[[str], tuple[Any, Any, Any, bool]]
+
+
+def _distances_for(distances: Distances, task: str) -> dict[str, float]:
+  values = distances(task) if callable(distances) else distances[task]
+  return {t: float(d) for t, d in values.items() if t != task}
+
+
+def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances: Distances,
+                      config: StudyConfig = StudyConfig(),
+                      make_evaluator: EvaluatorFactory | None = None,
+                      bank_tasks: Sequence[str] | None = None,
+                      print_fn: Callable[[str], None] | None = print) -> EfficiencyResult:
+  """Runs the leave-one-task-out study.
+
+  Args:
+    bank: the task-model bank.
+    space: the search space (AutoTransfer's).
+    tasks: the held-out tasks to search on.
+    distances: held-out task -> {bank task: distance}, as a mapping or a function; entries for
+      the held-out task itself are dropped (leakage).
+    config: study settings.
+    make_evaluator: per task, (evaluate_fn, evaluate_batch, pool, higher_is_better); default:
+      the tabular `BankLookup` over the task's designs in the bank.
+    bank_tasks: tasks whose distributions may be transferred (default: every bank task).
+    print_fn: progress lines (None: silent).
+  """
+  started = time.time()
+  say = print_fn or (lambda _: None)
+  distributions = prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k)
+  shape = (len(tasks), len(config.algorithms), len(config.priors), config.runs, config.trials)
+  curves = {name: np.full(shape, np.nan) for name in ("report", "objective", "report_at_best")}
+  higher, pools, transfers = [], [], []
+  for ti, task in enumerate(tasks):
+    if make_evaluator is None:
+      lookup = BankLookup(bank, task, space)
+      evaluate_fn, evaluate_batch, pool = lookup, None, lookup.pool
+      higher_is_better = lookup.higher_is_better
+      reports = lookup.reports()
+      pools.append({"size": len(lookup), "has_test": lookup.has_report,
+                    "best_objective": float(lookup.values().max() if higher_is_better
+                                            else lookup.values().min()),
+                    "best_report": float(reports.max() if higher_is_better else reports.min()),
+                    "median_report": float(np.median(reports))})
+    else:
+      evaluate_fn, evaluate_batch, pool, higher_is_better = make_evaluator(task)
+      pools.append({})
+    higher.append(bool(higher_is_better))
+    others = {t: p for t, p in distributions.items() if t != task}
+    transfer = prior_lib.transfer_prior(others, _distances_for(distances, task),
+                                        config.d_thres, config.nearest)
+    transferred = transfer.prior.smoothed(config.smoothing) if config.smoothing else transfer.prior
+    transfers.append({"tasks": list(transfer.weights), "weights": list(transfer.weights.values()),
+                      "distances": list(transfer.distances.values()), "rule": transfer.rule,
+                      "fallback": transfer.fallback})
+    say(f"[{ti + 1}/{len(tasks)}] {task}: pool {pools[-1].get('size', '-')}, prior from "
+        + ", ".join(f"{t} (w={w:.2f})" for t, w in transfer.weights.items()))
+    for ai, algorithm in enumerate(config.algorithms):
+      kwargs = dict(config.searcher_kwargs.get(algorithm, {}))
+      for pi, prior_kind in enumerate(config.priors):
+        prior = transferred if prior_kind == "transferred" else None
+        for run in range(config.runs):
+          searcher = make_searcher(algorithm, space, prior, seed=config.seed + run, pool=pool,
+                                   **kwargs)
+          result = run_search(searcher, evaluate_fn, config.trials,
+                              batch_size=config.batch_size, evaluate_batch=evaluate_batch,
+                              higher_is_better=higher_is_better)
+          n = len(result.trials)
+          report = np.where(np.isnan(result.report_best_so_far), result.best_so_far,
+                            result.report_best_so_far)
+          at_best = np.where(np.isnan(result.report_at_best), result.best_so_far,
+                             result.report_at_best)
+          curves["report"][ti, ai, pi, run, :n] = report
+          curves["objective"][ti, ai, pi, run, :n] = result.best_so_far
+          curves["report_at_best"][ti, ai, pi, run, :n] = at_best
+        mean = np.nanmean(curves["report"][ti, ai, pi], axis=0)
+        say(f"    {algorithm:>9} {prior_kind:>11}: best after "
+            + ", ".join(f"t={t}: {mean[t - 1]:.4f}" for t in REPORT_TRIALS
+                        if t <= config.trials))
+  return EfficiencyResult(config=config, tasks=list(tasks), curves=curves,
+                          higher_is_better=higher, pool=pools, transfers=transfers,
+                          seconds=time.time() - started)
+
+
+def trials_to_reach(curve: np.ndarray, target: float, higher_is_better: bool) -> int | None:
+  """First t (1-based) with curve[t-1] at least as good as target; None if never."""
+  reached = curve >= target if higher_is_better else curve <= target
+  hits = np.flatnonzero(reached)
+  return int(hits[0]) + 1 if hits.size else None
+
+
+def summary_rows(result: EfficiencyResult, name: str = "report",
+                 reference: tuple[str, str] = ("tpe", "uniform")) -> list[dict[str, Any]]:
+  """One row per (task, algorithm, prior): mean/std at REPORT_TRIALS and trials to reach the
+  reference's (plain TPE's) mean at the last trial."""
+  config = result.config
+  rows = []
+  for ti, task in enumerate(result.tasks):
+    target = None
+    if reference[0] in config.algorithms and reference[1] in config.priors:
+      target = result.mean_curve(ti, *reference, name=name)[-1]
+    for ai, algorithm in enumerate(config.algorithms):
+      for pi, prior in enumerate(config.priors):
+        runs = result.curves[name][ti, ai, pi]
+        mean, std = np.nanmean(runs, axis=0), np.nanstd(runs, axis=0)
+        row = {"task": task, "algorithm": algorithm, "prior": prior}
+        for t in REPORT_TRIALS:
+          if t <= config.trials:
+            row[f"t{t}"] = float(mean[t - 1])
+            row[f"t{t}_std"] = float(std[t - 1])
+        row["trials_to_reference"] = (None if target is None or not math.isfinite(target)
+                                      else trials_to_reach(mean, target,
+                                                           result.higher_is_better[ti]))
+        rows.append(row)
+  return rows
+
+
+def format_table(result: EfficiencyResult, name: str = "report") -> str:
+  """A text table of `summary_rows`."""
+  rows = summary_rows(result, name)
+  ts = [t for t in REPORT_TRIALS if t <= result.config.trials]
+  header = (f"{'task':<34} {'algorithm':>9} {'prior':>11} "
+            + " ".join(f"{'t=' + str(t):>15}" for t in ts) + f" {'to TPE@' + str(result.config.trials):>9}")
+  lines = [header, "-" * len(header)]
+  for row in rows:
+    cells = " ".join(f"{row[f't{t}']:>7.4f}+-{row[f't{t}_std']:<6.4f}" for t in ts)
+    reach = row["trials_to_reference"]
+    lines.append(f"{row['task'][-34:]:<34} {row['algorithm']:>9} {row['prior']:>11} {cells} "
+                 f"{'-' if reach is None else reach:>9}")
+  return "\n".join(lines)
+
+
+def plot_curves(result: EfficiencyResult, path: str, name: str = "report") -> str:
+  """Best-so-far curves (mean over runs, shaded +- std/sqrt(runs)), one panel per task; colour
+  = algorithm, solid = transferred prior, dashed = uniform. Writes a PNG; returns the path."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  config = result.config
+  cols = min(3, len(result.tasks))
+  rows = math.ceil(len(result.tasks) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  t = np.arange(1, config.trials + 1)
+  for ti, task in enumerate(result.tasks):
+    ax = axes[ti // cols][ti % cols]
+    for ai, algorithm in enumerate(config.algorithms):
+      for pi, prior in enumerate(config.priors):
+        runs = result.curves[name][ti, ai, pi]
+        mean = np.nanmean(runs, axis=0)
+        sem = np.nanstd(runs, axis=0) / math.sqrt(runs.shape[0])
+        style = "-" if prior == "transferred" else "--"
+        ax.plot(t, mean, style, color=colors[ai % len(colors)], lw=1.4,
+                label=f"{algorithm} ({prior})")
+        ax.fill_between(t, mean - sem, mean + sem, color=colors[ai % len(colors)], alpha=0.12)
+    ax.set_title(task, fontsize=9)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best so far")
+    ax.grid(alpha=0.3)
+  for k in range(len(result.tasks), rows * cols):
+    axes[k // cols][k % cols].axis("off")
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+  return path
+
+
+def save(result: EfficiencyResult, out_dir: str) -> list[str]:
+  """Writes search_efficiency.json, search_efficiency.txt (table) and search_efficiency.png."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  path = os.path.join(out_dir, "search_efficiency.json")
+  with open(path, "w") as f:
+    json.dump(result.to_dict(), f, indent=1)
+    f.write("\n")
+  paths.append(path)
+  path = os.path.join(out_dir, "search_efficiency.txt")
+  with open(path, "w") as f:
+    f.write(format_table(result) + "\n")
+  paths.append(path)
+  paths.append(plot_curves(result, os.path.join(out_dir, "search_efficiency.png")))
+  return paths
