@@ -8,8 +8,8 @@
   dimension from the prior. Children join the population when their value is told.
 
 Designs already proposed are not proposed again: a mutation that lands on one is redrawn (a
-different dimension or value), after `MAX_REJECTIONS` attempts from the uniform distribution,
-and as a last resort a fresh draw from the prior replaces it. If every member is in flight
+different dimension or value); after `MAX_REJECTIONS` such attempts (the parent's prior
+neighbourhood is used up) a fresh draw from the prior replaces it. If every member is in flight
 (batch asks larger than the population), the remaining suggestions of the batch are fresh
 draws from the prior only when nothing else could be suggested; otherwise `ask` returns fewer.
 
@@ -89,9 +89,9 @@ class EvolutionSearcher(Searcher):
       child = self._pool_mutation(parent, w)
       return child, names[w]
     probs = self.prior.vectors()
-    for attempt in range(2 * MAX_REJECTIONS):
+    for _ in range(MAX_REJECTIONS):
       w = int(self.rng.integers(len(names)))
-      p = probs[w] if attempt < MAX_REJECTIONS else self.uniform.vectors()[w]
+      p = probs[w]
       child = list(parent)
       child[w] = int(self.rng.choice(p.size, p=p))
       child = tuple(child)

@@ -1,0 +1,301 @@
+"""Tests for prior-driven design search (gnnjax.search) and experiments/autotransfer.py."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gnnjax import search
+from gnnjax.design import bank as bank_lib
+from gnnjax.design import spaces
+from gnnjax.search import efficiency, tpe
+from gnnjax.search.base import CandidatePool, PendingResults, run_search
+from gnnjax.search.evaluate import BankLookup
+from gnnjax.tasks.prior import Prior, choice_vector
+from tests.test_prior import fill_bank
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ALGORITHMS = sorted(search.ALGORITHMS)
+BIG = spaces.AUTOTRANSFER
+SMALL = spaces.DesignSpace(
+    {"layers_mp": [2, 4, 6, 8], "stage_type": ["stack", "skipsum", "skipconcat"],
+     "aggregation": ["add", "mean", "max"], "activation": ["relu", "prelu"]},
+    name="small")  # 72 designs
+
+
+def matching_objective(space, optimum):
+  """Fraction of dimensions on which a design agrees with `optimum` (1.0 only there)."""
+  target = choice_vector(space, optimum)
+
+  def evaluate(design, budget_epochs):
+    return float(np.mean(choice_vector(space, design) == target))
+  return evaluate
+
+
+def concentrated_prior(space, optimum, mass):
+  target = choice_vector(space, optimum)
+  probs = {}
+  for w, (dim, choices) in enumerate(space.dims.items()):
+    p = np.full(len(choices), (1 - mass) / (len(choices) - 1))
+    p[target[w]] = mass
+    probs[dim] = p
+  return Prior(space, probs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Interface: valid designs, budget, determinism.
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_searchers_respect_space_budget_and_seed(algorithm):
+  evaluate = matching_objective(SMALL, SMALL.design_at(40))
+
+  def run(seed):
+    searcher = search.make_searcher(algorithm, SMALL, seed=seed)
+    return run_search(searcher, evaluate, budget=25, batch_size=3)
+
+  result = run(0)
+  assert len(result.trials) == 25
+  assert all(t.design in SMALL for t in result.trials)
+  keys = [(t.design.design_id, t.budget_epochs) for t in result.trials]
+  assert len(set(keys)) == len(keys)  # nothing evaluated twice (HyperBand: at another budget)
+  if algorithm != "hyperband":
+    assert len({t.design.design_id for t in result.trials}) == 25
+  values = [t.value for t in result.trials]
+  np.testing.assert_allclose(result.best_so_far, np.maximum.accumulate(values))
+  assert [t.design.design_id for t in run(0).trials] == [k[0] for k in keys]
+  assert [t.design.design_id for t in run(1).trials] != [k[0] for k in keys]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_searchers_stop_when_a_pool_is_exhausted(algorithm):
+  pool = CandidatePool(SMALL, SMALL.sample(2, 7))
+  searcher = search.make_searcher(algorithm, SMALL, seed=0, pool=pool)
+  result = run_search(searcher, matching_objective(SMALL, SMALL.design_at(3)), budget=30,
+                      batch_size=2)
+  designs = {t.design.design_id for t in result.trials}
+  assert designs <= {d.design_id for d in SMALL.sample(2, 7)}
+  if algorithm != "hyperband":
+    assert len(result.trials) == 7 and len(designs) == 7
+
+
+def test_driver_negates_losses_and_validates():
+  evaluate = matching_objective(SMALL, SMALL.design_at(5))
+  result = run_search(search.RandomSearcher(SMALL, seed=0), lambda d, b: -evaluate(d, b), 10,
+                      higher_is_better=False)
+  values = np.array([t.value for t in result.trials])
+  np.testing.assert_allclose(result.best_so_far, np.minimum.accumulate(values))
+  assert result.best_trial.value == values.min()
+  with pytest.raises(ValueError, match="budget"):
+    run_search(search.RandomSearcher(SMALL), evaluate, 0)
+  with pytest.raises(ValueError, match="unknown search algorithm"):
+    search.make_searcher("grid", SMALL)
+  hb = search.HyperBandSearcher(SMALL, max_resource=9, eta=3)
+  hb.ask(9)  # the whole first rung
+  with pytest.raises(PendingResults):
+    hb.ask(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The prior pays off: fewer trials to the optimum.
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_concentrated_prior_finds_the_optimum_sooner(algorithm):
+  optimum = BIG.design_at(31337)
+  evaluate = matching_objective(BIG, optimum)
+  budget, seeds = 30, range(6)
+  kwargs = {"hyperband": {"max_resource": 9, "eta": 3}}.get(algorithm, {})
+
+  def trials_to_optimum(prior):
+    out = []
+    for seed in seeds:
+      searcher = search.make_searcher(algorithm, BIG, prior, seed=seed, **kwargs)
+      result = run_search(searcher, evaluate, budget)
+      hits = [t.trial for t in result.trials if t.value == 1.0]
+      out.append(hits[0] if hits else budget + 1)
+    return np.mean(out)
+
+  with_prior = trials_to_optimum(concentrated_prior(BIG, optimum, 0.85))
+  uniform = trials_to_optimum(None)
+  # Measured (seeds 0-5): 7-11 trials with the prior, 28-31 (31 = not found) without.
+  assert with_prior < 15 and with_prior + 10 < uniform, (with_prior, uniform)
+
+
+# ----------------------------------------------------------------------------------------------
+# Algorithm details.
+
+
+def test_tpe_densities_match_a_hand_computation():
+  # One dimension with 3 choices, prior [0.5, 0.25, 0.25] -> pseudo-counts [1.5, 0.75, 0.75].
+  choices = [0, 2, 1, 2, 0]
+  values = [0.3, 0.9, 0.5, 0.8, 0.1]
+  # N = 5: n_good = ceil(0.25 sqrt(5)) = 1, the trial with 0.9 (choice 2).
+  good, bad = tpe.categorical_densities(choices, values, 3, [1.5, 0.75, 0.75])
+  np.testing.assert_allclose(good, np.array([1.5, 0.75, 1.75]) / 4.0)
+  # Bad: choices 0, 1, 2, 0 -> counts [2, 1, 1] + pseudo-counts.
+  np.testing.assert_allclose(bad, np.array([3.5, 1.75, 1.75]) / 7.0)
+  # N = 17: n_good = ceil(0.25 sqrt(17)) = 2.
+  assert tpe.split_good_bad(list(range(17)))[0].tolist() == [15, 16]
+  # Linear forgetting: 27 trials, lf 25 -> the oldest 2 ramp from 1/27 to 1.
+  np.testing.assert_allclose(tpe.linear_forgetting_weights(27)[:3], [1 / 27, 1.0, 1.0])
+  # The searcher's densities use the prior's pseudo-counts per dimension.
+  prior = Prior(SMALL, {**Prior.uniform(SMALL).probs, "aggregation": [0.5, 0.25, 0.25]})
+  searcher = search.TPESearcher(SMALL, prior)
+  w = SMALL.dim_names.index("aggregation")
+  records = []
+  for c, v in zip(choices, values):
+    vector = [0] * len(SMALL.dim_names)
+    vector[w] = c
+    records.append((tuple(vector), v))
+  g, b = searcher.densities(records)[w]
+  np.testing.assert_allclose(g, good)
+  np.testing.assert_allclose(b, bad)
+  g0, _ = searcher.densities(records)[0]  # uniform prior on layers_mp: pseudo-count 1 each
+  np.testing.assert_allclose(g0, np.array([2, 1, 1, 1]) / 5.0)
+
+
+def test_tpe_and_evolution_never_leave_the_prior_support():
+  prior = Prior(SMALL, {**Prior.uniform(SMALL).probs, "layers_mp": [0, 0, 0, 1.0]})
+  evaluate = matching_objective(SMALL, SMALL.design_at(0))  # optimum has layers_mp = 2
+  for algorithm in ("tpe", "evolution", "random"):
+    searcher = search.make_searcher(algorithm, SMALL, prior, seed=0)
+    result = run_search(searcher, evaluate, 16)  # the prior's support has 18 designs
+    assert {t.design.layers_mp for t in result.trials} == {8}, algorithm
+  # With the uniform prior TPE's pseudo-counts keep other layer counts possible.
+  result = run_search(search.TPESearcher(SMALL, seed=0), evaluate, 18)
+  assert len({t.design.layers_mp for t in result.trials}) > 1
+
+
+def test_evolution_mutates_one_dimension_of_a_member():
+  evaluate = matching_objective(BIG, BIG.design_at(100))
+  searcher = search.EvolutionSearcher(BIG, seed=0, population_size=4)
+  result = run_search(searcher, evaluate, 20)
+  assert [t.info["kind"] for t in result.trials[:4]] == ["initial"] * 4
+  seen = [choice_vector(BIG, t.design) for t in result.trials[:4]]
+  for t in result.trials[4:]:
+    assert t.info["kind"] == "mutation"
+    child = choice_vector(BIG, t.design)
+    assert min(int(np.sum(child != v)) for v in seen) == 1
+    seen.append(child)
+
+
+def test_hyperband_schedule_matches_the_standard_formula():
+  # Li et al. (2018), Table 1: R = 81, eta = 3.
+  expected = [[(81, 1), (27, 3), (9, 9), (3, 27), (1, 81)],
+              [(34, 3), (11, 9), (3, 27), (1, 81)],
+              [(15, 9), (5, 27), (1, 81)],
+              [(8, 27), (2, 81)],
+              [(5, 81)]]
+  schedule = search.bracket_schedule(81, 3)
+  assert [[(r.configs, round(r.resource, 9)) for r in b] for b in schedule] == expected
+  # NNI's defaults R = 60, eta = 3: s_max = 3, n = ceil(4 / (s + 1) * 3^s), r = 60 / 3^s.
+  schedule = search.bracket_schedule(60, 3)
+  assert [b[0].configs for b in schedule] == [27, 12, 6, 4]
+  np.testing.assert_allclose([b[0].resource for b in schedule], [60 / 27, 60 / 9, 20, 60])
+  assert [r.configs for r in schedule[0]] == [27, 9, 3, 1]
+  # The searcher follows it: 9 new configs at 1/9 of their epochs, then the best 3 at 1/3.
+  searcher = search.HyperBandSearcher(SMALL, max_resource=9, eta=3, seed=0)
+  evaluate = matching_objective(SMALL, SMALL.design_at(7))
+  result = run_search(searcher, evaluate, 13)
+  first, second = result.trials[:9], result.trials[9:12]
+  assert {t.budget_epochs for t in first} == {round(100 / 9)}
+  assert {t.budget_epochs for t in second} == {round(100 / 3)}
+  top3 = sorted(first, key=lambda t: (-t.value, t.trial))[:3]
+  assert [t.design for t in second] == [t.design for t in top3]
+  assert result.trials[12].budget_epochs == 100
+
+
+# ----------------------------------------------------------------------------------------------
+# Tabular benchmark over a bank, the study and the experiment script.
+
+
+def build_fake_bank(path, tasks: dict[str, int], designs_per_task: int = 60):
+  """Tasks of two families that prefer different designs; score = agreement with the family's
+  preferred design (+ a per-task jitter)."""
+  preferred = {0: BIG.design_at(1234), 1: BIG.design_at(40000)}
+  with bank_lib.Bank(path) as bank:
+    for i, (task, family) in enumerate(tasks.items()):
+      designs = BIG.sample(100 + i, designs_per_task)
+      target = choice_vector(BIG, preferred[family])
+      rng = np.random.default_rng(i)
+      scores = [float(np.mean(choice_vector(BIG, d) == target)) + 0.01 * rng.random()
+                for d in designs]
+      fill_bank(bank, task, designs, scores, tests=[s - 0.02 for s in scores])
+  return preferred
+
+
+def test_bank_lookup_and_search_efficiency_study(tmp_path):
+  tasks = {"a1": 0, "a2": 0, "a3": 0, "b1": 1, "b2": 1}
+  build_fake_bank(tmp_path / "bank.sqlite", tasks)
+  distances = {h: {t: (0.1 if tasks[t] == tasks[h] else 0.9) for t in tasks if t != h}
+               for h in tasks}
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    lookup = BankLookup(bank, "a1", BIG)
+    assert len(lookup) == 60 and lookup.has_report and lookup.metric == "accuracy"
+    design = BIG.sample(100, 60)[0]  # a1's first design
+    full = lookup(design)
+    assert full.report == pytest.approx(full.value - 0.021)  # val has +0.001 per seed
+    early = lookup(design, budget_epochs=1)  # the curve's first evaluation: half the score
+    assert early.value == pytest.approx(full.value / 2)
+    with pytest.raises(ValueError, match="not in the bank's pool"):
+      lookup(BIG.design_at(5))
+    config = efficiency.StudyConfig(runs=3, trials=10)
+    result = efficiency.search_efficiency(bank, BIG, ["a1", "b1"], distances, config,
+                                          print_fn=None)
+  assert result.curves["report"].shape == (2, 4, 2, 3, 10)
+  assert result.transfers[0]["tasks"] == ["a2", "a3", "b1"]
+  # The transferred prior helps on this bank: the mean best-after-3 beats the uniform prior.
+  for ti in range(2):
+    for algorithm in config.algorithms:
+      transferred = result.mean_curve(ti, algorithm, "transferred")
+      uniform = result.mean_curve(ti, algorithm, "uniform")
+      assert transferred[2] > uniform[2], (ti, algorithm)
+      assert np.all(np.diff(transferred) >= 0)
+  rows = efficiency.summary_rows(result)
+  assert len(rows) == 16 and {"t1", "t3", "t5", "t10", "trials_to_reference"} <= set(rows[0])
+  paths = efficiency.save(result, str(tmp_path / "study"))
+  assert all((tmp_path / "study" / name).exists() for name in
+             ("search_efficiency.json", "search_efficiency.txt", "search_efficiency.png"))
+  assert json.loads((tmp_path / "study" / "search_efficiency.json").read_text())["tasks"] == \
+      ["a1", "b1"]
+  assert len(paths) == 3
+
+
+def _script(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.autotransfer", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_autotransfer_script_search_and_study(tmp_path):
+  tasks = {"a1": 0, "a2": 0, "b1": 1, "b2": 1}
+  build_fake_bank(tmp_path / "bank.sqlite", tasks, designs_per_task=40)
+  distances = tmp_path / "distances.json"
+  distances.write_text(json.dumps({"a2": 0.05, "b1": 0.8, "b2": 0.9}))
+  out = _script(f"--db={tmp_path / 'bank.sqlite'}", "--dataset=a1", "--distance=file",
+                f"--distances_json={distances}", "--evaluator=bank", "--algorithm=tpe",
+                "--trials=8", "--batch_size=2", "--nearest=2", f"--out_dir={tmp_path / 'out'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "a1 is in the bank: left out of it" in out.stdout
+  assert "1. a2" in out.stdout and "best design" in out.stdout
+  written = json.loads((tmp_path / "out" / "autotransfer_a1_tpe_transferred.json").read_text())
+  assert written["transfer"]["tasks"] == ["a2", "b1"]
+  assert len(written["search"]["trials"]) == 8
+  # Study mode with raw-feature distances from a feature file (no FIM computation needed).
+  features = {"a1": [1.0, 0.1, 0.0], "a2": [0.9, 0.2, 0.0], "b1": [0.0, 0.1, 1.0],
+              "b2": [0.1, 0.0, 0.9]}
+  (tmp_path / "features.json").write_text(json.dumps(features))
+  out = _script(f"--db={tmp_path / 'bank.sqlite'}", "--mode=study", "--distance=feature",
+                f"--features={tmp_path / 'features.json'}", "--tasks=a1,b2",
+                "--algorithms=random,tpe", "--runs=2", "--trials=5", "--nearest=1",
+                f"--out_dir={tmp_path / 'study'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  study = json.loads((tmp_path / "study" / "search_efficiency.json").read_text())
+  assert [t["tasks"] for t in study["transfers"]] == [["a2"], ["b1"]]
+  assert (tmp_path / "study" / "search_efficiency.png").exists()
+  assert "to TPE@5" in out.stdout
