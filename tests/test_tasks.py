@@ -196,22 +196,45 @@ def test_fisher_diagonal_matches_brute_force_loop(level, task_type):
                   np.int32)
   weights = np.ones(len(rows), np.float32)
   weights[-1] = 0.0  # a padding entry
+  weights[0] = 2.0  # a subsampling weight: counts the example twice
   key = jax.random.key(7)
   got, targets = fisher.fisher_diagonal(outputs_fn, selected, jnp.asarray(rows),
                                         jnp.asarray(weights), key, task_type, chunk_size=3)
   assert set(got) == {"mp_0/conv/lin/kernel", "mp_1/conv/lin/kernel"}
   expected = jax.tree.map(jnp.zeros_like, selected)
   entry = jnp.ones((data.num_outputs,), bool)
-  for row in rows[:-1]:
-    grad = jax.grad(lambda p: fisher.example_nll(outputs_fn(p)[row], targets[row], entry,
-                                                 task_type))(selected)
-    expected = jax.tree.map(lambda e, g: e + g * g, expected, grad)
+  # One full forward and backward per example (jitted once, the row is an argument).
+  example_grad = jax.jit(jax.grad(lambda p, row: fisher.example_nll(
+      outputs_fn(p)[row], targets[row], entry, task_type)))
+  for row, weight in zip(rows[:-1], weights[:-1]):
+    grad = example_grad(selected, int(row))
+    expected = jax.tree.map(lambda e, g: e + weight * g * g, expected, grad)
   for name in expected:
     assert float(jnp.abs(expected[name]).max()) > 0
     np.testing.assert_allclose(got[name], expected[name], rtol=2e-4, atol=1e-9)
   # Labels come from the model: categorical / Bernoulli draws, not the true labels.
   if task_type == ds.BINARY:
     assert targets.shape == (batch.n_node.shape[0], 1)
+
+
+def test_probe_estimator_averages_to_the_exact_fisher():
+  """Over all 2^(K-1) sign patterns (v and -v give the same square) the random-sign estimate
+  equals the exact per-example sum; a few random probes are in the right range."""
+  import itertools
+  _, _, selected, outputs_fn = _tiny_forward(ds.GRAPH)
+  rows = jnp.array([0, 1, 2, 3, 4], jnp.int32)
+  weights = jnp.array([1.0, 1.0, 2.0, 1.0, 0.0])
+  key = jax.random.key(11)
+  exact, _ = fisher.fisher_diagonal(outputs_fn, selected, rows, weights, key, ds.MULTICLASS)
+  signs = jnp.array([(1.0,) + p for p in itertools.product((1.0, -1.0), repeat=4)])
+  probed, _ = fisher.fisher_diagonal(outputs_fn, selected, rows, weights, key, ds.MULTICLASS,
+                                     chunk_size=5, signs=signs)
+  for name in exact:
+    np.testing.assert_allclose(probed[name], exact[name], rtol=2e-4, atol=1e-9)
+  random, _ = fisher.fisher_diagonal(outputs_fn, selected, rows, weights, key, ds.MULTICLASS,
+                                     num_probes=64)
+  total = lambda f: sum(float(jnp.sum(v)) for v in f.values())
+  assert 0.5 < total(random) / total(exact) < 2.0
 
 
 def test_sampled_labels_follow_the_predictive_distribution():

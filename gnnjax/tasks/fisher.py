@@ -83,7 +83,10 @@ class FisherConfig:
     split: `gnnjax.data.apply_split` protocol ('default': Planetoid public, TU random 80/10/10,
       synthetic 80/20, MoleculeNet scaffold).
     max_examples: estimate F from at most this many val examples per seed (None: all).
-    chunk_size: examples whose per-example gradients are computed together (memory knob).
+    num_probes: 0 (default): exact sum of squared per-example gradients, one VJP per example;
+      P > 0: unbiased random-sign estimate of the same sum from P VJPs per val batch (cheap
+      on large val sets; see `fisher_diagonal`).
+    chunk_size: VJPs computed together (vmapped; memory knob).
     batch_size: graphs per batch (AutoTransfer's anchors: 32).
   """
 
@@ -96,6 +99,7 @@ class FisherConfig:
   threshold: float = 1e-4
   split: str = "default"
   max_examples: int | None = None
+  num_probes: int = 0
   chunk_size: int = 32
   batch_size: int = 32
 
@@ -106,6 +110,8 @@ class FisherConfig:
       raise ValueError(f"head_epochs must be >= 0, got {self.head_epochs}")
     if self.max_examples is not None and self.max_examples < 1:
       raise ValueError(f"max_examples must be None or >= 1, got {self.max_examples}")
+    if self.num_probes < 0:
+      raise ValueError(f"num_probes must be >= 0 (0: exact per-example), got {self.num_probes}")
     if self.chunk_size < 1 or self.batch_size < 1:
       raise ValueError(f"chunk_size and batch_size must be >= 1, got {self.chunk_size}, "
                        f"{self.batch_size}")
@@ -167,19 +173,27 @@ def _output_cotangents(outputs: Array, targets: Array, entry_mask: Array, task_t
 
 def fisher_diagonal(outputs_fn: Callable[[Any], Array], params: Any, rows: Array,
                     weights: Array, key: Array, task_type: str,
-                    entry_mask: Array | None = None, chunk_size: int = 32
-                    ) -> tuple[Any, Array]:
+                    entry_mask: Array | None = None, chunk_size: int = 32,
+                    num_probes: int = 0, signs: Array | None = None) -> tuple[Any, Array]:
   """Diagonal Fisher sum_i w_i (grad_params log p(y_i | x))^2 over selected output rows.
+
+  Exact (default, num_probes = 0): one VJP per example, i.e. the squared per-example
+  gradients. With num_probes = P > 0: the unbiased random-sign estimate
+  (1/P) sum_p (sum_i v_pi sqrt(w_i) g_i)^2, v_pi = +-1 (E_v = the exact sum, since
+  E[v_pi v_pj] = [i == j]), which costs P VJPs instead of one per example.
 
   Args:
     outputs_fn: params -> outputs [B, C] (a full batched forward; row i is example i's output).
     params: the parameters F is taken over (any pytree).
-    rows: int [K] output rows of the examples (padding entries may repeat any row).
+    rows: int [K] output rows of the examples (padding entries may repeat any row; distinct
+      rows otherwise).
     weights: float [K] example weights (0 drops a padding entry).
-    key: PRNG key of the sampled labels.
+    key: PRNG key of the sampled labels (and of the probes' signs).
     task_type: the dataset's task type.
     entry_mask: bool [B, C] labelled entries (multi-task / regression); default all.
-    chunk_size: per-example gradients computed together (K is padded up to a multiple).
+    chunk_size: VJPs computed together (vmapped); the rest is a `lax.scan` over chunks.
+    num_probes: 0 for the exact per-example sum, else the number of random-sign probes.
+    signs: optional explicit probe signs [P, K] (tests); overrides num_probes' random draw.
 
   Returns:
     (F with the structure of `params`, sampled targets of all B rows).
@@ -189,28 +203,48 @@ def fisher_diagonal(outputs_fn: Callable[[Any], Array], params: Any, rows: Array
   if entry_mask is None:
     entry_mask = jnp.ones(outputs.shape, bool)
   entry_mask = jnp.broadcast_to(entry_mask.reshape(outputs.shape[0], -1), outputs.shape)
-  targets = sample_targets(key, outputs, task_type)
+  label_key, sign_key = jax.random.split(key)
+  targets = sample_targets(label_key, outputs, task_type)
   if task_type == ds.BINARY:
     targets = targets.reshape(outputs.shape)
   cotangents = _output_cotangents(outputs, targets, entry_mask, task_type)  # [B, C]
-  k = rows.shape[0]
+
+  if signs is None and num_probes > 0:
+    signs = jax.random.rademacher(sign_key, (num_probes, rows.shape[0]), outputs.dtype)
+  if signs is None:  # exact: probe k is the one-hot vector of example k
+    units, scale = jnp.sqrt(weights), 1.0  # squared below: F gets w_i g_i^2
+    make = lambda unit, index: jnp.zeros_like(outputs).at[rows[index]].set(
+        cotangents[rows[index]] * unit)
+    items = (units, jnp.arange(rows.shape[0]))
+  else:
+    scale = 1.0 / signs.shape[0]
+    root = jnp.sqrt(weights)[:, None]
+    make = lambda sign, _: jnp.zeros_like(outputs).at[rows].add(
+        cotangents[rows] * root * sign[:, None])
+    items = (signs, jnp.arange(signs.shape[0]))
+  k = items[1].shape[0]
   chunk = max(1, min(chunk_size, k))
   pad = -k % chunk
-  rows = jnp.concatenate([rows, jnp.zeros((pad,), rows.dtype)]).reshape(-1, chunk)
-  weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)]).reshape(-1, chunk)
+  padded = []
+  for x in items:
+    filler = jnp.zeros((pad,) + x.shape[1:], x.dtype)
+    padded.append(jnp.concatenate([x, filler]).reshape((-1, chunk) + x.shape[1:]))
+  if pad:  # padding probes contribute nothing
+    valid = (jnp.arange(k + pad) < k).reshape(-1, chunk)
+  else:
+    valid = jnp.ones((k // chunk, chunk), bool)
 
-  def one_example(row, weight):
-    ct = jnp.zeros_like(outputs).at[row].set(cotangents[row] * weight)
-    (grad,) = vjp(ct)
+  def one_probe(item, index, ok):
+    (grad,) = vjp(make(item, index) * ok)
     return grad
 
   def accumulate(total, chunk_inputs):
-    grads = jax.vmap(one_example)(*chunk_inputs)
+    grads = jax.vmap(one_probe)(*chunk_inputs)
     return jax.tree.map(lambda t, g: t + jnp.sum(g * g, axis=0), total, grads), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  fisher, _ = jax.lax.scan(accumulate, zeros, (rows, weights))
-  return fisher, targets
+  fisher, _ = jax.lax.scan(accumulate, zeros, (*padded, valid))
+  return jax.tree.map(lambda f: f * scale, fisher), targets
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,7 +522,7 @@ def make_anchor_program(model: graphgym.GraphGymGNN, task: PreparedTask, config:
                 else int(batch.n_node.shape[0]))
       entry = _entry_mask(batch, level, task_type, n_rows)
       f, _ = fisher_diagonal(outputs_fn, selected, rows, weights, key, task_type, entry,
-                             config.chunk_size)
+                             config.chunk_size, config.num_probes)
       return jax.tree.map(jnp.add, total, f), None
 
     keys = jax.random.split(label_key, val_rows.shape[0])
@@ -555,29 +589,55 @@ def normalize_feature(mean_alphas: np.ndarray) -> np.ndarray:
 def task_feature(dataset: ds.GraphDataset | PreparedTask,
                  anchors: Sequence[Design] = anchors_lib.AUTOTRANSFER_ANCHORS,
                  config: FisherConfig = FisherConfig(),
-                 progress: Callable[[str], None] | None = None) -> FeatureResult:
+                 progress: Callable[[str], None] | None = None,
+                 compile_workers: int = 1) -> FeatureResult:
   """The FIM task feature of a dataset: alpha for every anchor x seed, averaged over seeds,
   concatenated over anchors, L2-normalised. One jitted program per anchor, vmapped over the
-  R seeds."""
+  R seeds; the programs are traced in turn, compiled by `compile_workers` threads (XLA
+  compiles outside the GIL), then run one after another.
+
+  Args:
+    dataset: the task, or its `prepare_task` output (reused across calls).
+    anchors: the U anchor designs (dim_inner set).
+    config: Fisher settings.
+    progress: called with one line per anchor.
+    compile_workers: threads compiling the U programs.
+  """
   task = dataset if isinstance(dataset, PreparedTask) else prepare_task(dataset, config)
   init_keys, label_keys = seed_keys(task.seeds)
   args = (init_keys, label_keys, task.train, task.val, task.val_rows, task.val_weights)
-  out = {k: [] for k in ("alpha", "m1", "m2", "head_epochs")}
-  compile_s, run_s = [], []
-  for u, design in enumerate(anchors):
-    program = make_anchor_program(anchor_model(design, task), task, config)
+  lowered, compile_s = [], []
+  for design in anchors:
     start = time.perf_counter()
-    compiled = program.lower(*args).compile()
+    lowered.append(make_anchor_program(anchor_model(design, task), task, config).lower(*args))
     compile_s.append(time.perf_counter() - start)
+
+  def compile_one(u):
     start = time.perf_counter()
-    result = jax.block_until_ready(compiled(*args))
+    program = lowered[u].compile()
+    return program, time.perf_counter() - start
+
+  if compile_workers > 1:
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(compile_workers) as pool:
+      compiled = list(pool.map(compile_one, range(len(anchors))))
+  else:
+    compiled = [compile_one(u) for u in range(len(anchors))]
+  out = {k: [] for k in ("alpha", "m1", "m2", "head_epochs")}
+  run_s = []
+  for u, design in enumerate(anchors):
+    program, seconds = compiled[u]
+    compile_s[u] += seconds
+    start = time.perf_counter()
+    result = jax.block_until_ready(program(*args))
     run_s.append(time.perf_counter() - start)
     for k in out:
       out[k].append(np.asarray(result[k]))
     if progress is not None:
       progress(f"anchor {u + 1}/{len(anchors)} ({design.summary()}): alpha "
-               f"{np.round(out['alpha'][-1], 2).tolist()}, compile {compile_s[-1]:.1f} s, "
-               f"run {run_s[-1]:.1f} s")
+               f"{np.round(out['alpha'][-1], 2).tolist()}, head epochs "
+               f"{out['head_epochs'][-1].tolist()}, compile {compile_s[u]:.1f} s, "
+               f"run {run_s[-1]:.2f} s")
   alphas = np.stack(out["alpha"])
   return FeatureResult(feature=normalize_feature(alphas.mean(axis=1)), alphas=alphas,
                        m1=np.stack(out["m1"]), m2=np.stack(out["m2"]),
