@@ -14,6 +14,7 @@ that `gnnjax.deep.reversible.reversible_stack` scans over stacked parameters.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -100,6 +101,17 @@ def _dummy_graph(width: int, edge_width: int | None):
   return nodes, graph, edges
 
 
+_INIT_CHUNK = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_init(module: nn.Module, width: int, edge_width: int | None):
+  """jit(keys [_INIT_CHUNK] -> stacked params), compiled once per (module, widths)."""
+  x, graph, edges = _dummy_graph(width, edge_width)
+  init = lambda key: module.init(key, x, graph, edges)["params"]
+  return jax.jit(lambda keys: jax.lax.map(init, keys))
+
+
 def init_stacked(module: nn.Module, key: Array, lead: tuple[int, ...], width: int,
                  edge_width: int | None) -> Any:
   """Independent initialisations of `module`, stacked with leading axes `lead` (e.g. (L, C)).
@@ -107,14 +119,18 @@ def init_stacked(module: nn.Module, key: Array, lead: tuple[int, ...], width: in
   Parameter shapes depend only on the input width and the edge-embedding width (None = no edge
   input), so initialisation runs on a tiny dummy graph. Every copy is drawn from its own key
   (PyG `GroupAddRev` re-initialises each group; the RevGNN repo deep-copies one initialisation).
+  Copies are drawn in fixed-size chunks by one jitted program per (module, widths), so no depth
+  triggers a new compilation (compiling random-number generation is slow on CPU).
   """
   count = 1
   for size in lead:
     count *= size
-  x, graph, edges = _dummy_graph(width, edge_width)
-  init = lambda k: module.init(k, x, graph, edges)["params"]
-  params = jax.vmap(init)(jax.random.split(key, count))
-  return jax.tree.map(lambda a: a.reshape(lead + a.shape[1:]), params)
+  chunks = -(-count // _INIT_CHUNK)
+  keys = jax.random.split(key, chunks * _INIT_CHUNK).reshape(chunks, _INIT_CHUNK)
+  init = _chunk_init(module, width, edge_width)
+  parts = [init(k) for k in keys]
+  return jax.tree.map(lambda *a: jnp.concatenate(a)[:count].reshape(lead + a[0].shape[1:]),
+                      *parts)
 
 
 def check_aggregation(aggregation: str) -> None:

@@ -20,6 +20,7 @@ draws an independent mask per layer, as DeeperGCN.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -59,7 +60,9 @@ def _inputs(graph: jraph.GraphsTuple, edge_dim: int | None) -> tuple[Array, Arra
   return x, edge_x
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _encoders_init(key, in_features, hidden, edge_dim, num_outputs):
+  """Node/edge encoders, head norm and head (jitted: one compilation per set of widths)."""
   k_node, k_edge, k_norm, k_head = jax.random.split(key, 4)
   x0 = jnp.zeros((1, in_features), jnp.float32)
   h0 = jnp.zeros((1, hidden), jnp.float32)
