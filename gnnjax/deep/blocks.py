@@ -5,7 +5,7 @@
 on one group's features x [N, d]. GENConv (gnnjax.nn.deeper) runs at width d with aggregation
 'max' by default, a 2-layer MLP d -> 2d -> d with LayerNorm inside, and biases in every linear
 layer; the block owns its edge encoder Linear(H -> d) applied to the shared edge embedding
-[E, H]. Every statistic is per node (LayerNorm), so f is exactly recomputable, as a reversible
+[E, H] (or folds it with the shared encoder, `LinearEdges`). Every statistic is per node (LayerNorm), so f is exactly recomputable, as a reversible
 block needs. Per block: (C + 4) d^2 + 10 d parameters with H = C d, as the RevGNN repo.
 
 `block_fn(module)` turns the flax module into the functional f(params, x, shared, graph, mask)
@@ -15,7 +15,8 @@ that `gnnjax.deep.reversible.reversible_stack` scans over stacked parameters.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import math
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -25,6 +26,38 @@ import jraph
 from gnnjax.nn import deeper
 
 Array = jax.Array
+
+
+class LinearEdges(NamedTuple):
+  """The edge embedding x @ kernel + bias [E, H], passed unevaluated.
+
+  A block's own edge encoder is linear too, so it folds the two maps into one:
+  x @ (kernel @ W) + (bias @ W + b). Same function, but each layer reads the raw edge features
+  [E, F_e] instead of an [E, H] embedding, and no [E, H] array or cotangent is ever stored: the
+  gradient of the shared encoder accumulates in parameter space. Worth it when F_e <= H (ogbn-
+  proteins: 8 vs 64).
+  """
+  x: Array       # [E, F_e] raw edge features
+  kernel: Array  # [F_e, H]
+  bias: Array    # [H]
+
+
+class EdgeEncoder(nn.Module):
+  """PyTorch-initialised Linear(H -> features) on an edge embedding [E, H] or `LinearEdges`."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, edges: Array | LinearEdges) -> Array:
+    fan_in = (edges.kernel if isinstance(edges, LinearEdges) else edges).shape[-1]
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                        (fan_in, self.features))
+    bias = self.param("bias", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound),
+                      (self.features,))
+    if isinstance(edges, LinearEdges):
+      return edges.x @ (edges.kernel @ kernel) + (edges.bias @ kernel + bias)
+    return edges @ kernel + bias
 
 
 def torch_layer_norm(name: str | None = None) -> nn.LayerNorm:
@@ -55,15 +88,16 @@ class GENBlock(nn.Module):
   pre_activation: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, graph: jraph.GraphsTuple, edge_embedding: Array | None = None,
+  def __call__(self, x: Array, graph: jraph.GraphsTuple,
+               edge_embedding: Array | LinearEdges | None = None,
                mask: Array | None = None) -> Array:
     """Applies f.
 
     Args:
       x: float [N, d].
       graph: padded graph with E edges (structure only).
-      edge_embedding: optional float [E, H] shared edge embedding; the block encodes it with
-        its own Linear(H -> d).
+      edge_embedding: optional float [E, H] shared edge embedding (or its unevaluated
+        `LinearEdges` form); the block encodes it with its own Linear(H -> d).
       mask: optional float [N, d] dropout mask (0 or 1 / (1 - p)); None = no dropout.
 
     Returns:
@@ -76,16 +110,22 @@ class GENBlock(nn.Module):
         h = h * mask
     edges = None
     if edge_embedding is not None:
-      edges = deeper.torch_dense(self.features, edge_embedding.shape[-1], name="edge_encoder")(
-          edge_embedding)
+      edges = EdgeEncoder(self.features, name="edge_encoder")(edge_embedding)
     conv = deeper.GENConv(self.features, aggr=self.aggregation, t=self.t, learn_t=self.learn_t,
                           norm="layer", num_layers=self.mlp_layers, use_bias=True, name="conv")
     return conv(h, graph, edges)
 
 
-def block_fn(module: nn.Module) -> Callable[[Any, Array, Any, Any, Array | None], Array]:
-  """The functional f(params, x, edge_embedding, graph, mask) of a GENBlock-like module."""
+def block_fn(module: nn.Module, fused_edges: bool = False
+             ) -> Callable[[Any, Array, Any, Any, Array | None], Array]:
+  """The functional f(params, x, shared, graph, mask) of a GENBlock-like module.
+
+  shared is the edge embedding [E, H] (or None), or with `fused_edges` the shared encoder's
+  params {'kernel': [F_e, H], 'bias': [H]} applied to graph.edges['x'] as `LinearEdges`.
+  """
   def f(params, x, shared, graph, mask):
+    if fused_edges:
+      shared = LinearEdges(graph.edges["x"], shared["kernel"], shared["bias"])
     return module.apply({"params": params}, x, graph, shared, mask)
   return f
 

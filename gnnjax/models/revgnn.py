@@ -8,7 +8,10 @@ stored-activation ResGNN baseline (DeeperGCN res+), for node tasks.
 
 Edge features [E, edge_dim] are encoded once by Linear(edge_dim, H) into an edge embedding
 shared by all layers; every block re-encodes it with its own Linear(H, block width) (the repo's
-`--conv_encode_edge`). Weights are PyTorch-initialised (U(+-1/sqrt(fan_in))).
+`--conv_encode_edge`). By default the two linear maps are folded into one per block
+(`fuse_edge_encoders`, see `gnnjax.deep.blocks.LinearEdges`): the same function, but no [E, H]
+embedding or cotangent is stored and each layer reads the raw [E, edge_dim] features. Weights
+are PyTorch-initialised (U(+-1/sqrt(fan_in))).
 
 Both models are frozen dataclasses with pure `init(key, graph)` and
 `apply(params, graph, train=False, key=None)`; node features are read from `graph.nodes['x']`
@@ -75,12 +78,27 @@ def _encoders_init(key, in_features, hidden, edge_dim, num_outputs):
   return params
 
 
-def _encode(params, x, edge_x, hidden):
+def _encode(params, graph, edge_dim, hidden, fuse):
+  """Encoded nodes [N, H]; the shared edge input; the graph with float32 edges['x'].
+
+  The shared edge input is None (no edge features), the edge embedding [E, H], or with `fuse`
+  the shared encoder's params, which blocks apply lazily (`blocks.LinearEdges`).
+  """
+  x, edge_x = _inputs(graph, edge_dim)
   h = _dense(hidden, x.shape[-1]).apply({"params": params["node_encoder"]}, x)
-  e = None
-  if edge_x is not None:
-    e = _dense(hidden, edge_x.shape[-1]).apply({"params": params["edge_encoder"]}, edge_x)
-  return h, e
+  if edge_x is None:
+    return h, None, graph
+  graph = graph._replace(edges={**graph.edges, "x": edge_x})
+  if fuse:
+    return h, params["edge_encoder"], graph
+  e = _dense(hidden, edge_x.shape[-1]).apply({"params": params["edge_encoder"]}, edge_x)
+  return h, e, graph
+
+
+def _edges_for_block(shared, graph, fuse):
+  if shared is None or not fuse:
+    return shared
+  return blocks_lib.LinearEdges(graph.edges["x"], shared["kernel"], shared["bias"])
 
 
 def _head(params, h, rate, key, num_outputs):
@@ -110,6 +128,9 @@ class RevGNN:
     weight_tied: one set of block weights (per group) for all L layers.
     aggregation: GENConv aggregation ('max' as RevGNN; 'softmax', 'mean', 'sum', ...).
     edge_dim: width of graph.edges['x'], or None for no edge features.
+    fuse_edge_encoders: fold the shared edge encoder into every block's edge encoder (both are
+      linear; see `blocks.LinearEdges`): the same function without any [E, H] embedding or
+      cotangent. Pays off when edge_dim <= hidden.
     reversible: False computes the same function with plain autodiff (stored activations).
   """
 
@@ -121,6 +142,7 @@ class RevGNN:
   weight_tied: bool = False
   aggregation: str = "max"
   edge_dim: int | None = None
+  fuse_edge_encoders: bool = True
   reversible: bool = True
 
   def __post_init__(self):
@@ -150,11 +172,12 @@ class RevGNN:
   def apply(self, params: dict, graph: jraph.GraphsTuple, train: bool = False,
             key: Array | None = None) -> Array:
     """Node outputs float [N, num_outputs]; `key` drives dropout when `train`."""
-    x, edge_x = _inputs(graph, self.edge_dim)
-    h, e = _encode(params, x, edge_x, self.hidden)
+    fuse = self.fuse_edge_encoders and self.edge_dim is not None
+    h, shared, graph = _encode(params, graph, self.edge_dim, self.hidden, fuse)
     stack_key, head_key = _dropout_keys(train, key, self.dropout)
     h = rev_lib.reversible_stack(
-        blocks_lib.block_fn(self.block), params["blocks"], h, e, graph, stack_key,
+        blocks_lib.block_fn(self.block, fused_edges=fuse), params["blocks"], h, shared, graph,
+        stack_key,
         num_groups=self.groups, num_layers=self.num_layers, dropout=self.dropout,
         weight_tied=self.weight_tied, reversible=self.reversible)
     return _head(params, h, self.dropout, head_key, self.num_outputs)
@@ -169,7 +192,8 @@ class ResGNN:
   layer's activations (O(L * (N + E) * H) memory).
 
   Attributes:
-    num_outputs, hidden, num_layers, dropout, aggregation, edge_dim: as RevGNN.
+    num_outputs, hidden, num_layers, dropout, aggregation, edge_dim, fuse_edge_encoders: as
+      RevGNN.
     scan: run layers 1..L-1 as a `lax.scan` over stacked parameters (compile time flat in L)
       instead of an unrolled Python loop.
   """
@@ -180,6 +204,7 @@ class ResGNN:
   dropout: float = 0.1
   aggregation: str = "max"
   edge_dim: int | None = None
+  fuse_edge_encoders: bool = True
   scan: bool = True
 
   def __post_init__(self):
@@ -208,8 +233,9 @@ class ResGNN:
   def apply(self, params: dict, graph: jraph.GraphsTuple, train: bool = False,
             key: Array | None = None) -> Array:
     """Node outputs float [N, num_outputs]; `key` drives dropout when `train`."""
-    x, edge_x = _inputs(graph, self.edge_dim)
-    h, e = _encode(params, x, edge_x, self.hidden)
+    fuse = self.fuse_edge_encoders and self.edge_dim is not None
+    h, shared, graph = _encode(params, graph, self.edge_dim, self.hidden, fuse)
+    e = _edges_for_block(shared, graph, fuse)
     stack_key, head_key = _dropout_keys(train, key, self.dropout)
     h = self._block(False).apply({"params": params["first"]}, h, graph, e)
     if self.num_layers > 1:
