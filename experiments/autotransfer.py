@@ -85,6 +85,10 @@ flags.DEFINE_integer("anchors", 12, "Use the first N of AutoTransfer's 12 anchor
 flags.DEFINE_integer("fisher_seeds", 5, "R: random initialisations per anchor.")
 flags.DEFINE_integer("fisher_max_examples", None, "Estimate each Fisher from at most this many "
                      "val examples (default: all).")
+flags.DEFINE_integer("fisher_probes", 0, "FIM estimator: 0 = exact per-example sum; P > 0 = "
+                     "the random-sign estimate from P VJPs per batch (gnnjax.tasks.fisher).")
+flags.DEFINE_integer("compile_workers", 1, "Anchor programs compiled in parallel for FIM "
+                     "features.")
 flags.DEFINE_integer("embedding_seed", 0, "Seed of the projection g's training.")
 flags.DEFINE_enum("evaluator", None, ["train", "bank"], "How candidates are evaluated: 'train' "
                   "(population engine) or 'bank' (tabular lookup of the task's trials in the "
@@ -100,6 +104,8 @@ flags.DEFINE_integer("n_startup", 5, "TPE warm-up trials drawn from the prior (p
 flags.DEFINE_integer("population", 5, "Evolution's initial population (paper: 5).")
 flags.DEFINE_float("hb_max_resource", 60, "HyperBand R (fraction R/R = the design's epochs).")
 flags.DEFINE_float("hb_eta", 3, "HyperBand eta.")
+flags.DEFINE_bool("hb_ignore_budget", False, "HyperBand trains every evaluation fully, as the "
+                  "reference code's trials do (its budget is a no-op there).")
 flags.DEFINE_list("tasks", None, "study mode: held-out tasks (default: every bank task with at "
                   "least --min_pool designs in the space).")
 flags.DEFINE_integer("min_pool", 30, "study mode: smallest pool a held-out task needs.")
@@ -130,7 +136,8 @@ def save_features(path: str, features: Mapping[str, np.ndarray]) -> None:
 
 def compute_features(tasks: Sequence[str], cache_path: str | None, load: Callable[[str], Any],
                      num_anchors: int, fisher_seeds: int, max_examples: int | None,
-                     print_fn: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+                     print_fn: Callable[[str], None] = print, num_probes: int = 0,
+                     compile_workers: int = 1) -> dict[str, np.ndarray]:
   """FIM task features of `tasks` (`gnnjax.tasks.fisher.task_feature`), read from / added to
   the cache file. `load(task)` returns the task's dataset."""
   features = load_features(cache_path)
@@ -138,13 +145,15 @@ def compute_features(tasks: Sequence[str], cache_path: str | None, load: Callabl
   if missing:
     from gnnjax.tasks import anchors as anchors_lib
     from gnnjax.tasks import fisher
-    config = fisher.FisherConfig(num_seeds=fisher_seeds, max_examples=max_examples)
+    config = fisher.FisherConfig(num_seeds=fisher_seeds, max_examples=max_examples,
+                                 num_probes=num_probes)
     anchors = anchors_lib.AUTOTRANSFER_ANCHORS[:num_anchors]
     for i, task in enumerate(missing):
       print_fn(f"FIM features {i + 1}/{len(missing)}: {task} ({len(anchors)} anchors x "
                f"{fisher_seeds} seeds)")
       result = fisher.task_feature(load(task), anchors, config,
-                                   progress=lambda line: print_fn("  " + line))
+                                   progress=lambda line: print_fn("  " + line),
+                                   compile_workers=compile_workers)
       features[task] = result.feature
       print_fn(f"  feature {np.round(result.feature, 3).tolist()} (compile "
                f"{result.compile_seconds.sum():.1f} s, run {result.run_seconds.sum():.1f} s)")
@@ -210,7 +219,7 @@ def task_distances(new_task: str, bank_tasks: Sequence[str], bank, *, distance: 
                    load: Callable[[str], Any], features_path: str | None = None,
                    distances_json: str | None = None, num_anchors: int = 12,
                    fisher_seeds: int = 5, max_examples: int | None = None,
-                   embedding_seed: int = 0, similarity: tuple[list[str], np.ndarray] | None = None,
+                   num_probes: int = 0, compile_workers: int = 1, embedding_seed: int = 0, similarity: tuple[list[str], np.ndarray] | None = None,
                    print_fn: Callable[[str], None] = print) -> dict[str, float]:
   """{bank task: distance to new_task} (smaller = closer); `new_task` itself is never a bank
   task here. `distance` is 'embedding', 'feature', 'graphgym' or 'file'."""
@@ -228,7 +237,7 @@ def task_distances(new_task: str, bank_tasks: Sequence[str], bank, *, distance: 
   if distance not in ("embedding", "feature"):
     raise ValueError(f"unknown distance {distance!r}; choose embedding, feature, graphgym, file")
   features = compute_features([new_task, *bank_tasks], features_path, load, num_anchors,
-                              fisher_seeds, max_examples, print_fn)
+                              fisher_seeds, max_examples, print_fn, num_probes, compile_workers)
   bank_features = {t: features[t] for t in bank_tasks}
   if distance == "feature":
     return cosine_distances(features[new_task], bank_features)
@@ -267,7 +276,8 @@ def _loader(name: str):
 
 def searcher_kwargs() -> dict[str, dict[str, Any]]:
   return {"tpe": {"n_startup": FLAGS.n_startup}, "evolution": {"population_size": FLAGS.population},
-          "hyperband": {"max_resource": FLAGS.hb_max_resource, "eta": FLAGS.hb_eta},
+          "hyperband": {"max_resource": FLAGS.hb_max_resource, "eta": FLAGS.hb_eta,
+                        "ignore_budget": FLAGS.hb_ignore_budget},
           "random": {}}
 
 
@@ -278,6 +288,7 @@ def _distances_for(bank, new_task: str, bank_tasks: Sequence[str], similarity=No
       features_path=FLAGS.features or os.path.join(FLAGS.out_dir, "features.json"),
       distances_json=FLAGS.distances_json, num_anchors=FLAGS.anchors,
       fisher_seeds=FLAGS.fisher_seeds, max_examples=FLAGS.fisher_max_examples,
+      num_probes=FLAGS.fisher_probes, compile_workers=FLAGS.compile_workers,
       embedding_seed=FLAGS.embedding_seed, similarity=similarity)
 
 

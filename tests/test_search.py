@@ -209,6 +209,12 @@ def test_hyperband_schedule_matches_the_standard_formula():
   top3 = sorted(first, key=lambda t: (-t.value, t.trial))[:3]
   assert [t.design for t in second] == [t.design for t in top3]
   assert result.trials[12].budget_epochs == 100
+  # The reference code's HyperBand: same schedule, but every evaluation trains fully.
+  searcher = search.HyperBandSearcher(SMALL, max_resource=9, eta=3, seed=0, ignore_budget=True)
+  full = run_search(searcher, evaluate, 13)
+  assert [t.design for t in full.trials] == [t.design for t in result.trials]
+  assert {t.budget_epochs for t in full.trials} == {100}
+  np.testing.assert_array_equal(full.epochs_so_far, 100 * np.arange(1, 14))
 
 
 # ----------------------------------------------------------------------------------------------

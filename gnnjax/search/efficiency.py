@@ -85,7 +85,8 @@ class EfficiencyResult:
   Attributes:
     tasks: held-out tasks.
     curves: name -> [tasks, algorithms, priors, runs, trials] array: 'report' (best report so
-      far; the paper's curves), 'objective' (best objective so far), 'report_at_best'.
+      far; the paper's curves), 'objective' (best objective so far), 'report_at_best', and
+      'epochs' (training epochs spent so far: HyperBand's trials are cheaper).
     higher_is_better: per task.
     pool: per task {'size', 'best_report', 'best_objective', 'has_test'} (tabular mode).
     transfers: per task, the near tasks and their weights/distances.
@@ -150,7 +151,8 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
   say = print_fn or (lambda _: None)
   distributions = prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k)
   shape = (len(tasks), len(config.algorithms), len(config.priors), config.runs, config.trials)
-  curves = {name: np.full(shape, np.nan) for name in ("report", "objective", "report_at_best")}
+  curves = {name: np.full(shape, np.nan)
+            for name in ("report", "objective", "report_at_best", "epochs")}
   higher, pools, transfers = [], [], []
   for ti, task in enumerate(tasks):
     if make_evaluator is None:
@@ -194,6 +196,7 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
           curves["report"][ti, ai, pi, run, :n] = report
           curves["objective"][ti, ai, pi, run, :n] = result.best_so_far
           curves["report_at_best"][ti, ai, pi, run, :n] = at_best
+          curves["epochs"][ti, ai, pi, run, :n] = result.epochs_so_far
         mean = np.nanmean(curves["report"][ti, ai, pi], axis=0)
         say(f"    {algorithm:>9} {prior_kind:>11}: best after "
             + ", ".join(f"t={t}: {mean[t - 1]:.4f}" for t in REPORT_TRIALS

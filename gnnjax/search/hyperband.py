@@ -60,14 +60,17 @@ class HyperBandSearcher(Searcher):
   Args:
     max_resource: R (60).
     eta: reduction factor (3).
+    ignore_budget: train every evaluation for the design's full epochs, as the reference
+      code's trials do (the schedule still decides which designs are evaluated again).
   """
 
   name = "hyperband"
 
   def __init__(self, space: DesignSpace, prior: Prior | None = None, seed: int = 0,
                pool: CandidatePool | None = None, max_resource: float = 60,
-               eta: float = 3):
+               eta: float = 3, ignore_budget: bool = False):
     super().__init__(space, prior, seed, pool)
+    self.ignore_budget = ignore_budget
     self.max_resource = max_resource
     self.eta = eta
     self.schedule = bracket_schedule(max_resource, eta)
@@ -78,8 +81,11 @@ class HyperBandSearcher(Searcher):
     self._results: list[tuple[Vector, float]] = []  # told values of the current rung
     self._start_bracket()
 
-  def budget_epochs(self, vector: Vector, resource: float) -> int:
-    """Epochs for a resource: the fraction resource / R of the design's epochs (>= 1)."""
+  def budget_epochs(self, vector: Vector, resource: float) -> int | None:
+    """Epochs for a resource: the fraction resource / R of the design's epochs (>= 1); None
+    (the design's own epochs) with ignore_budget."""
+    if self.ignore_budget:
+      return None
     epochs = design_from_vector(self.space, vector).epochs
     return max(1, int(round(epochs * resource / self.max_resource)))
 
