@@ -93,9 +93,8 @@ def test_knn_ignores_padding_values_and_has_no_gradient():
   batch = _clouds((8, 8), budget=batching.Budget(20, 16, 3))
   x = jnp.asarray(batch.nodes["x"], jnp.float32)
   noisy = x.at[16:].set(1e30)
-  g1 = knn_lib.knn_graph(x, batch, 3, 2)
-  g2 = knn_lib.knn_graph(noisy, batch, 3, 2)
-  np.testing.assert_array_equal(g1.senders, g2.senders)
+  build = jax.jit(lambda x: knn_lib.knn_graph(x, batch, 3, 2).senders)
+  np.testing.assert_array_equal(build(x), build(noisy))
   grad = jax.grad(lambda x: knn_lib.knn_graph(x, batch, 3).senders.astype(jnp.float32).sum(),
                   allow_int=True)(x)
   assert not np.asarray(grad).any()
@@ -105,15 +104,17 @@ def test_stochastic_dilation_only_in_training():
   batch = _clouds((12, 12), budget=batching.Budget(24 + 8, 8, 3))
   x = jnp.asarray(batch.nodes["x"], jnp.float32)
   k, d = 3, 3
-  regular = knn_lib.knn_graph(x, batch, k, d, points_per_graph=12).senders
-  key = jax.random.PRNGKey(0)
+  def build(kk, dd, **kwargs):
+    return jax.jit(lambda x, r: knn_lib.knn_graph(x, batch, kk, dd, points_per_graph=12, rng=r,
+                                                  **kwargs).senders)(x, jax.random.PRNGKey(0))
+
+  regular = build(k, d)
   # Eval mode, or epsilon 0: the regular dilated graph whatever the flag says.
   for kwargs in (dict(train=False, stochastic=True, epsilon=1.0),
                  dict(train=True, stochastic=True, epsilon=0.0)):
-    got = knn_lib.knn_graph(x, batch, k, d, points_per_graph=12, rng=key, **kwargs).senders
-    np.testing.assert_array_equal(got, regular)
+    np.testing.assert_array_equal(build(k, d, **kwargs), regular)
   # epsilon 1: k distinct picks among the k*d nearest, the same ranks for every point.
-  full = np.asarray(knn_lib.knn_graph(x, batch, k * d, 1, points_per_graph=12).senders)
+  full = np.asarray(build(k * d, 1))
   full = full.reshape(-1, k * d)[:24]
   draw = jax.jit(jax.vmap(lambda r: knn_lib.knn_graph(
       x, batch, k, d, points_per_graph=12, train=True, stochastic=True, epsilon=1.0,
@@ -160,8 +161,8 @@ def test_res_edgeconv_block_matches_numpy(x64):
   batch = _clouds(sizes, dim=c)
   x = jnp.asarray(batch.nodes["x"])
   block = deepgcn.DeepGCNBlock("res", "edge", c, norm="layer", knn=k, dilation=d)
-  params = block.init(jax.random.PRNGKey(0), x, batch)
-  out = np.asarray(block.apply(params, x, batch))
+  params = jax.jit(block.init)(jax.random.PRNGKey(0), x, batch)
+  out = np.asarray(jax.jit(block.apply)(params, x, batch))
   p = params["params"]
   w, b = np.asarray(p["conv"]["mlp"]["Dense_0"]["kernel"]), np.asarray(p["conv"]["mlp"]["Dense_0"]["bias"])
   scale, bias = np.asarray(p["norm"]["ln"]["scale"]), np.asarray(p["norm"]["ln"]["bias"])
@@ -212,12 +213,12 @@ def test_block_orderings(block):
 def test_dense_width_grows_and_resplus_has_bare_stem():
   batch = _clouds((6, 8), dim=3)
   dense = deepgcn.DeepGCN(2, block="dense", conv="mr", num_layers=4, hidden=8, growth=5, knn=3)
-  p = dense.init(jax.random.PRNGKey(0), batch)["params"]
+  p = jax.eval_shape(dense.init, jax.random.PRNGKey(0), batch)["params"]
   assert p["head"]["kernel"].shape[0] == 8 + 3 * 5
   for i in range(3):  # block i sees C + i * growth channels (MRConv's MLP gets twice that)
     assert p[f"block_{i}"]["conv"]["mlp"]["Dense_0"]["kernel"].shape == (2 * (8 + 5 * i), 5)
   resplus = deepgcn.DeepGCN(2, block="res+", conv="edge", num_layers=3, hidden=8, knn=3)
-  p = resplus.init(jax.random.PRNGKey(0), batch)["params"]
+  p = jax.eval_shape(resplus.init, jax.random.PRNGKey(0), batch)["params"]
   assert "stem_norm" not in p and "final_norm" in p and "norm" in p["block_0"]
 
 
@@ -242,8 +243,8 @@ def test_padding_does_not_leak_and_gradients_finite(kwargs):
   batch = _clouds((8, 8, 8), edges=True, budget=batching.Budget(30, 64, 5))
   batch = batch._replace(nodes={**batch.nodes, "x": np.asarray(batch.nodes["x"], np.float32)})
   model = deepgcn.DeepGCN(3, num_layers=3, hidden=8, **kwargs)
-  variables = model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                         batch)
+  variables = jax.jit(model.init)({"params": jax.random.PRNGKey(0),
+                                  "dropout": jax.random.PRNGKey(1)}, batch)
   noisy_x = batch.nodes["x"].copy()
   noisy_x[24:] = 1e6
   noisy = batch._replace(nodes={**batch.nodes, "x": noisy_x})
@@ -254,8 +255,9 @@ def test_padding_does_not_leak_and_gradients_finite(kwargs):
     out = _loss(model, {**variables, "params": params}, b, True)
     return jnp.sum(out[rows] ** 2), out[rows]
 
-  (l1, o1), g1 = jax.value_and_grad(loss, has_aux=True)(variables["params"], batch)
-  (l2, o2), g2 = jax.value_and_grad(loss, has_aux=True)(variables["params"], noisy)
+  grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (l1, o1), g1 = grad_fn(variables["params"], batch)
+  (l2, o2), g2 = grad_fn(variables["params"], noisy)
   np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     assert np.isfinite(np.asarray(a)).all()
