@@ -27,6 +27,7 @@ autodiff (the custom_vjp in `gnnjax.deep.deq` keeps only z*).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -226,8 +227,14 @@ class DEQGNN(nn.Module):
         "deq", lambda key: self._scale_last_kernel(module.init(key, z0, inputs, aux)["params"]))
     if self.deq_map == "gcn" and self.contraction is not None:
       params = {**params, "kernel": spectral_contraction(params["kernel"], self.contraction)}
-    z, stats = deq_lib.deq_fixed_point(functools.partial(_apply_map, module), params, z0, inputs,
-                                       aux, self.config, backward_probe)
+    if self.is_initializing():
+      # Only shapes matter at init: skip compiling and running the solver.
+      z = z0
+      stats = solvers_lib.SolverStats(jnp.zeros((), jnp.int32), jnp.zeros((), dtype),
+                                      jnp.zeros((), bool), jnp.zeros((self.config.trace_len,), dtype))
+    else:
+      z, stats = deq_lib.deq_fixed_point(functools.partial(_apply_map, module), params, z0,
+                                         inputs, aux, self.config, backward_probe)
 
     if self.deq_map == "gen":
       z = nn.relu(_layer_norm(name="head_norm")(z))
@@ -236,12 +243,56 @@ class DEQGNN(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Training helpers (used by benchmarks/deep_memory.py and the tests).
+# Functional interface and training helpers (benchmarks/deep_memory.py, the tests).
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalDEQGNN:
+  """A `DEQGNN` behind the plain interface of `benchmarks/deep_memory.py`'s models:
+
+      params = model.init(key, graph)
+      logits = model.apply(params, graph, train, key)          # key: dropout (None in eval)
+      logits, stats = model.apply_with_stats(params, graph, train, key)
+  """
+
+  module: DEQGNN
+
+  def init(self, key: Array, graph: jraph.GraphsTuple) -> dict:
+    return init(self.module, key, graph)
+
+  def apply_with_stats(self, params, graph: jraph.GraphsTuple, train: bool = False,
+                       key: Array | None = None) -> tuple[Array, solvers_lib.SolverStats]:
+    rngs = {"dropout": key} if key is not None else {}
+    return self.module.apply({"params": params}, graph, train=train and key is not None,
+                             rngs=rngs)
+
+  def apply(self, params, graph: jraph.GraphsTuple, train: bool = False,
+            key: Array | None = None) -> Array:
+    return self.apply_with_stats(params, graph, train, key)[0]
+
+
+def benchmark_model(num_outputs: int, hidden: int, max_iter: int, dropout: float = 0.1,
+                    aggregation: str = "max", deq_map: str = "gen", solver: str = "anderson",
+                    exact_iterations: bool = True) -> FunctionalDEQGNN:
+  """The DEQ-GNN entry of the depth/memory benchmark: `max_iter` plays the role of depth.
+
+  With `exact_iterations` both solves run exactly `max_iter` iterations (tolerances 0), so step
+  time scales with the budget while memory must stay flat; otherwise the defaults' relative
+  tolerances stop early.
+  """
+  tolerances = dict(tol=0.0, rtol=0.0, backward_tol=0.0, backward_rtol=0.0)
+  config = deq_lib.DEQConfig(solver=solver, backward_solver=solver, max_iter=max_iter,
+                             backward_max_iter=max_iter,
+                             **(tolerances if exact_iterations else {}))
+  return FunctionalDEQGNN(DEQGNN(num_outputs=num_outputs, hidden=hidden, deq_map=deq_map,
+                                 config=config, dropout=dropout, aggregation=aggregation,
+                                 learn_t=aggregation == "softmax"))
 
 
 def init(model: DEQGNN, key: Array, graph: jraph.GraphsTuple) -> dict:
-  """The model's parameters (the `params` collection) for graphs shaped like `graph`."""
-  return model.init({"params": key}, graph, train=False)["params"]
+  """The model's parameters (the `params` collection) for graphs shaped like `graph` (jitted:
+  one compilation instead of op-by-op dispatch)."""
+  return jax.jit(lambda k, g: model.init({"params": k}, g, train=False)["params"])(key, graph)
 
 
 def make_train_step(model: DEQGNN, tx: optax.GradientTransformation,
