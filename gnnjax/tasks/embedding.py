@@ -131,6 +131,12 @@ def train_projection(key: Array, features: Array, similarity: Array,
   return _train(key, features, similarity, task_weights, config)
 
 
+# [runs, held-out] trainings at once: keys [R, T], task weights [T, T] (row h excludes task h).
+_train_many = jax.jit(
+    jax.vmap(jax.vmap(_train, in_axes=(0, None, None, 0, None)),
+             in_axes=(0, None, None, None, None)), static_argnums=4)
+
+
 def evaluation_loss(params: Params, features: Array, similarity: Array,
                     config: EmbeddingConfig = EmbeddingConfig()) -> Array:
   """The triplet loss averaged over ALL (a, b, c) triplets of the tasks (no sampling)."""
@@ -213,11 +219,8 @@ def leave_one_out(features: np.ndarray | Mapping[str, np.ndarray], similarity: n
 
   weights = 1.0 - np.eye(t, dtype=np.float32)  # row h: every task but h
   keys = jax.random.split(jax.random.key(seed), runs * t).reshape(runs, t)
-  train = jax.vmap(jax.vmap(train_projection, in_axes=(0, None, None, 0, None)),
-                   in_axes=(0, None, None, None, None))
-  params, _ = jax.jit(train, static_argnums=4)(
-      keys, jnp.asarray(features, jnp.float32), jnp.asarray(similarity, jnp.float32),
-      jnp.asarray(weights), config)
+  params, _ = _train_many(keys, jnp.asarray(features, jnp.float32),
+                          jnp.asarray(similarity, jnp.float32), jnp.asarray(weights), config)
   embeddings = np.asarray(jax.vmap(jax.vmap(project, in_axes=(0, None)), in_axes=(0, None))(
       params, jnp.asarray(features, jnp.float32)))  # [runs, T(held-out), T, D]
   embedding_tau = np.empty((runs, t))

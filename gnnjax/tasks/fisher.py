@@ -564,7 +564,11 @@ class FeatureResult:
     alphas: [U, R] alpha per anchor and seed.
     m1, m2: [U, R] the Fisher moments.
     head_epochs: [U, R] head-fit epochs run.
-    compile_seconds, run_seconds: [U] per anchor (compile = lowering + XLA compilation).
+    compile_seconds, run_seconds: [U] per anchor, wall (compile = lowering + XLA
+      compilation; with several compile workers, overlapping).
+    compile_phase_seconds: wall time of the whole compile phase.
+    compile_cpu_seconds, run_cpu_seconds: process CPU time (all threads) of the whole
+      compile phase and the whole run phase.
   """
 
   feature: np.ndarray
@@ -574,6 +578,9 @@ class FeatureResult:
   head_epochs: np.ndarray
   compile_seconds: np.ndarray
   run_seconds: np.ndarray
+  compile_cpu_seconds: float = math.nan
+  run_cpu_seconds: float = math.nan
+  compile_phase_seconds: float = math.nan
 
 
 def normalize_feature(mean_alphas: np.ndarray) -> np.ndarray:
@@ -607,6 +614,7 @@ def task_feature(dataset: ds.GraphDataset | PreparedTask,
   init_keys, label_keys = seed_keys(task.seeds)
   args = (init_keys, label_keys, task.train, task.val, task.val_rows, task.val_weights)
   lowered, compile_s = [], []
+  cpu_start, phase_start = time.process_time(), time.perf_counter()
   for design in anchors:
     start = time.perf_counter()
     lowered.append(make_anchor_program(anchor_model(design, task), task, config).lower(*args))
@@ -623,6 +631,9 @@ def task_feature(dataset: ds.GraphDataset | PreparedTask,
       compiled = list(pool.map(compile_one, range(len(anchors))))
   else:
     compiled = [compile_one(u) for u in range(len(anchors))]
+  compile_cpu = time.process_time() - cpu_start
+  compile_phase = time.perf_counter() - phase_start
+  cpu_start = time.process_time()
   out = {k: [] for k in ("alpha", "m1", "m2", "head_epochs")}
   run_s = []
   for u, design in enumerate(anchors):
@@ -642,4 +653,6 @@ def task_feature(dataset: ds.GraphDataset | PreparedTask,
   return FeatureResult(feature=normalize_feature(alphas.mean(axis=1)), alphas=alphas,
                        m1=np.stack(out["m1"]), m2=np.stack(out["m2"]),
                        head_epochs=np.stack(out["head_epochs"]),
-                       compile_seconds=np.array(compile_s), run_seconds=np.array(run_s))
+                       compile_seconds=np.array(compile_s), run_seconds=np.array(run_s),
+                       compile_cpu_seconds=compile_cpu, compile_phase_seconds=compile_phase,
+                       run_cpu_seconds=time.process_time() - cpu_start)
