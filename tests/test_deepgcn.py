@@ -164,7 +164,8 @@ def test_res_edgeconv_block_matches_numpy(x64):
   params = jax.jit(block.init)(jax.random.PRNGKey(0), x, batch)
   out = np.asarray(jax.jit(block.apply)(params, x, batch))
   p = params["params"]
-  w, b = np.asarray(p["conv"]["mlp"]["Dense_0"]["kernel"]), np.asarray(p["conv"]["mlp"]["Dense_0"]["bias"])
+  dense = p["conv"]["mlp"]["Dense_0"]
+  w, b = np.asarray(dense["kernel"]), np.asarray(dense["bias"])
   scale, bias = np.asarray(p["norm"]["ln"]["scale"]), np.asarray(p["norm"]["ln"]["bias"])
   xs = np.asarray(x)
   nbr = _reference_knn(xs, sizes, k, d)
@@ -308,7 +309,7 @@ def test_pointcloud_registry_splits_whole_clouds():
 
 
 def test_resplus_trains_on_pointclouds():
-  dataset = pointcloud.make_pointcloud_dataset(24, 64, seed=0)
+  dataset = pointcloud.make_pointcloud_dataset(20, 48, seed=0)
   dataset = pointcloud.split_clouds(dataset, seed=0)
   pipe = pipeline.make_pipeline(dataset, None, batch_size=8)
   model = deepgcn.build_model(dataset, block="res+", num_layers=4, hidden=16, knn=6,
@@ -318,3 +319,23 @@ def test_resplus_trains_on_pointclouds():
   first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
   assert result.status == "ok"
   assert last < 0.85 * first, (first, last)
+
+
+def test_depth_study_runs_and_reports(tmp_path):
+  import json
+
+  from experiments import depth_study
+  settings = dict(data_dir=None, conv="auto", hidden=8, growth=0, norm="batch", dropout=0.0,
+                  lr=0.01, weight_decay=0.0, batch_size=4, max_graphs=0, num_clouds=6,
+                  points=32, knn=4, stochastic=True, epochs=1, eval_every=1, single_shape=True)
+  cache = {}
+  runs = [depth_study.run_one("pointcloud", block, 2, 0, settings, cache)
+          for block in ("plain", "res+")]
+  assert all(r["status"] == "ok" and r["history"] and r["num_params"] > 0 for r in runs)
+  depth_study._report(runs, settings, str(tmp_path))
+  results = json.loads((tmp_path / "depth_study.json").read_text())
+  assert set(results["summary"]["pointcloud"]) == {"plain", "res+"}
+  assert (tmp_path / "depth_study_metric.png").stat().st_size > 0
+  assert (tmp_path / "depth_study_loss.png").stat().st_size > 0
+  with pytest.raises(ValueError, match="not available"):
+    depth_study.run_one("pointcloud", "rev", 2, 0, settings, cache)

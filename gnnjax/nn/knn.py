@@ -150,9 +150,9 @@ def knn_graph(x: Array, graph: jraph.GraphsTuple, k: int, dilation: int = 1, *,
     if blocks == 0:
       raise ValueError(f"batch of {n} nodes holds no block of points_per_graph={p} nodes")
     covered = blocks * p
-    local = dilated_knn_indices(x[:covered].reshape(blocks, p, -1), ids[:covered].reshape(blocks, p),
-                                k, dilation, train=train, stochastic=stochastic, epsilon=epsilon,
-                                rng=rng)
+    local = dilated_knn_indices(x[:covered].reshape(blocks, p, -1),
+                                ids[:covered].reshape(blocks, p), k, dilation, train=train,
+                                stochastic=stochastic, epsilon=epsilon, rng=rng)
     offsets = (jnp.arange(blocks, dtype=jnp.int32) * p)[:, None, None]
     senders = (local + offsets).reshape(covered, k)
     tail = jnp.broadcast_to(jnp.arange(covered, n, dtype=jnp.int32)[:, None], (n - covered, k))
