@@ -1,6 +1,7 @@
 """Deep and memory-efficient GNNs: grouped reversible stacks and their blocks."""
 
 from gnnjax.deep.blocks import GENBlock
+from gnnjax.deep.blocks import LinearEdges
 from gnnjax.deep.reversible import coupling_forward
 from gnnjax.deep.reversible import coupling_inverse
 from gnnjax.deep.reversible import dropout_mask

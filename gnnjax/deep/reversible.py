@@ -31,9 +31,10 @@ backward passes: it is regenerated from `dropout_key` in the backward pass (one 
 pass, not per block). Regeneration does not lower the peak (the backward needs the mask while it
 runs) but keeps the residuals to (output, key).
 
-Float32 drift: the input is recovered up to rounding (fl(x + f) - f != x); over 100 GEN blocks
-the relative reconstruction error is ~1e-6 in float32 (tested), ~1e-14 in float64. Keep the
-reversible state in float32 or wider, never bf16/fp16.
+Float32 drift: the input is recovered up to rounding (fl(x + f) - f != x). Measured on GEN
+blocks (d = 4, random graph): relative reconstruction error 2e-6 after 100 blocks (tested
+< 1e-4), 2e-5 after 1001, so gradients of very deep stacks carry that much relative error; in
+float64 it is ~1e-14. Keep the reversible state in float32 or wider, never bf16/fp16.
 
 Limits: reverse-mode only (custom_vjp has no forward-mode rule); `block_fn` must be a pure,
 deterministic function of its arguments and must not close over traced values (pass them as
