@@ -35,8 +35,18 @@ sums squared per-example gradients, and binary labels are Bernoulli(sigmoid). `m
 (default: all) estimates the same sum from a random subset of the val examples, rescaled by
 (#examples / #used) so m1 keeps its scale (alpha is scale-invariant anyway).
 
+Cost. The exact Fisher needs one backward pass per val example (train-mode batch norm couples
+every example to the whole batch, so per-example gradients are dense): on Cora's 500 val nodes
+that is 500 backward passes per (anchor, seed), ~250 TFLOP for all 12 x 5 (fine on a GPU, about
+an hour on a 2-core CPU). `num_probes = P` gives an unbiased estimate of the same diagonal from
+P backward passes (random-sign combinations of the per-example cotangents; its noise inflates
+alpha by about a factor 1 + 2/P, nearly uniformly over anchors, so the normalised feature moves
+less than alpha), and `max_examples` subsamples the val examples.
+
 Batching: one jitted program per anchor, vmapped over the R seeds (their splits, inits and
 label samples); every batch of every seed is padded to one common budget so the seeds stack.
+The 12 anchors have 12 different structures, so there are 12 programs (compiled in parallel
+threads by `task_feature`).
 """
 
 from __future__ import annotations
