@@ -9,9 +9,20 @@ public split: 500 val nodes) and alpha. Reported: data preparation, per-anchor c
 XLA) and run seconds, their totals, the process CPU time (user + system, all threads; on a
 shared machine wall time overstates the cost), and the resulting feature.
 
-Targets (issue 5): run < 10 s on one GPU, < 120 s on a 2-core CPU. `--max_examples` /
-`--num_probes` trade the exact per-example Fisher for a cheaper unbiased estimate (recorded in
-the results), `--chunk_size` sets how many per-example VJPs run at once (memory).
+Targets (issue 5): run < 10 s on one GPU, < 120 s on a 2-core CPU. The default is the exact
+per-example Fisher (one backward pass per val node: meant for the GPU). `--num_probes=8` is the
+CPU setting: an unbiased random-sign estimate of the same diagonal from 8 backward passes per
+(anchor, seed) (alpha about 1.25x the exact value, nearly uniformly over anchors; see
+gnnjax/tasks/fisher.py). `--max_examples` subsamples val examples (biased, not recommended).
+`--chunk_size` sets how many VJPs run at once (memory), `--compile_workers` how many threads
+compile the 12 anchor programs.
+
+    # GPU (H200)
+    python -m benchmarks.task_features --data_dir=../shared/datasets --chunk_size=64 \
+        --compile_workers=8
+    # 2-core CPU
+    python -m benchmarks.task_features --data_dir=../shared/datasets --num_probes=8 \
+        --chunk_size=8 --out_dir=/tmp/task_features
 """
 
 from __future__ import annotations
