@@ -7,11 +7,12 @@ One model, four ways of stacking L graph convolutions (a stem conv + L-1 blocks)
     res+   h <- conv(D(A(N(h)))) + h                ResGCN+ / DeeperGCN's pre-activation 'res+'
     dense  h <- concat(h, D(A(N(conv(h)))))         DenseGCN: width grows by `growth` per block
 
-(N = norm, A = activation, D = dropout.) The stem maps the input to `hidden` channels: for
-plain/res/dense it is D(A(N(conv(x)))), for res+ a bare conv (DeeperGCN's layer 0 has nothing in
-front of it); res+ then ends with N -> A -> D before the output head, as DeeperGCN does. Node
-tasks return [N, C] from a Linear head on the final node states; graph tasks pool them
-('mean'/'sum'/'max') and return [G, C].
+(N = norm, A = activation, D = dropout; N before A as in DeeperGCN's sparse code, where
+DeepGCNs' dense point-cloud code applies ReLU before batch norm.) The stem maps the input to
+`hidden` channels: for plain/res/dense it is D(A(N(conv(x)))), for res+ a bare conv (DeeperGCN's
+layer 0 has nothing in front of it); res+ then ends with N -> A -> D before the output head, as
+DeeperGCN does. Node tasks return [N, C] from a Linear head on the final node states; graph
+tasks pool them ('mean'/'sum'/'max') and return [G, C].
 
 Graphs are either the batch's own (citation, TU graphs) or, with `knn=k`, dynamic dilated k-NN
 graphs (point clouds): the stem uses the k-NN graph of the first `knn_input_dims` input channels
