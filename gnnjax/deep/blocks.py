@@ -5,8 +5,11 @@
 on one group's features x [N, d]. GENConv (gnnjax.nn.deeper) runs at width d with aggregation
 'max' by default, a 2-layer MLP d -> 2d -> d with LayerNorm inside, and biases in every linear
 layer; the block owns its edge encoder Linear(H -> d) applied to the shared edge embedding
-[E, H] (or folds it with the shared encoder, `LinearEdges`). Every statistic is per node (LayerNorm), so f is exactly recomputable, as a reversible
-block needs. Per block: (C + 4) d^2 + 10 d parameters with H = C d, as the RevGNN repo.
+[E, H] (or folded with the shared encoder: `LinearEdges`). Every statistic is per node
+(LayerNorm), so f is exactly recomputable, as a reversible block needs. Per block:
+(C + 4) d^2 + 10 d parameters with H = C d, as the RevGNN repo.
+
+`GENBlock(pre_activation=False)` is the bare GENConv with its edge encoder (res+'s first layer).
 
 `block_fn(module)` turns the flax module into the functional f(params, x, shared, graph, mask)
 that `gnnjax.deep.reversible.reversible_stack` scans over stacked parameters.
