@@ -62,8 +62,8 @@ flags.DEFINE_integer("groups", 2, "Reversible groups C.")
 flags.DEFINE_string("aggregation", "max", "GENConv aggregation.")
 flags.DEFINE_float("dropout", 0.1, "Dropout rate.")
 flags.DEFINE_list("depths", ["4", "16", "64", "256", "1001"], "Depths L to sweep.")
-flags.DEFINE_list("models", ["resgnn", "revgnn", "revgnn_wt", "pyg"],
-                  "Models to sweep (keys of MODELS, or 'pyg').")
+flags.DEFINE_list("models", ["resgnn", "revgnn", "pyg", "revgnn_wt"],
+                  "Models to sweep (keys of MODELS, or 'pyg'), in priority order at each depth.")
 flags.DEFINE_bool("pyg", True, "Include PyG's GroupAddRev (skipped when torch_geometric is "
                   "missing).")
 flags.DEFINE_integer("steps", 3, "Timed steps per config (after one warm-up step).")
