@@ -77,6 +77,8 @@ flags.DEFINE_integer("eval_every", 1, "Evaluate every k epochs.")
 flags.DEFINE_bool("single_shape", True, "Pad every batch to the largest budget rung: one "
                   "compilation of the train step (and one of evaluation) per model instead of one "
                   "per rung; deep unrolled models compile slowly, small graphs pad cheaply.")
+flags.DEFINE_bool("scan", True, "Run identical blocks (plain/res/res+ on static graphs) as one "
+                  "nn.scan: one block in the compiled program, fast compilation at any depth.")
 flags.DEFINE_bool("resume", True, "Skip runs already recorded in the output JSON.")
 flags.DEFINE_list("merge", [], "Train nothing: merge these depth_study.json files (e.g. one per "
                   "dataset, run as separate jobs) into <out_dir> and plot them.")
@@ -106,7 +108,8 @@ def _deepgcn_builder(block: str) -> BlockBuilder:
       kwargs.update(knn=settings["knn"], dilated=block != "plain",
                     stochastic=settings["stochastic"] and block != "plain")
     else:
-      kwargs.update(knn=None, points_per_graph=None)
+      kwargs.update(knn=None, points_per_graph=None,
+                    scan=settings.get("scan", False) and block != "dense")
     return deepgcn.build_model(dataset, **kwargs)
   return build
 
@@ -320,7 +323,7 @@ def main(argv):
   settings = {name: FLAGS[name].value for name in (
       "data_dir", "conv", "hidden", "growth", "norm", "dropout", "lr", "weight_decay",
       "batch_size", "max_graphs", "num_clouds", "points", "knn", "stochastic", "epochs",
-      "eval_every", "single_shape")}
+      "eval_every", "single_shape", "scan")}
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   json_path = os.path.join(FLAGS.out_dir, "depth_study.json")
   runs: list[dict] = []

@@ -223,6 +223,27 @@ def test_dense_width_grows_and_resplus_has_bare_stem():
   assert "stem_norm" not in p and "final_norm" in p and "norm" in p["block_0"]
 
 
+@pytest.mark.parametrize("block", ["plain", "res+"])
+def test_scanned_blocks_equal_unrolled(block):
+  batch = _clouds((7, 9), dim=5, edges=True)
+  kwargs = dict(block=block, conv="gcn", num_layers=4, hidden=6)
+  unrolled, scanned = deepgcn.DeepGCN(3, **kwargs), deepgcn.DeepGCN(3, scan=True, **kwargs)
+  v1 = unrolled.init(jax.random.PRNGKey(0), batch)
+  stack = lambda tree: jax.tree.map(lambda *xs: jnp.stack(xs), *[tree[f"block_{i}"]
+                                                                  for i in range(3)])
+  v2 = {col: {**{k: v for k, v in tree.items() if not k.startswith("block_")},
+              "blocks": {"block": stack(tree)}} for col, tree in v1.items()}
+  assert jax.tree.map(jnp.shape, v2) == jax.tree.map(
+      jnp.shape, jax.eval_shape(scanned.init, jax.random.PRNGKey(0), batch))
+  o1, s1 = unrolled.apply(v1, batch, train=True, mutable=["batch_stats"])
+  o2, s2 = scanned.apply(v2, batch, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(o1[:16], o2[:16], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stack(s1["batch_stats"])["norm"]["bn"]["var"],
+                             s2["batch_stats"]["blocks"]["block"]["norm"]["bn"]["var"], rtol=1e-5)
+  with pytest.raises(ValueError, match="scan"):
+    deepgcn.DeepGCN(3, block="dense", scan=True).init(jax.random.PRNGKey(0), batch)
+
+
 # ----------------------------------------------------------------------------------------------
 # Whole backbones: padding, gradients
 
