@@ -183,6 +183,8 @@ def test_bad_groups_and_params_raise(graph):
   with pytest.raises(ValueError, match="weight_tied needs num_layers"):
     rv.reversible_stack(f, jax.tree.map(lambda a: a[0], params), x, emb, graph, num_groups=2,
                         weight_tied=True)
+  with pytest.raises(ValueError, match="must be float32 or float64, got bfloat16"):
+    rv.reversible_stack(f, params, x.astype(jnp.bfloat16), emb, graph, num_groups=2)
   with pytest.raises(ValueError, match="dropout must be in"):
     rv.reversible_stack(f, params, x, emb, graph, num_groups=2, dropout=1.0)
   with pytest.raises(ValueError, match="groups >= 2"):

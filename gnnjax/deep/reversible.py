@@ -208,6 +208,9 @@ def _config(params, x, num_groups, num_layers, dropout, weight_tied) -> _Config:
   if not isinstance(num_groups, int) or num_groups < 2:
     raise ValueError(f"a grouped reversible block needs an integer num_groups >= 2, got "
                      f"{num_groups!r}")
+  if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.dtype(x.dtype).itemsize < 4:
+    raise ValueError(f"the reversible state must be float32 or float64, got {x.dtype}: in "
+                     f"16-bit floats the inverse drifts too far to reconstruct the input")
   width = x.shape[-1]
   if width % num_groups:
     raise ValueError(f"feature width {width} is not divisible by num_groups={num_groups}; "
