@@ -77,8 +77,8 @@ flags.DEFINE_integer("eval_every", 1, "Evaluate every k epochs.")
 flags.DEFINE_bool("single_shape", True, "Pad every batch to the largest budget rung: one "
                   "compilation of the train step (and one of evaluation) per model instead of one "
                   "per rung; deep unrolled models compile slowly, small graphs pad cheaply.")
-flags.DEFINE_bool("scan", True, "Run identical blocks (plain/res/res+ on static graphs) as one "
-                  "nn.scan: one block in the compiled program, fast compilation at any depth.")
+flags.DEFINE_bool("scan", True, "Run plain/res/res+ blocks as one nn.scan (one block in the "
+                  "compiled program: fast compilation at any depth; dense stays unrolled).")
 flags.DEFINE_bool("resume", True, "Skip runs already recorded in the output JSON.")
 flags.DEFINE_list("merge", [], "Train nothing: merge these depth_study.json files (e.g. one per "
                   "dataset, run as separate jobs) into <out_dir> and plot them.")
@@ -102,14 +102,14 @@ def _deepgcn_builder(block: str) -> BlockBuilder:
       conv = "edge" if is_cloud else "gcn"
     kwargs = dict(block=block, conv=conv, num_layers=depth, hidden=settings["hidden"],
                   growth=settings["growth"] or None, norm=settings["norm"],
-                  dropout=settings["dropout"], pooling="mean")
+                  dropout=settings["dropout"], pooling="mean",
+                  scan=settings.get("scan", False) and block != "dense")
     if is_cloud:
       # DeepGCNs' PlainGCN uses neither dilation nor stochastic dilation.
       kwargs.update(knn=settings["knn"], dilated=block != "plain",
                     stochastic=settings["stochastic"] and block != "plain")
     else:
-      kwargs.update(knn=None, points_per_graph=None,
-                    scan=settings.get("scan", False) and block != "dense")
+      kwargs.update(knn=None, points_per_graph=None)
     return deepgcn.build_model(dataset, **kwargs)
   return build
 

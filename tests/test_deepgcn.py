@@ -126,6 +126,13 @@ def test_stochastic_dilation_only_in_training():
     assert (ranks == ranks[0]).all() and len(set(ranks[0])) == k
     patterns.add(tuple(ranks[0]))
   assert len(patterns) > 1
+  # A traced dilation (scanned blocks): k distinct ranks below k*d, drawn among k*max_dilation.
+  traced = jax.jit(jax.vmap(lambda r, d: knn_lib.dilation_ranks(
+      4, d, train=True, stochastic=True, epsilon=1.0, rng=r, max_dilation=5)))
+  ranks = np.asarray(traced(jax.random.split(jax.random.PRNGKey(2), 50),
+                            jnp.asarray([2] * 25 + [5] * 25)))
+  assert all(len(set(r)) == 4 for r in ranks)
+  assert ranks[:25].max() < 8 and ranks[25:].max() >= 8 and ranks[25:].max() < 20
   # The coin: about epsilon of the calls are stochastic.
   keys = jax.random.split(jax.random.PRNGKey(1), 4000)
   ranks = jax.vmap(lambda r: knn_lib.dilation_ranks(4, 3, train=True, stochastic=True,
@@ -223,20 +230,25 @@ def test_dense_width_grows_and_resplus_has_bare_stem():
   assert "stem_norm" not in p and "final_norm" in p and "norm" in p["block_0"]
 
 
-@pytest.mark.parametrize("block", ["plain", "res+"])
-def test_scanned_blocks_equal_unrolled(block):
-  batch = _clouds((7, 9), dim=5, edges=True)
-  kwargs = dict(block=block, conv="gcn", num_layers=4, hidden=6)
+@pytest.mark.parametrize("block,kwargs", [
+    ("plain", dict(conv="gcn")),                                  # static graph
+    ("res+", dict(conv="edge", knn=3, points_per_graph=8)),       # dilations 1..3 (3 clipped to 2)
+])
+def test_scanned_blocks_equal_unrolled(block, kwargs):
+  batch = _clouds((8, 8), dim=5, edges=True)
+  batch = batch._replace(nodes={**batch.nodes, "x": np.asarray(batch.nodes["x"], np.float32)})
+  kwargs = dict(block=block, num_layers=4, hidden=6, **kwargs)
   unrolled, scanned = deepgcn.DeepGCN(3, **kwargs), deepgcn.DeepGCN(3, scan=True, **kwargs)
-  v1 = unrolled.init(jax.random.PRNGKey(0), batch)
+  v1 = jax.jit(unrolled.init)(jax.random.PRNGKey(0), batch)
   stack = lambda tree: jax.tree.map(lambda *xs: jnp.stack(xs), *[tree[f"block_{i}"]
                                                                   for i in range(3)])
   v2 = {col: {**{k: v for k, v in tree.items() if not k.startswith("block_")},
               "blocks": {"block": stack(tree)}} for col, tree in v1.items()}
   assert jax.tree.map(jnp.shape, v2) == jax.tree.map(
       jnp.shape, jax.eval_shape(scanned.init, jax.random.PRNGKey(0), batch))
-  o1, s1 = unrolled.apply(v1, batch, train=True, mutable=["batch_stats"])
-  o2, s2 = scanned.apply(v2, batch, train=True, mutable=["batch_stats"])
+  apply = lambda m: jax.jit(lambda v, b: m.apply(v, b, train=True, mutable=["batch_stats"]))
+  o1, s1 = apply(unrolled)(v1, batch)
+  o2, s2 = apply(scanned)(v2, batch)
   np.testing.assert_allclose(o1[:16], o2[:16], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(stack(s1["batch_stats"])["norm"]["bn"]["var"],
                              s2["batch_stats"]["blocks"]["block"]["norm"]["bn"]["var"], rtol=1e-5)

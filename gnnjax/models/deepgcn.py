@@ -122,6 +122,7 @@ class DeepGCNBlock(nn.Module):
     stochastic, epsilon: stochastic dilation (training only).
     points_per_graph: blocked k-NN layout (see gnnjax.nn.knn).
     gen_aggr: GENConv aggregation.
+    max_dilation: static bound that lets the call pass a traced dilation (scanned blocks).
   """
 
   block: str
@@ -136,21 +137,25 @@ class DeepGCNBlock(nn.Module):
   epsilon: float = knn_lib.STOCHASTIC_EPSILON
   points_per_graph: int | None = None
   gen_aggr: str = "softmax"
+  max_dilation: int | None = None
 
-  def block_graph(self, h: Array, graph: jraph.GraphsTuple, train: bool) -> jraph.GraphsTuple:
+  def block_graph(self, h: Array, graph: jraph.GraphsTuple, train: bool,
+                  dilation: Array | None = None) -> jraph.GraphsTuple:
     """The graph this block convolves over (dynamic k-NN of h, or the input graph)."""
     if self.knn is None:
       return graph
     use_rng = train and self.stochastic
-    return knn_lib.knn_graph(h, graph, self.knn, self.dilation,
+    return knn_lib.knn_graph(h, graph, self.knn, self.dilation if dilation is None else dilation,
                              points_per_graph=self.points_per_graph, train=train,
                              stochastic=self.stochastic, epsilon=self.epsilon,
-                             rng=self.make_rng("dropout") if use_rng else None)
+                             rng=self.make_rng("dropout") if use_rng else None,
+                             max_dilation=self.max_dilation)
 
   @nn.compact
-  def __call__(self, h: Array, graph: jraph.GraphsTuple, train: bool = False) -> Array:
+  def __call__(self, h: Array, graph: jraph.GraphsTuple, train: bool = False,
+               dilation: Array | None = None) -> Array:
     """h: float [N, D] -> [N, D] (plain/res/res+; D must equal `features` for res/res+) or
-    [N, D + features] (dense)."""
+    [N, D + features] (dense). `dilation` (traced, <= max_dilation) overrides the attribute."""
     if self.block not in BLOCKS:
       raise ValueError(f"unknown block {self.block!r}; choose from {list(BLOCKS)}")
     if self.block in ("res", "res+") and h.shape[-1] != self.features:
@@ -158,7 +163,7 @@ class DeepGCNBlock(nn.Module):
                        f"got {h.shape[-1]}")
     act = mlp_lib.get_activation(self.activation)
     drop = nn.Dropout(self.dropout, deterministic=not train)
-    g = self.block_graph(h, graph, train)
+    g = self.block_graph(h, graph, train, dilation)
     conv = make_conv(self.conv, self.features, norm=self.norm, gen_aggr=self.gen_aggr,
                      name="conv")
     if self.block == "res+":
@@ -173,24 +178,15 @@ class DeepGCNBlock(nn.Module):
 
 
 class _ScannedBlock(nn.Module):
-  """A DeepGCNBlock as an nn.scan cell: (h, graph) -> (h, None); `train` is an attribute so the
-  scanned function stays a pure function of arrays."""
+  """A DeepGCNBlock as an nn.scan cell: (h, dilation, graph) -> (h, None), the dilation scanned
+  over; `train` is an attribute so the scanned function is a pure function of arrays."""
 
-  block: str
-  conv: str
-  features: int
-  norm: str
-  activation: str
-  dropout: float
-  gen_aggr: str
+  kwargs: dict
   train: bool
 
   @nn.compact
-  def __call__(self, h: Array, graph: jraph.GraphsTuple):
-    out = DeepGCNBlock(self.block, self.conv, self.features, norm=self.norm,
-                       activation=self.activation, dropout=self.dropout, gen_aggr=self.gen_aggr,
-                       name="block")(h, graph, self.train)
-    return out, None
+  def __call__(self, h: Array, dilation: Array, graph: jraph.GraphsTuple):
+    return DeepGCNBlock(**self.kwargs, name="block")(h, graph, self.train, dilation), None
 
 
 class DeepGCN(nn.Module):
@@ -219,8 +215,9 @@ class DeepGCN(nn.Module):
     gen_aggr: GENConv aggregation ('softmax' learns its temperature).
     scan: run the blocks as one `nn.scan` (parameters stacked on a leading axis under
       'blocks/block'): the compiled program holds one block instead of num_layers - 1, so deep
-      models compile in seconds. Only for plain/res/res+ on the batch's own graph (identical
-      blocks); dense widths and dilated k-NN differ per block.
+      models compile in seconds. Not for dense blocks (their widths differ). With dilated k-NN
+      every block sorts the k * (num_layers - 1) nearest (clipped to the cloud size) and picks
+      its dilated ranks from them; the result equals the unrolled model's.
   """
 
   num_outputs: int
@@ -256,9 +253,8 @@ class DeepGCN(nn.Module):
                        f"{list(ds.TASK_LEVELS)}")
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-    if self.scan and (self.block == "dense" or self.knn is not None):
-      raise ValueError("scan=True needs identical blocks: plain/res/res+ without knn (got "
-                       f"block={self.block!r}, knn={self.knn})")
+    if self.scan and self.block == "dense":
+      raise ValueError("scan=True needs blocks of one width: plain, res or res+, not dense")
 
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple, train: bool = False) -> Array:
@@ -282,10 +278,17 @@ class DeepGCN(nn.Module):
 
     if self.scan and self.num_layers > 1:
       blocks = nn.scan(_ScannedBlock, variable_axes={"params": 0, "batch_stats": 0},
-                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                       length=self.num_layers - 1)
-      h, _ = blocks(self.block, self.conv, self.hidden, self.norm, self.activation,
-                    self.dropout, self.gen_aggr, train, name="blocks")(h, graph)
+                       split_rngs={"params": True, "dropout": True},
+                       in_axes=(0, nn.broadcast), length=self.num_layers - 1)
+      n_blocks = self.num_layers - 1
+      dilations = (jnp.arange(1, n_blocks + 1, dtype=jnp.int32) if self.dilated
+                   else jnp.ones((n_blocks,), jnp.int32))
+      kwargs = dict(block=self.block, conv=self.conv, features=self.hidden, norm=self.norm,
+                    activation=self.activation, dropout=self.dropout, knn=self.knn,
+                    stochastic=self.stochastic, epsilon=self.epsilon,
+                    points_per_graph=self.points_per_graph, gen_aggr=self.gen_aggr,
+                    max_dilation=n_blocks if self.dilated else 1)
+      h, _ = blocks(kwargs, train, name="blocks")(h, dilations, graph)
     for i in range(0 if self.scan else self.num_layers - 1):
       h = DeepGCNBlock(
           block=self.block, conv=self.conv,

@@ -60,12 +60,16 @@ def effective_dilation(k: int, dilation: int, num_candidates: int) -> int:
   return max(1, min(dilation, num_candidates // k))
 
 
-def dilation_ranks(k: int, dilation: int, *, train: bool = False, stochastic: bool = False,
-                   epsilon: float = STOCHASTIC_EPSILON, rng: Array | None = None) -> Array:
+def dilation_ranks(k: int, dilation: int | Array, *, train: bool = False,
+                   stochastic: bool = False, epsilon: float = STOCHASTIC_EPSILON,
+                   rng: Array | None = None, max_dilation: int | None = None) -> Array:
   """int32 [k]: which of the k*dilation sorted neighbours to keep.
 
   Deterministic: 0, d, ..., (k-1)d. Stochastic (only when `train` and `stochastic`): with
-  probability `epsilon`, the first k of a random permutation of range(k*d) instead.
+  probability `epsilon`, the first k of a random permutation of range(k*d) instead. A traced
+  `dilation` (e.g. inside a scan over blocks) needs a static `max_dilation` >= it: the random
+  subset is then drawn by sorting random scores over range(k*max_dilation), the ranks >= k*d
+  excluded, which gives the same distribution.
   """
   regular = jnp.arange(k, dtype=jnp.int32) * dilation
   if not (train and stochastic):
@@ -73,21 +77,30 @@ def dilation_ranks(k: int, dilation: int, *, train: bool = False, stochastic: bo
   if rng is None:
     raise ValueError("stochastic dilation in training needs an rng key")
   coin_key, perm_key = jax.random.split(rng)
-  subset = jax.random.permutation(perm_key, k * dilation)[:k].astype(jnp.int32)
+  if max_dilation is None:
+    subset = jax.random.permutation(perm_key, k * dilation)[:k].astype(jnp.int32)
+  else:
+    scores = jax.random.uniform(perm_key, (k * max_dilation,))
+    scores = jnp.where(jnp.arange(k * max_dilation) < k * dilation, scores, 2.0)
+    subset = jnp.argsort(scores)[:k].astype(jnp.int32)
   return jnp.where(jax.random.uniform(coin_key) < epsilon, subset, regular)
 
 
-def dilated_knn_indices(x: Array, graph_ids: Array, k: int, dilation: int = 1, *,
+def dilated_knn_indices(x: Array, graph_ids: Array, k: int, dilation: int | Array = 1, *,
                         train: bool = False, stochastic: bool = False,
-                        epsilon: float = STOCHASTIC_EPSILON, rng: Array | None = None) -> Array:
+                        epsilon: float = STOCHASTIC_EPSILON, rng: Array | None = None,
+                        max_dilation: int | None = None) -> Array:
   """Dilated k-NN within groups of rows.
 
   Args:
     x: float [B, M, F] features (B independent blocks of M rows).
     graph_ids: int [B, M]; rows with different ids never become neighbours.
     k: neighbours kept per row.
-    dilation: d; clipped so that k*d <= M (see `effective_dilation`).
+    dilation: d; clipped so that k*d <= M (see `effective_dilation`). May be traced if
+      `max_dilation` is given.
     train, stochastic, epsilon, rng: stochastic dilation (see `dilation_ranks`).
+    max_dilation: static upper bound of a traced `dilation`: the k*max_dilation nearest are
+      sorted once and the dilated ranks picked from them (same result as the static path).
 
   Returns:
     int32 [B, M, k] neighbour row indices within the block; column 0 is the row itself; slots
@@ -97,15 +110,21 @@ def dilated_knn_indices(x: Array, graph_ids: Array, k: int, dilation: int = 1, *
     raise ValueError(f"expected x [B, M, F] and graph_ids [B, M], got {x.shape} and "
                      f"{graph_ids.shape}")
   m = x.shape[1]
-  d = effective_dilation(k, dilation, m)
+  if max_dilation is None:
+    d = d_max = effective_dilation(k, dilation, m)
+  else:
+    d_max = effective_dilation(k, max_dilation, m)
+    d = jnp.clip(jnp.asarray(dilation, jnp.int32), 1, d_max)
   x = jax.lax.stop_gradient(x)
   dist = pairwise_sq_distances(x)
   same = graph_ids[:, :, None] == graph_ids[:, None, :]
   dist = jnp.where(same, dist, jnp.inf)
   eye = jnp.eye(m, dtype=bool)
   dist = jnp.where(eye, -jnp.inf, dist)  # self first, whatever the rounding
-  _, nearest = jax.lax.top_k(-dist, k * d)  # [B, M, k*d], ascending distance, ties: lower index
-  ranks = dilation_ranks(k, d, train=train, stochastic=stochastic, epsilon=epsilon, rng=rng)
+  # [B, M, k*d], ascending distance, ties: lower index first.
+  _, nearest = jax.lax.top_k(-dist, k * d_max)
+  ranks = dilation_ranks(k, d, train=train, stochastic=stochastic, epsilon=epsilon, rng=rng,
+                         max_dilation=None if max_dilation is None else d_max)
   nbr = jnp.take(nearest, ranks, axis=-1).astype(jnp.int32)
   self_idx = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32)[None, :, None], nbr.shape)
   nbr_ids = jnp.take_along_axis(graph_ids[:, :, None], nbr.reshape(nbr.shape[0], -1, 1),
@@ -113,10 +132,10 @@ def dilated_knn_indices(x: Array, graph_ids: Array, k: int, dilation: int = 1, *
   return jnp.where(nbr_ids == graph_ids[:, :, None], nbr, self_idx)
 
 
-def knn_graph(x: Array, graph: jraph.GraphsTuple, k: int, dilation: int = 1, *,
+def knn_graph(x: Array, graph: jraph.GraphsTuple, k: int, dilation: int | Array = 1, *,
               points_per_graph: int | None = None, train: bool = False, stochastic: bool = False,
-              epsilon: float = STOCHASTIC_EPSILON, rng: Array | None = None
-              ) -> jraph.GraphsTuple:
+              epsilon: float = STOCHASTIC_EPSILON, rng: Array | None = None,
+              max_dilation: int | None = None) -> jraph.GraphsTuple:
   """The dilated k-NN graph of `x` per graph of a padded batch.
 
   Args:
@@ -127,6 +146,7 @@ def knn_graph(x: Array, graph: jraph.GraphsTuple, k: int, dilation: int = 1, *,
     points_per_graph: P for the blocked layout (every real graph has exactly P nodes), or None
       for the flat [N, N] search.
     train, stochastic, epsilon, rng: stochastic dilation, used only when train and stochastic.
+    max_dilation: static bound that allows a traced `dilation` (see `dilated_knn_indices`).
 
   Returns:
     `graph` with senders/receivers int32 [N*k], n_edge = k * n_node, and edges {} (the input
@@ -141,7 +161,8 @@ def knn_graph(x: Array, graph: jraph.GraphsTuple, k: int, dilation: int = 1, *,
   x = jnp.where(real[:, None], x, 0.0)
   if points_per_graph is None:
     senders = dilated_knn_indices(x[None], ids[None], k, dilation, train=train,
-                                  stochastic=stochastic, epsilon=epsilon, rng=rng)[0]
+                                  stochastic=stochastic, epsilon=epsilon, rng=rng,
+                                  max_dilation=max_dilation)[0]
   else:
     p = int(points_per_graph)
     if p < 1:
@@ -152,7 +173,8 @@ def knn_graph(x: Array, graph: jraph.GraphsTuple, k: int, dilation: int = 1, *,
     covered = blocks * p
     local = dilated_knn_indices(x[:covered].reshape(blocks, p, -1),
                                 ids[:covered].reshape(blocks, p), k, dilation, train=train,
-                                stochastic=stochastic, epsilon=epsilon, rng=rng)
+                                stochastic=stochastic, epsilon=epsilon, rng=rng,
+                                max_dilation=max_dilation)
     offsets = (jnp.arange(blocks, dtype=jnp.int32) * p)[:, None, None]
     senders = (local + offsets).reshape(covered, k)
     tail = jnp.broadcast_to(jnp.arange(covered, n, dtype=jnp.int32)[:, None], (n - covered, k))
