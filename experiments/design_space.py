@@ -2,8 +2,10 @@ r"""A GraphGym design-space study: controlled random search, the task-model bank
 
 For each studied dimension, --num_designs base designs are sampled from --space with that
 dimension pinned and trained with each of its choices on every task in --tasks, for every seed.
-Every trial goes into the bank (--db) as soon as it finishes; re-running the same command
-skips finished trials, so an interrupted study resumes where it stopped. At the end the
+Every trial goes into the bank (--db) as soon as its population chunk finishes, and the chunk
+in flight saves its state every --checkpoint_every epochs (orbax, under --checkpoint_dir);
+re-running the same command skips finished trials and continues the in-flight chunk from its
+last save, so an interrupted study loses at most --checkpoint_every epochs of one chunk. At the end the
 choices of each dimension are ranked as in GraphGym (analysis.rank_table) and the rank tables
 are printed and plotted into --out_dir.
 
@@ -29,6 +31,7 @@ from absl import app, flags
 from gnnjax import data as data_lib
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
+from gnnjax.design import checkpoints
 from gnnjax.design import spaces, study
 
 FLAGS = flags.FLAGS
@@ -62,6 +65,11 @@ flags.DEFINE_enum("trainer", "population", ["population", "sequential"],
                   "population: engine.train_population (batched designs); sequential: "
                   "reference.train_design one trial at a time.")
 flags.DEFINE_integer("plan_seed", 0, "Seed of the controlled random search plan.")
+flags.DEFINE_integer("checkpoint_every", 10, "Save the in-flight population chunk every this "
+                     "many epochs (0: no population checkpoints; finished trials are in the bank "
+                     "either way).")
+flags.DEFINE_string("checkpoint_dir", None, "Where population checkpoints go (default: "
+                    "<out_dir>/checkpoints); removed when the study is complete.")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -86,11 +94,20 @@ def _task_loader(name: str):
                            num_graphs=FLAGS.num_graphs)
 
 
+def checkpoint_dir() -> str | None:
+  if not FLAGS.checkpoint_every:
+    return None
+  return FLAGS.checkpoint_dir or os.path.join(FLAGS.out_dir, "checkpoints")
+
+
 def _trainer_and_kwargs():
   if FLAGS.trainer == "sequential":
     return study.sequential_trainer, {"eval_every": FLAGS.eval_every}
-  return None, {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
-                "progress": study.engine_progress()}
+  kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
+            "progress": study.engine_progress()}
+  if checkpoint_dir():
+    kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
+  return None, kwargs
 
 
 def main(argv):
@@ -104,6 +121,11 @@ def main(argv):
         bank, space, tasks, FLAGS.dims, FLAGS.num_designs, parse_seeds(FLAGS.seeds),
         plan_seed=FLAGS.plan_seed, max_epochs=FLAGS.epochs_override or None, trainer=trainer,
         population_size=FLAGS.population_size, **trainer_kwargs)
+    designs = study.plan_designs(result.plan)
+    complete = not bank.missing([key for task in tasks for key in study.trial_keys(
+        task, designs, parse_seeds(FLAGS.seeds))])
+  if complete:
+    checkpoints.remove_all(checkpoint_dir())
   for table in result.tables.values():
     print()
     print(analysis.format_table(table))

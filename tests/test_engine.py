@@ -93,7 +93,8 @@ def with_diverging(node_data):
   calls = []
   results, traces = _traces(lambda: engine.train_population(
       DESIGNS + [DIVERGING], node_data, SEEDS, eval_every=2, max_parallel=CHUNK,
-      progress=lambda done, total, info: calls.append((done, total, info))))
+      progress=lambda done, total, info: calls.append((done, total, info)),
+      split_aggregations=False))
   return results, traces, calls
 
 
@@ -101,7 +102,8 @@ def with_diverging(node_data):
 def without_diverging(node_data, with_diverging):
   """The same run with the diverging design replaced by a harmless one of its structure."""
   return _traces(lambda: engine.train_population(DESIGNS + [HARMLESS], node_data, SEEDS,
-                                                 eval_every=2, max_parallel=CHUNK))
+                                                 eval_every=2, max_parallel=CHUNK,
+                                                 split_aggregations=False))
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +281,14 @@ def test_memory_estimate_bounds_xla_and_sets_chunks(node_data, monkeypatch):
   assert epochs == sorted(epochs)
 
 
+def test_cpu_groups_split_extremal_aggregations(node_data):
+  members = engine._resolve_members(DESIGNS, node_data, [1])
+  assert engine.split_aggregations_by_default(jax.devices("cpu"))
+  keys = {engine._group_key(m, True) for m in members}
+  assert keys == {("generalconv", 1, 4, False), ("generalconv", 1, 4, True)}
+  assert {engine._group_key(m, False) for m in members} == {("generalconv", 1, 4)}
+
+
 def test_members_per_chunk_uses_the_device_limit():
   assert engine.members_per_chunk(10, 1, 1000) == int(engine.MEMORY_FRACTION * 100)
   assert engine.members_per_chunk(10, 4, 1000) == 4 * int(engine.MEMORY_FRACTION * 100)
@@ -363,7 +373,7 @@ def test_chunks_that_run_out_of_memory_are_split_then_trained_alone(node_data, m
   designs = [BASE.replace(learning_rate=lr) for lr in (0.01, 0.02, 0.03)]
   sizes = []
 
-  def run_one_at_a_time(self, on_epoch=None):
+  def run_one_at_a_time(self, on_epoch=None, *checkpointing):
     sizes.append((len(self.members), self.size))
     if len(self.members) > 1:
       raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
@@ -387,6 +397,6 @@ def test_chunks_that_run_out_of_memory_are_split_then_trained_alone(node_data, m
   monkeypatch.setattr(reference, "train_design", out_of_memory)
   results = engine.train_population(designs[:1], node_data, [1])
   assert results[0].status == trial_lib.FAILED and "RESOURCE_EXHAUSTED" in results[0].message
-  monkeypatch.setattr(engine._ChunkRun, "run", lambda self, on_epoch=None: 1 / 0)
+  monkeypatch.setattr(engine._ChunkRun, "run", lambda self, *args: 1 / 0)
   with pytest.raises(ZeroDivisionError):  # other errors are not swallowed
     engine.train_population(designs[:1], node_data, [1])

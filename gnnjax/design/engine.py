@@ -66,7 +66,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
+import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -80,6 +82,7 @@ from absl import logging
 from gnnjax import metrics as metrics_lib
 from gnnjax.data import dataset as ds
 from gnnjax.design import budget as budget_lib
+from gnnjax.design import checkpoints as checkpoints_lib
 from gnnjax.design import reference
 from gnnjax.design import trial as trial_lib
 from gnnjax.design.design import Design
@@ -90,7 +93,20 @@ from gnnjax.training import loop, losses
 ProgressFn = Callable[[int, int, dict], None]
 
 POP_AXIS = "pop"
-DEFAULT_CPU_MEMORY = 2 * 2**30  # CPU devices report no limit: assume a conservative 2 GiB
+
+
+def _host_memory_bytes(fallback: int = 2 * 2**30) -> int:
+  try:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (ValueError, OSError, AttributeError):
+    return fallback
+
+
+# CPU devices report no limit: half the host's RAM. With the upper estimate of a member's bytes
+# this makes a group one chunk on CPU (no memory-probe compilation; chunks of a group are run
+# one after the other anyway, so on CPU more chunks only add per-chunk overhead).
+DEFAULT_CPU_MEMORY = _host_memory_bytes() // 2
+EXTREMAL_AGGREGATIONS = ("max", "min")
 MEMORY_FRACTION = 0.6  # of the device's limit, left for a chunk's members (XLA needs headroom)
 ADAM_FAMILY = ("adam", "adamw")
 
@@ -113,8 +129,19 @@ class _Member:
   model: graphgym.GraphGymGNN
 
 
-def _group_key(member: _Member) -> tuple:
-  return superset.conv_key(member.resolved) + (member.resolved.batch_size,)
+def _group_key(member: _Member, split_aggregations: bool) -> tuple:
+  key = superset.conv_key(member.resolved) + (member.resolved.batch_size,)
+  if split_aggregations:  # max/min scatter apart from the sum that add and mean share
+    key += (member.resolved.aggregation in EXTREMAL_AGGREGATIONS,)
+  return key
+
+
+def split_aggregations_by_default(devices: Sequence[jax.Device]) -> bool:
+  """The grouping policy: on CPU, designs with max/min aggregation get their own programs (a
+  scatter costs there about as much as the rest of a layer, and every member of a program
+  computes every aggregation present: measured 2x fewer CPU seconds per epoch for one more
+  compilation per batch size); on accelerators scatters are cheap next to a compilation."""
+  return all(d.platform == "cpu" for d in devices)
 
 
 def _fill_order(member: _Member) -> tuple:
@@ -517,19 +544,27 @@ class _Group:
   """
 
   def __init__(self, members: list[_Member], dataset: ds.GraphDataset, streams: _SeedStreams,
-               mesh: jax.sharding.Mesh, max_parallel: int | None):
+               mesh: jax.sharding.Mesh, max_parallel: int | None,
+               saved: tuple[_Program, int] | None = None):
+    """`saved`: (program, padded size) of a checkpointed chunk holding exactly `members` in
+    this order; the group is then that one chunk, with the saved program."""
     self.members = members
     self.streams = streams
+    self.mesh = mesh
+    self.num_devices = mesh.devices.size
+    self.member_bytes = None  # measured by XLA, when the estimate says one chunk is too small
+    if saved is not None:
+      self.program, self.size = saved
+      self.functions = _compiled(self.program, mesh)
+      self.chunks = [list(members)]
+      return
     designs = [m.resolved for m in members]
     dim_in = self.streams.splits[0].num_node_features
     layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
                                           dataset.task_level)
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)
-    self.mesh = mesh
-    self.num_devices = mesh.devices.size
     self.functions = _compiled(self.program, mesh)
-    self.member_bytes = None  # measured by XLA, when the estimate says one chunk is too small
     self.chunks = _plan_chunks(members, max_parallel or self._capacity(dataset))
     # Padded with frozen copies to a multiple of the device count, the same for every chunk.
     self.size = self.round_up(max(len(c) for c in self.chunks))
@@ -612,14 +647,25 @@ class _ChunkRun:
     return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes
                + stats.output_size_in_bytes - stats.alias_size_in_bytes)
 
-  def run(self, on_epoch: Callable[[int, int], None] | None = None
-          ) -> list[trial_lib.TrialResult]:
+  def run(self, on_epoch: Callable[[int, int], None] | None = None,
+          checkpoint: checkpoints_lib.ChunkCheckpoint | None = None,
+          checkpoint_every: int = 0) -> list[trial_lib.TrialResult]:
+    """Trains the chunk; with `checkpoint`, resumes from its last save and saves every
+    `checkpoint_every` epochs (not after the last: the results are about to be committed)."""
     started = time.time()
     state, mask, spec = self._initial_state()
     diverged = np.zeros(self.size, bool)
     epochs = int(self.epochs.max())
-    step = 0
-    for epoch in range(epochs):
+    step, start_epoch, spent_before = 0, 0, 0.0
+    if checkpoint is not None and checkpoint.latest_epoch() is not None:
+      state, meta = checkpoint.restore(state)
+      start_epoch, step = int(meta["epochs_done"]), int(meta["step"])
+      diverged = np.asarray(meta["diverged"], bool)
+      spent_before = float(meta["seconds"])
+      self.trackers = [_Tracker(**t) for t in meta["trackers"]]
+      logging.info("resumed a chunk of %d members at epoch %d from %s", len(self.members),
+                   start_epoch, checkpoint.path)
+    for epoch in range(start_epoch, epochs):
       active = (epoch < self.epochs) & ~diverged
       if not active.any():
         break
@@ -635,9 +681,15 @@ class _ChunkRun:
       to_evaluate = self._after_epoch(epoch, active, epoch_losses, diverged)
       if to_evaluate:
         self._evaluate(epoch, state, spec, to_evaluate, epoch_losses)
+      if (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0
+          and epoch + 1 < epochs):
+        checkpoint.save(epoch + 1, state, {
+            "epochs_done": epoch + 1, "step": step, "diverged": diverged.tolist(),
+            "seconds": spent_before + time.time() - started,
+            "trackers": [dataclasses.asdict(t) for t in self.trackers]})
       if on_epoch is not None:
         on_epoch(epoch, epochs)
-    seconds = (time.time() - started) / len(self.members)
+    seconds = (spent_before + time.time() - started) / len(self.members)
     return [self._result(m, t, n, seconds)
             for m, t, n in zip(self.members, self.trackers, self.num_params)]
 
@@ -720,7 +772,10 @@ def _is_out_of_memory(error: Exception) -> bool:
 def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[int],
                      *, eval_every: int = 20, max_parallel: int | None = None,
                      devices: Sequence[jax.Device] | None = None,
-                     progress: ProgressFn | None = None) -> list[trial_lib.TrialResult]:
+                     progress: ProgressFn | None = None,
+                     checkpoint_dir: str | os.PathLike | None = None,
+                     checkpoint_every: int = 50,
+                     split_aggregations: bool | None = None) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
 
   Args:
@@ -734,40 +789,98 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     devices: devices the population axis is sharded over (default: all local devices).
     progress: called as progress(done, total, info) after every epoch of every chunk and when
       a chunk finishes; `done` counts finished trials; info holds 'chunk', 'chunks',
-      'members', 'seconds' and, per epoch, 'epoch' (1-based) and 'epochs'.
+      'members', 'size' (padded), 'program' (layout, optimizers, steps per epoch), 'budget'
+      (largest batch: nodes, edges, graphs), 'seconds' and, per epoch, 'epoch' (1-based) and
+      'epochs'; a chunk resumed from a checkpoint adds 'resumed_at' (epochs it had done).
+    checkpoint_dir: if set, every chunk saves its state here every `checkpoint_every` epochs,
+      and a chunk saved by an earlier call whose trials are all asked for again continues
+      from its last save (`gnnjax.design.checkpoints`). A chunk's folder is deleted once its
+      results are handed over.
+    checkpoint_every: epochs between saves (with checkpoint_dir).
+    split_aggregations: give designs with max/min aggregation their own programs (default:
+      `split_aggregations_by_default`, on CPU only).
 
   Returns:
     One TrialResult per (design, seed), designs outer and seeds inner, as
     reference.train_design returns it (up to float reassociation).
   """
+  results: list[trial_lib.TrialResult | None] = [None] * (len(designs) * len(seeds))
+  for index, result in _train(designs, dataset, seeds, eval_every, max_parallel, devices,
+                              progress, checkpoint_dir, checkpoint_every, split_aggregations):
+    results[index] = result
+  return results
+
+
+def iter_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[int],
+                    **kwargs: Any) -> Iterator[trial_lib.TrialResult]:
+  """`train_population`, yielding each chunk's results as soon as the chunk finishes (in
+  completion order; keys say which trial each is), so a caller can commit them at once.
+
+  A chunk's checkpoint is deleted when the generator is resumed after its last result, i.e.
+  after the caller has processed (committed) them."""
+  for _, result in _train(designs, dataset, seeds, kwargs.pop("eval_every", 20),
+                          kwargs.pop("max_parallel", None), kwargs.pop("devices", None),
+                          kwargs.pop("progress", None), kwargs.pop("checkpoint_dir", None),
+                          kwargs.pop("checkpoint_every", 50), **kwargs):
+    yield result
+
+
+def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[int],
+           eval_every: int, max_parallel: int | None, devices: Sequence[jax.Device] | None,
+           progress: ProgressFn | None, checkpoint_dir: str | os.PathLike | None,
+           checkpoint_every: int, split_aggregations: bool | None = None
+           ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+  """(member index, result) for every member, chunk by chunk."""
   if eval_every < 1:
     raise ValueError(f"eval_every must be >= 1, got {eval_every}")
   if max_parallel is not None and max_parallel < 1:
     raise ValueError(f"max_parallel must be >= 1 or None, got {max_parallel}")
+  if checkpoint_dir is not None and checkpoint_every < 1:
+    raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
   seeds = [int(s) for s in seeds]
   if not designs or not seeds:
-    return []
+    return
   devices = list(devices) if devices is not None else jax.local_devices()
   mesh = jax.make_mesh((len(devices),), (POP_AXIS,), (jax.sharding.AxisType.Auto,),
                        devices=devices)
   members = _resolve_members(designs, dataset, seeds)
-  by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
-  for member in members:
-    by_key[_group_key(member)].append(member)
-  pending, streams = [], {}
-  for group_members in by_key.values():
-    batch_size = group_members[0].resolved.batch_size
+  streams: dict[int, _SeedStreams] = {}
+
+  def streams_for(batch_size: int) -> _SeedStreams:
     if batch_size not in streams:
       streams[batch_size] = _SeedStreams(dataset, seeds, batch_size)
-    group = _Group(group_members, dataset, streams[batch_size], mesh, max_parallel)
-    pending.extend((group, chunk, group.size) for chunk in group.chunks)
+    return streams[batch_size]
 
-  results: list[trial_lib.TrialResult | None] = [None] * len(members)
+  pending = []  # (group, chunk, padded size, checkpoint or None)
+  fingerprint = None
+  if checkpoint_dir is not None:
+    fingerprint = checkpoints_lib.dataset_fingerprint(dataset)
+    pending, members_left = _resumable_chunks(members, dataset, streams_for, mesh,
+                                              checkpoint_dir, fingerprint, eval_every)
+  else:
+    members_left = members
+  if split_aggregations is None:
+    split_aggregations = split_aggregations_by_default(devices)
+  by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
+  for member in members_left:
+    by_key[_group_key(member, split_aggregations)].append(member)
+  for group_members in by_key.values():
+    group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
+                   mesh, max_parallel)
+    pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
+
   done, started, chunk_index = 0, time.time(), 0
   while pending:
-    group, chunk, size = pending.pop(0)
+    group, chunk, size, checkpoint = pending.pop(0)
     chunk_index += 1
-    info = {"chunk": chunk_index, "chunks": chunk_index + len(pending), "members": len(chunk)}
+    if checkpoint_dir is not None and checkpoint is None:
+      checkpoint = checkpoints_lib.ChunkCheckpoint(checkpoint_dir, _describe(
+          dataset, fingerprint, eval_every, chunk, group, size))
+    resumed_at = checkpoint.latest_epoch() if checkpoint is not None else None
+    info = {"chunk": chunk_index, "chunks": chunk_index + len(pending), "members": len(chunk),
+            "size": size, "program": group.program, "budget": group.streams.largest_budget()}
+    if resumed_at:
+      info["resumed_at"] = resumed_at
 
     def on_epoch(epoch: int, epochs: int) -> None:
       if progress is not None:
@@ -775,24 +888,72 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                                       "seconds": time.time() - started})
 
     try:
-      chunk_results = _ChunkRun(group, chunk, dataset, eval_every, size).run(on_epoch)
+      chunk_results = _ChunkRun(group, chunk, dataset, eval_every, size).run(
+          on_epoch, checkpoint, checkpoint_every)
     except Exception as error:  # a chunk that does not fit is split; other errors propagate
       if not _is_out_of_memory(error):
         raise
+      if checkpoint is not None:
+        checkpoint.remove()
       if len(chunk) > 1:
         logging.warning("a chunk of %d members ran out of memory; splitting it", len(chunk))
         halves = chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]
         half_size = group.round_up(len(halves[1]))  # a smaller program: one more compilation
-        pending[:0] = [(group, half, half_size) for half in halves]
+        pending[:0] = [(group, half, half_size, None) for half in halves]
         chunk_index -= 1
         continue
+      checkpoint = None
       chunk_results = [_train_alone(chunk[0], dataset, eval_every)]
-    for member, result in zip(chunk, chunk_results):
-      results[member.index] = result
     done += len(chunk)
     if progress is not None:
       progress(done, len(members), {**info, "seconds": time.time() - started})
-  return results
+    for member, result in zip(chunk, chunk_results):
+      yield member.index, result
+    if checkpoint is not None:
+      checkpoint.remove()  # after the caller has taken (committed) every result
+
+
+def _json_design(design: Design) -> dict[str, Any]:
+  return json.loads(json.dumps(design.to_dict()))
+
+
+def _describe(dataset: ds.GraphDataset, fingerprint: str, eval_every: int,
+              chunk: list[_Member], group: _Group, size: int) -> dict[str, Any]:
+  return checkpoints_lib.manifest(
+      task=dataset.name, fingerprint=fingerprint, eval_every=eval_every,
+      members=[(m.design.design_id, m.seed, _json_design(m.resolved)) for m in chunk],
+      program=group.program, size=size, num_devices=group.num_devices)
+
+
+def _program_from_json(payload: Mapping[str, Any]) -> _Program:
+  layout = superset.Layout(**{k: checkpoints_lib.tuples(v)
+                              for k, v in payload["layout"].items()})
+  return _Program(layout, tuple(payload["optimizers"]), payload["task_type"],
+                  int(payload["steps_per_epoch"]))
+
+
+def _resumable_chunks(members: list[_Member], dataset: ds.GraphDataset,
+                      streams_for: Callable[[int], _SeedStreams], mesh: jax.sharding.Mesh,
+                      checkpoint_dir: str | os.PathLike, fingerprint: str, eval_every: int):
+  """Chunks saved by an earlier call whose members are all asked for again, rebuilt with their
+  saved programs: ([(group, chunk, size, checkpoint)], the members they do not cover)."""
+  by_key = {(m.design.design_id, m.seed): m for m in members}
+  found = checkpoints_lib.find_resumable(
+      checkpoint_dir, task=dataset.name, fingerprint=fingerprint, eval_every=eval_every,
+      num_devices=mesh.devices.size,
+      available={key: _json_design(m.resolved) for key, m in by_key.items()})
+  chunks, taken = [], set()
+  for checkpoint in found:
+    description = checkpoint.description
+    chunk = [by_key[(d, int(s))] for d, s, _ in description["members"]]
+    program = _program_from_json(description["program"])
+    streams = streams_for(chunk[0].resolved.batch_size)
+    if program.steps_per_epoch != streams.steps_per_epoch:
+      continue
+    group = _Group(chunk, dataset, streams, mesh, None, saved=(program, description["size"]))
+    chunks.append((group, chunk, group.size, checkpoint))
+    taken.update(id(m) for m in chunk)
+  return chunks, [m for m in members if id(m) not in taken]
 
 
 def _resolve_members(designs: Sequence[Design], dataset: ds.GraphDataset,

@@ -11,8 +11,10 @@ each setup (`gnnjax.design.analysis`).
 
 `run_trials` is resumable: trials already in the bank are skipped, the rest are trained in
 populations (one trainer call each) and every result is committed as soon as the trainer hands
-it over, so a killed study loses at most the population in flight and the same command resumes
-it.
+it over (the default trainer, `engine.iter_population`, hands over each chunk as it finishes).
+With `checkpoint_dir` (a trainer option), the chunk in flight also saves its state every
+`checkpoint_every` epochs; the same command then skips finished trials and continues the
+in-flight chunk from its last save, so a kill loses at most the epochs since that save.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from gnnjax.design.trial import DIVERGED, OK, TrialKey, TrialResult
 # trainer(designs, dataset, seeds, **kwargs) -> one TrialResult per (design, seed), designs
 # outer, seeds inner; a list (the whole population at once) or an iterator (one at a time).
 Trainer = Callable[..., Iterable[TrialResult]]
-DEFAULT_POPULATION_SIZE = 32
+# Designs per trainer call. Large: the engine cuts a population into chunks by memory itself,
+# each trainer call compiles its own programs (one per conv type and batch size), and with
+# population checkpoints a kill no longer loses a whole call.
+DEFAULT_POPULATION_SIZE = 256
 
 
 class PlanRow(NamedTuple):
@@ -168,9 +173,10 @@ def trial_keys(task: str, designs: Sequence[Design], seeds: Sequence[int]) -> li
 
 
 def default_trainer() -> Trainer:
-  """`gnnjax.design.engine.train_population` (imported only when a study trains)."""
+  """`gnnjax.design.engine.iter_population` (imported only when a study trains): results
+  come chunk by chunk, so each is committed as soon as its chunk finishes."""
   from gnnjax.design import engine
-  return engine.train_population
+  return engine.iter_population
 
 
 def sequential_trainer(designs: Sequence[Design], dataset: Any, seeds: Sequence[int], *,
@@ -247,11 +253,14 @@ def run_trials(bank: bank_lib.Bank, task_name: str, dataset: Any, designs: Seque
     designs: designs to train (duplicates are trained once).
     seeds: seeds for every design.
     trainer: `trainer(designs, dataset, seeds, **trainer_kwargs)` returning one TrialResult per
-      (design, seed), designs outer; default `engine.train_population`.
-    population_size: designs per trainer call; a kill loses at most one call's results.
+      (design, seed), designs outer (or an iterator yielding them as they finish, in any
+      order when their keys carry the planned design ids); default `engine.iter_population`.
+    population_size: designs per trainer call; without checkpoints a kill loses at most one
+      call's unfinished results.
     retry_failed: train again trials stored as 'failed' (diverged ones are results and stay).
     on_result: called with each result after it is committed (progress display).
-    **trainer_kwargs: passed to the trainer (eval_every, max_parallel, devices, progress).
+    **trainer_kwargs: passed to the trainer (eval_every, max_parallel, devices, progress,
+      checkpoint_dir, checkpoint_every).
 
   Returns:
     A RunSummary.
@@ -333,6 +342,10 @@ def engine_progress(print_fn: Callable[[str], None] = print, every_seconds: floa
 
   def report(done: int, total: int, info: Mapping[str, Any]) -> None:
     now = clock()
+    resumed = info.get("resumed_at")
+    if resumed and info.get("epoch") == resumed + 1:
+      print_fn(f"  population: chunk {info.get('chunk', '?')} ({info.get('members', '?')} "
+               f"members) resumed from its checkpoint at epoch {resumed}")
     if now - last[0] < every_seconds:
       return
     last[0] = now
@@ -373,7 +386,7 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
     seeds: training seeds of every config (GraphGym: 1, 2, 3).
     plan_seed: seed of the plan.
     max_epochs: cap every design's epochs (quick runs); None keeps the space's.
-    trainer: see `run_trials` (default engine.train_population).
+    trainer: see `run_trials` (default engine.iter_population).
     population_size: designs per trainer call.
     print_fn: progress lines go here (None: silent).
     **trainer_kwargs: passed to the trainer.
