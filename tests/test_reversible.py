@@ -113,13 +113,12 @@ def _compare(graph, *, groups, layers, tied, rate, dtype, block="gen"):
   return _rel_err(rev[0], ref[0]), _rel_err(rev[1], ref[1])
 
 
-# GEN blocks where it matters, the toy block (cheap to compile) for the other stack variants.
-@pytest.mark.parametrize("groups,tied,block", [(2, False, "gen"), (3, False, "toy"),
-                                               (2, True, "toy")])
-def test_gradients_match_stored_activations_float32(graph, groups, tied, block):
-  layers = 2 if block == "gen" else 3  # the unrolled GEN reference is slow to compile
-  value_err, grad_err = _compare(graph, groups=groups, layers=layers, tied=tied, rate=0.3,
-                                 dtype=jnp.float32, block=block)
+# The toy block (cheap to compile) for most stack variants; GEN blocks in float64 below and, in
+# float32, through the RevGNN model test.
+@pytest.mark.parametrize("groups,tied", [(3, False), (2, True)])
+def test_gradients_match_stored_activations_float32(graph, groups, tied):
+  value_err, grad_err = _compare(graph, groups=groups, layers=3, tied=tied, rate=0.3,
+                                 dtype=jnp.float32, block="toy")
   assert value_err < 1e-5
   assert grad_err < 1e-4
 
@@ -231,7 +230,7 @@ def _model_grads(model, params, graph, key):
 
 def test_revgnn_matches_stored_activation_model(graph):
   kwargs = dict(num_outputs=4, hidden=8, num_layers=3, edge_dim=EDGE_DIM, dropout=0.2,
-                aggregation="softmax")
+                aggregation="mean")
   model = revgnn.RevGNN(**kwargs)
   params = model.init(jax.random.key(0), graph)
   rev = _model_grads(model, params, graph, jax.random.key(1))
@@ -262,7 +261,7 @@ def test_revgnn_parameter_count(graph):
 
 
 def test_resgnn_scan_matches_unrolled_and_res_plus_order(graph):
-  kwargs = dict(num_outputs=4, hidden=8, num_layers=3, edge_dim=EDGE_DIM, dropout=0.2)
+  kwargs = dict(num_outputs=4, hidden=8, num_layers=2, edge_dim=EDGE_DIM, dropout=0.2)
   scanned, unrolled = revgnn.ResGNN(**kwargs), revgnn.ResGNN(scan=False, **kwargs)
   params = scanned.init(jax.random.key(0), graph)
   key = jax.random.key(1)
@@ -279,7 +278,7 @@ def _res_plus(params, graph):
   dense = lambda p, v: v @ p["kernel"] + p["bias"]
   h, e = dense(params["node_encoder"], x), dense(params["edge_encoder"], ex)
   h = blocks.GENBlock(8, pre_activation=False).apply({"params": params["first"]}, h, graph, e)
-  for l in range(2):
+  for l in range(params["blocks"]["norm"]["scale"].shape[0]):
     p = jax.tree.map(lambda a, l=l: a[l], params["blocks"])
     h = h + blocks.GENBlock(8).apply({"params": p}, h, graph, e)
   mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
