@@ -14,10 +14,20 @@ RevGNN) keep training.
 
 Quick CPU check (a few minutes):
   python -m experiments.depth_study --data_dir=../shared/datasets
-Full study on a GPU (see the report in BUILD_NOTES for the settings):
-  python -m experiments.depth_study --data_dir=../shared/datasets --depths=3,7,14,28,56 \
-      --epochs=100 --hidden=64 --num_clouds=1024 --points=512 --knn=16 --seeds=0,1 \
-      --max_graphs=0 --out_dir=results/depth_study
+Full study on a GPU, one job per dataset (and per block for point clouds) so that each fits a
+~10-minute job; every job writes its own JSON, `--merge` combines them (no training):
+  python -m experiments.depth_study --datasets=citeseer --data_dir=../shared/datasets \
+      --depths=3,7,14,28,56 --epochs=200 --hidden=64 --dropout=0.5 --weight_decay=5e-4 \
+      --seeds=0,1 --out_dir=results/depth_citeseer
+  python -m experiments.depth_study --datasets=PROTEINS --data_dir=../shared/datasets \
+      --max_graphs=0 --depths=3,7,14,28,56 --epochs=100 --hidden=64 --eval_every=2 \
+      --seeds=0 --out_dir=results/depth_proteins
+  python -m experiments.depth_study --datasets=pointcloud --num_clouds=1024 --points=512 \
+      --knn=16 --depths=3,7,14,28,56 --epochs=50 --hidden=64 --growth=32 --batch_size=16 \
+      --dropout=0 --eval_every=5 --blocks=res+ --out_dir=results/depth_pointcloud_resplus
+      (likewise --blocks=plain, res, dense)
+  python -m experiments.depth_study --merge=results/depth_citeseer/depth_study.json,... \
+      --out_dir=results/depth_study
 
 Datasets: any name of gnnjax.data (citation graphs with their public split, TU graphs with a
 seeded 80/10/10 split, 'pointcloud' = the generated part-segmentation task sized by
@@ -294,14 +304,18 @@ def _report(runs: list[dict], settings: dict, out_dir: str) -> None:
 
 
 def _merge(paths: list[str], out_dir: str) -> None:
-  runs, settings = [], {}
+  by_key, settings = {}, {}
   for path in paths:
     with open(path) as f:
       part = json.load(f)
-    runs += part["runs"]
+    for r in part["runs"]:
+      key = (r["dataset"], r["block"], r["depth"], r["seed"])
+      if key in by_key:
+        logging.warning("%s appears in several inputs; keeping the one from %s", key, path)
+      by_key[key] = r
     settings[path] = part["settings"]
   os.makedirs(out_dir, exist_ok=True)
-  _report(runs, {"merged": settings}, out_dir)
+  _report(list(by_key.values()), {"merged": settings}, out_dir)
 
 
 def main(argv):
