@@ -25,7 +25,10 @@ scales to full steps; such trajectories differ between any two programs, includi
 the reference on a GPU (scatter-adds are not ordered there).
 
 Grouping and compilation. Members are grouped by (conv type, GAT heads, batch size): the conv
-type decides which modules exist and the batch size the steps per epoch. A group has one layout
+type decides which modules exist and the batch size the steps per epoch. On CPU, designs with
+max/min aggregation also form groups of their own (`split_aggregations_by_default`): a member
+computes every aggregation present in its program, and on CPU a scatter costs about as much as
+the rest of a layer. A group has one layout
 and one padded chunk size, so it compiles once (per batch shape of the budget ladder: a handful)
 however many designs and chunks it has. Chunks are filled in order of (epochs, width), so a
 chunk's members finish at similar epochs.
@@ -35,10 +38,18 @@ Devices. The population axis of every per-member array is sharded over the devic
 to a multiple of the device count with frozen copies of its last member, dropped afterwards.
 Nothing changes between 1 CPU, 1 GPU and 8 GPUs.
 
+Checkpoints and streaming. `iter_population` yields each chunk's results when the chunk ends
+(`train_population` collects them in input order). With `checkpoint_dir`, a chunk saves its
+state every `checkpoint_every` epochs (`gnnjax.design.checkpoints`: orbax, atomic), and a
+later call asked for all of a saved chunk's trials rebuilds that chunk with its saved program
+and continues it from the last save with the same batches and dropout keys, so its results are
+those of an uninterrupted run (bit for bit on CPU).
+
 Memory. `estimate_member_bytes` is an upper bound of a member's bytes in a training step (3-7x
 above XLA's memory analysis). If the whole group fits MEMORY_FRACTION of the smallest device's
-limit by it, the group is one chunk; otherwise the engine compiles a step with one member per
-device and sizes chunks from XLA's `memory_analysis()`. `max_parallel` overrides both. A chunk
+limit by it, the group is one chunk (on CPU, whose devices report no limit, half the host's
+RAM is the limit: a group is one chunk and no probe is compiled); otherwise the engine compiles
+a step with one member per device and sizes chunks from XLA's `memory_analysis()`. `max_parallel` overrides both. A chunk
 that still runs out of memory is split in two; a single member that does not fit is trained
 alone with loop.fit (`reference.train_design`, unpadded), else reported 'failed'.
 
