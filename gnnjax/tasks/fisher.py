@@ -341,8 +341,12 @@ def prepare_task(dataset: ds.GraphDataset, config: FisherConfig = FisherConfig()
   batches of shuffled train graphs, val batches of val graphs in order; examples are graphs.
 
   Raises:
-    ValueError: a split without val examples, or seeds whose splits differ in size.
+    ValueError: categorical node features, a split without val examples, or seeds whose
+      splits differ in size.
   """
+  if dataset.node_features_categorical:
+    raise ValueError(f"{dataset.name} has integer (categorical) node features; the anchors' "
+                     "GraphGymGNN takes float features (one-hot encode them first)")
   seeds = tuple(config.first_seed + r for r in range(config.num_seeds))
   packed = None
   plans = []  # per seed: (train index lists, val index lists, per-val-batch example rows)
