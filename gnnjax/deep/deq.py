@@ -140,12 +140,11 @@ def _deq_implicit(f: DEQMap, config: DEQConfig, params, z0, inputs, aux, probe):
 def _deq_implicit_fwd(f, config, params, z0, inputs, aux, probe):
   z, stats = _forward_solve(f, config, params, z0, inputs, aux)
   # Residuals: the fixed point and what f needs; nothing from the solver's iterations.
-  zeros_z0 = jax.tree.map(jnp.zeros_like, z0)
-  return (z, stats), (z, params, inputs, aux, zeros_z0, probe)
+  return (z, stats), (z, params, inputs, aux, probe)
 
 
 def _deq_implicit_bwd(f, config, residuals, cotangents):
-  z, params, inputs, aux, zeros_z0, probe = residuals
+  z, params, inputs, aux, probe = residuals
   gbar, _ = cotangents  # the statistics are not differentiable
   gbar = jax.tree.map(lambda g, like: jnp.zeros_like(like) if g is None else g, gbar, z,
                       is_leaf=lambda x: x is None)
@@ -163,7 +162,8 @@ def _deq_implicit_bwd(f, config, residuals, cotangents):
   if probe is not None:
     probe_ct = jnp.stack([bstats.n_steps.astype(probe.dtype), bstats.residual.astype(probe.dtype),
                           bstats.converged.astype(probe.dtype)])
-  return g_params, zeros_z0, g_inputs, None, probe_ct
+  # z* does not depend on the initial guess (z0 has z's structure and dtypes).
+  return g_params, jax.tree.map(jnp.zeros_like, z), g_inputs, None, probe_ct
 
 
 _deq_implicit.defvjp(_deq_implicit_fwd, _deq_implicit_bwd)

@@ -18,7 +18,10 @@ fixed point and never slows the solver):
   e_enc) + x_enc with PyG's GENConv (softmax aggregation with learnable t by default, 2-layer
   MLP with LayerNorm, biases). Not provably contractive; it is kept contractive-ish at init by
   scaling the last MLP kernel by `init_scale`, and LayerNorm at its input bounds f (the iterates
-  never blow up). Watch the solver statistics during training.
+  never blow up). Training makes it less contractive: on a 2,000-node random graph (H 64,
+  100 Adam steps at lr 1e-3) plain iteration stopped converging within 100 steps while Anderson
+  still converged (20-55 forward steps to rtol 1e-3), hence Anderson as the default solver
+  in both directions. Watch the solver statistics during training.
 
 The model returns (logits, SolverStats); the statistics are non-differentiable. Training
 memory is O(N D + E D) whatever `max_iter` is: the solver's iterates are never stored for
