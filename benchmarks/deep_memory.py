@@ -7,6 +7,9 @@ Models (one entry each in MODELS; a model is an object with pure `init(key, grap
   resgnn      DeeperGCN res+ with GEN blocks at full width, plain autodiff (stored activations)
   revgnn      grouped reversible GNN (gnnjax.models.revgnn.RevGNN), custom VJP over the stack
   revgnn_wt   the same with one set of block weights for all layers
+  revgnn_unfused  (not in the default --models) RevGNN with the [E, H] edge embedding
+              materialised, the literal form as in PyG (revgnn folds the shared edge encoder
+              into each block's, `blocks.LinearEdges`)
   (deq)       hook for DEQ-GNN: see MODELS below
   pyg         torch_geometric.nn.GroupAddRev around the same GEN block (LayerNorm -> ReLU ->
               shared dropout -> GENConv(aggr max, 2-layer MLP with LayerNorm, edge_dim=H,
@@ -24,8 +27,8 @@ both include the graph, parameters, gradients and Adam state), XLA's compiled te
 (memory_analysis; JAX only), and the median step time. JAX steps are compiled ahead of time, so
 the first executed step is already a clean measurement: configs whose step is slow are timed on
 fewer steps (--steps, --slow_step_s). A model that runs out of memory is recorded as OOM and not
-run at larger depths. A config is skipped when its wall time, extrapolated linearly in depth from
-the model's previous one, exceeds what is left of --time_budget_s (counted from the start, the
+run at larger depths. Depths run shallowest and deepest first, then the rest; a config is skipped
+when its wall time, extrapolated linearly in depth from the model's nearest finished one, exceeds what is left of --time_budget_s (counted from the start, the
 training run included), so the whole run stays within about that budget.
 
 --train_1001 additionally trains a 1001-layer RevGNN (RevGNN-Deep's width 80, 2 groups) end to
@@ -40,6 +43,7 @@ time vs depth, log x).
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -66,7 +70,7 @@ flags.DEFINE_list("models", ["resgnn", "revgnn", "pyg", "revgnn_wt"],
                   "Models to sweep (keys of MODELS, or 'pyg'), in priority order at each depth.")
 flags.DEFINE_bool("pyg", True, "Include PyG's GroupAddRev (skipped when torch_geometric is "
                   "missing).")
-flags.DEFINE_integer("steps", 3, "Timed steps per config (after one warm-up step).")
+flags.DEFINE_integer("steps", 2, "Timed steps per config (after one warm-up step).")
 flags.DEFINE_float("slow_step_s", 5.0, "A config whose warm-up step takes longer is timed on "
                    "that step alone.")
 flags.DEFINE_integer("config_timeout_s", 240, "Wall-clock limit of one (model, depth) subprocess.")
@@ -127,42 +131,61 @@ PYG = "pyg"
 # The random graph, generated once by the parent and memory-mapped by every subprocess.
 
 
+_ARRAYS = ("senders", "receivers", "edge_x", "x", "y", "n_node", "n_edge")
+
+
 def _graph_arrays(nodes: int, edges: int, tag: str) -> dict[str, Any]:
-  """NumPy arrays of the random task graph, cached as .npy files under --cache_dir."""
+  """The random task graph, already padded (gnnjax convention: real nodes and edges first),
+  as NumPy arrays cached in .npy files under --cache_dir and memory-mapped on later calls.
+
+  Padding is done once here, not in every subprocess: it costs seconds at 40M edges.
+  """
   import numpy as np
+  from gnnjax import batching
+  from gnnjax.data import dataset as ds
   folder = pathlib.Path(FLAGS.cache_dir) / (
       f"{tag}_n{nodes}_e{edges}_f{FLAGS.in_features}_d{FLAGS.edge_dim}_k{FLAGS.num_outputs}"
       f"_s{FLAGS.seed}")
-  names = ("senders", "receivers", "edge_x", "x", "y")
-  if all((folder / f"{n}.npy").exists() for n in names):
-    return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
+  if all((folder / f"{n}.npy").exists() for n in _ARRAYS):
+    return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in _ARRAYS}
   rng = np.random.default_rng(FLAGS.seed)
   senders = rng.integers(0, nodes, edges, dtype=np.int32)
   receivers = rng.integers(0, nodes, edges, dtype=np.int32)
   order = np.argsort(receivers, kind="stable")  # CSR order, for both libraries
-  arrays = {"senders": senders[order], "receivers": receivers[order],
-            "edge_x": rng.random((edges, FLAGS.edge_dim), dtype=np.float32),
-            "x": rng.random((nodes, FLAGS.in_features), dtype=np.float32)}
+  x = rng.random((nodes, FLAGS.in_features), dtype=np.float32)
   mix = rng.standard_normal((FLAGS.in_features, FLAGS.num_outputs)).astype(np.float32)
-  arrays["y"] = ((arrays["x"] - 0.5) @ mix > 0).astype(np.float32)
+  y = ((x - 0.5) @ mix > 0).astype(np.float32)
+  edge_x = rng.random((edges, FLAGS.edge_dim), dtype=np.float32)
+  graph = batching.pad_single_graph(ds.make_graph(senders[order], receivers[order], nodes,
+                                                  {"x": x, "y": y}, {"x": edge_x}))
+  arrays = {"senders": graph.senders, "receivers": graph.receivers,
+            "edge_x": graph.edges["x"], "x": graph.nodes["x"], "y": graph.nodes["y"],
+            "n_node": graph.n_node, "n_edge": graph.n_edge}
   folder.mkdir(parents=True, exist_ok=True)
   for name, value in arrays.items():
     tmp = folder / f".{name}.tmp.npy"
-    np.save(tmp, value)
+    np.save(tmp, np.asarray(value))
     tmp.rename(folder / f"{name}.npy")
   return arrays
 
 
+def _real(arrays) -> dict[str, Any]:
+  """The unpadded graph (PyG): the first n_node[0] nodes and n_edge[0] edges."""
+  n, e = int(arrays["n_node"][0]), int(arrays["n_edge"][0])
+  return {"senders": arrays["senders"][:e], "receivers": arrays["receivers"][:e],
+          "edge_x": arrays["edge_x"][:e], "x": arrays["x"][:n], "y": arrays["y"][:n]}
+
+
 def _jax_graph(arrays):
   import jax
+  import jraph
   import numpy as np
-  from gnnjax import batching
-  from gnnjax.data import dataset as ds
-  n = arrays["x"].shape[0]
-  graph = ds.make_graph(arrays["senders"], arrays["receivers"], n,
-                        {"x": np.asarray(arrays["x"]), "y": np.asarray(arrays["y"])},
-                        {"x": np.asarray(arrays["edge_x"])})
-  return jax.device_put(batching.pad_single_graph(graph))
+  graph = jraph.GraphsTuple(
+      nodes={"x": np.asarray(arrays["x"]), "y": np.asarray(arrays["y"])},
+      edges={"x": np.asarray(arrays["edge_x"])}, senders=np.asarray(arrays["senders"]),
+      receivers=np.asarray(arrays["receivers"]), globals={},
+      n_node=np.asarray(arrays["n_node"]), n_edge=np.asarray(arrays["n_edge"]))
+  return jax.device_put(graph)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,7 +345,7 @@ def _single(spec: str) -> dict[str, Any]:
       return result
     arrays = _graph_arrays(FLAGS.nodes, FLAGS.edges, "sweep")
     if name == PYG:
-      return _pyg_run(depth, arrays, FLAGS.steps)
+      return _pyg_run(depth, _real(arrays), FLAGS.steps)
     return _jax_run(MODELS[name](depth), _jax_graph(arrays), FLAGS.steps)
   except Exception as error:  # noqa: BLE001 -- any failure is a result of this config
     if _is_oom(error):
@@ -356,19 +379,26 @@ def _launch(spec: str, timeout: float) -> dict[str, Any]:
 
 
 def _predicted_wall_s(done: dict[int, dict], depth: int) -> float | None:
-  """Wall time of the next config, extrapolated linearly in depth from the model's last one.
+  """Wall time of a config, extrapolated linearly in depth from the model's nearest finished one.
 
   The subprocess's fixed cost (start-up, graph, compilation) is its wall time minus its steps;
-  the step time scales with depth. None when nothing ran yet (or the last run failed).
+  the step time scales with depth. None when nothing has finished yet.
   """
   ok = [d for d, r in done.items() if r["status"] == "ok" and "wall_s" in r]
   if not ok:
     return None
-  last = done[max(ok)]
+  nearest = min(ok, key=lambda d: abs(math.log(d / depth)))
+  last = done[nearest]
   fixed = max(last["wall_s"] - len(last["losses"]) * last["step_s"], 0.0)
-  step = last["step_s"] * depth / max(ok)
+  step = last["step_s"] * depth / nearest
   steps = 1 if step > FLAGS.slow_step_s else 1 + FLAGS.steps
   return fixed + steps * step
+
+
+def _run_order(depths: list[int]) -> list[int]:
+  """Shallowest and deepest first (the memory-flatness targets need both), then the rest."""
+  ends = [depths[0], depths[-1]] if len(depths) > 1 else depths
+  return ends + [d for d in depths if d not in ends]
 
 
 def _pyg_available() -> bool:
@@ -478,14 +508,14 @@ def main(argv):
   print(f"graph ready ({time.perf_counter() - start:.0f} s)", flush=True)
 
   results: dict[str, dict[int, dict]] = {m: {} for m in models}
-  for depth in depths:
+  for depth in _run_order(depths):
     for model in models:
       done = results[model]
       remaining = FLAGS.time_budget_s - (time.perf_counter() - start)
       predicted = _predicted_wall_s(done, depth)
-      if any(r["status"] == "oom" for r in done.values()):
+      if any(r["status"] == "oom" for d, r in done.items() if d < depth):
         results[model][depth] = {"status": "oom", "error": "a smaller depth ran out of memory"}
-      elif any(r["status"] == "timeout" for r in done.values()):
+      elif any(r["status"] == "timeout" for d, r in done.items() if d < depth):
         results[model][depth] = {"status": "skipped", "error": "a smaller depth timed out"}
       elif predicted is not None and predicted > remaining:
         results[model][depth] = {"status": "skipped", "error": (
@@ -506,7 +536,7 @@ def main(argv):
     tables.append(f"{title}:\n\n{header}\n{rule}\n" + "\n".join(rows))
   metrics: dict[str, Any] = {"config": {k: FLAGS[k].value for k in (
       "nodes", "edges", "edge_dim", "in_features", "num_outputs", "hidden", "groups",
-      "aggregation", "dropout")}, "sweep": {m: {str(d): r for d, r in v.items()}
+      "aggregation", "dropout")}, "sweep": {m: {str(d): v[d] for d in sorted(v)}
                                              for m, v in results.items()}}
   targets = _targets(results, depths)
   if FLAGS.train_1001:
