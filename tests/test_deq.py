@@ -273,8 +273,8 @@ def test_phantom_gradient_approximates_and_converges_to_the_implicit_one():
 def test_backward_probe_reports_the_adjoint_solve():
   with jax.enable_x64(True):
     f, params, inputs, aux, cot = _tanh_problem(seed=3)
-    for config, converged in [(TIGHT, True), (TIGHT.__class__(**{**TIGHT.__dict__,
-                                                                    "backward_max_iter": 2}), False)]:
+    capped = deq.DEQConfig(**{**TIGHT.__dict__, "backward_max_iter": 2})
+    for config, converged in [(TIGHT, True), (capped, False)]:
       def loss(params, probe, config=config):
         z, _ = deq.deq_fixed_point(f, params, jnp.zeros((5, 3)), _to64(inputs), aux, config,
                                    backward_probe=probe)

@@ -234,7 +234,8 @@ class DEQGNN(nn.Module):
       # Only shapes matter at init: skip compiling and running the solver.
       z = z0
       stats = solvers_lib.SolverStats(jnp.zeros((), jnp.int32), jnp.zeros((), dtype),
-                                      jnp.zeros((), bool), jnp.zeros((self.config.trace_len,), dtype))
+                                      jnp.zeros((), bool),
+                                      jnp.zeros((self.config.trace_len,), dtype))
     else:
       z, stats = deq_lib.deq_fixed_point(functools.partial(_apply_map, module), params, z0,
                                          inputs, aux, self.config, backward_probe)
