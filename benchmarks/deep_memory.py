@@ -10,7 +10,8 @@ Models (one entry each in MODELS; a model is an object with pure `init(key, grap
   revgnn_unfused  (not in the default --models) RevGNN with the [E, H] edge embedding
               materialised, the literal form as in PyG (revgnn folds the shared edge encoder
               into each block's, `blocks.LinearEdges`)
-  (deq)       hook for DEQ-GNN: see MODELS below
+  deq         DEQ-GNN (gnnjax.models.deqgnn, GEN equilibrium map, Anderson both ways); its
+              "depth" is the number of solver iterations, forward and adjoint
   pyg         torch_geometric.nn.GroupAddRev around the same GEN block (LayerNorm -> ReLU ->
               shared dropout -> GENConv(aggr max, 2-layer MLP with LayerNorm, edge_dim=H,
               biases on)), same width, groups and encoders; skipped when torch/PyG are missing
@@ -66,7 +67,7 @@ flags.DEFINE_integer("groups", 2, "Reversible groups C.")
 flags.DEFINE_string("aggregation", "max", "GENConv aggregation.")
 flags.DEFINE_float("dropout", 0.1, "Dropout rate.")
 flags.DEFINE_list("depths", ["4", "16", "64", "256", "1001"], "Depths L to sweep.")
-flags.DEFINE_list("models", ["resgnn", "revgnn", "pyg", "revgnn_wt"],
+flags.DEFINE_list("models", ["resgnn", "revgnn", "pyg", "revgnn_wt", "deq"],
                   "Models to sweep (keys of MODELS, or 'pyg'), in priority order at each depth.")
 flags.DEFINE_bool("pyg", True, "Include PyG's GroupAddRev (skipped when torch_geometric is "
                   "missing).")
@@ -104,6 +105,12 @@ def _revgnn(depth: int, **overrides):
   return revgnn.RevGNN(**{**kwargs, **overrides})
 
 
+def _deq(depth: int):
+  from gnnjax.models import deqgnn
+  return deqgnn.benchmark_model(FLAGS.num_outputs, FLAGS.hidden, max_iter=depth,
+                                dropout=FLAGS.dropout, aggregation=FLAGS.aggregation)
+
+
 def _resgnn(depth: int):
   from gnnjax.models import revgnn
   return revgnn.ResGNN(num_outputs=FLAGS.num_outputs, hidden=FLAGS.hidden, num_layers=depth,
@@ -117,12 +124,9 @@ MODELS: dict[str, Callable[[int], Any]] = {
     "revgnn_wt": lambda depth: _revgnn(depth, weight_tied=True),
     # The literal form: the [E, H] edge embedding materialised and its cotangent accumulated.
     "revgnn_unfused": lambda depth: _revgnn(depth, fuse_edge_encoders=False),
-    # ---- DEQ-GNN hook (issue 6; left for the lead) ----
-    # One entry with the same init(key, graph) / apply(params, graph, train, key) interface;
-    # `depth` is then the solver's iteration budget, e.g. (gnnjax/models/deqgnn.py):
-    #   "deq": lambda depth: deqgnn.benchmark_model(FLAGS.num_outputs, FLAGS.hidden, depth,
-    #                                               FLAGS.dropout, FLAGS.aggregation),
-    # and "deq" in --models. Nothing else in this script needs to change.
+    # DEQ-GNN: `depth` is the solver's iteration budget (forward and adjoint solves both run
+    # exactly that many Anderson iterations), so memory must stay flat while time grows.
+    "deq": lambda depth: _deq(depth),
 }
 PYG = "pyg"
 
