@@ -5,14 +5,22 @@ dimension pinned and trained with each of its choices on every task in --tasks, 
 Every trial goes into the bank (--db) as soon as its population chunk finishes, and the chunk
 in flight saves its state every --checkpoint_every epochs (orbax, under --checkpoint_dir);
 re-running the same command skips finished trials and continues the in-flight chunk from its
-last save, so an interrupted study loses at most --checkpoint_every epochs of one chunk. At the end the
-choices of each dimension are ranked as in GraphGym (analysis.rank_table) and the rank tables
-are printed and plotted into --out_dir.
+last save, so an interrupted study loses at most --checkpoint_every epochs of one chunk. At the
+end the choices of each dimension are ranked as in GraphGym (analysis.rank_table) and the rank
+tables are printed and plotted into --out_dir. Compiled programs are kept in a persistent XLA
+cache (--compilation_cache_dir), so a rerun or a resumed run does not compile again.
 
-The defaults are a quick demonstration sized for a laptop (a 64-graph generated task, 3 base
-designs x 4 dimensions = 33 designs, one seed, epochs capped at 40):
+The defaults are a quick demonstration sized for a 2-core laptop CPU, under 10 minutes (a
+32-graph generated task, 3 base designs x 4 dimensions = 33 designs, one seed, epochs capped at
+30):
 
   python -m experiments.design_space
+
+The whole controlled random search of GraphGym's headline dimensions on several task kinds (one
+invocation; each task's trials go into the same bank):
+
+  python -m experiments.design_space --data_dir=../shared/datasets \
+      --tasks=smallworld/clustering/onehot,scalefree/pagerank/onehot,cora,citeseer,MUTAG,PROTEINS
 
 A fuller study (GraphGym's seeds, full epochs, two shipped synthetic tasks):
 
@@ -24,11 +32,14 @@ A fuller study (GraphGym's seeds, full epochs, two shipped synthetic tasks):
 from __future__ import annotations
 
 import functools
+import json
 import os
 
+import jax
 from absl import app, flags
 
 from gnnjax import data as data_lib
+from gnnjax.data import sources
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import checkpoints
@@ -37,6 +48,9 @@ from gnnjax.design import spaces, study
 FLAGS = flags.FLAGS
 flags.DEFINE_string("space", "graphgym_round1", "Design space: a built-in name "
                     f"({', '.join(sorted(spaces.SPACES))}) or a path to a space JSON file.")
+flags.DEFINE_list("fix", [], "Pin dimensions of --space to one value, as field=value pairs "
+                  "(e.g. batch_size=32: one program per task instead of one per batch size). "
+                  "Values are JSON (true, 0.01, \"relu\") or plain strings.")
 flags.DEFINE_list("tasks", [data_lib.DEFAULT_DATASET], "Comma-separated dataset names "
                   "(see gnnjax.data). The default is generated on the fly and needs no files.")
 flags.DEFINE_integer("num_designs", 3, "Base designs (setups) per studied dimension and task. "
@@ -46,12 +60,13 @@ flags.DEFINE_list("dims", ["batch_norm", "activation", "aggregation", "stage_typ
                   "base design).")
 flags.DEFINE_string("seeds", "1", "Training seeds: a comma list (1,2,3, GraphGym's) or a range "
                     "(1-3). Default: one seed, for speed.")
-flags.DEFINE_integer("epochs_override", 40, "Cap every design's epochs at this many (the "
+flags.DEFINE_integer("epochs_override", 30, "Cap every design's epochs at this many (the "
                      "space's are 100-400); 0 keeps the space's epochs. Must be 0 when "
                      "studying 'epochs'.")
 flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs (plus the first and last), as "
                      "GraphGym.")
-flags.DEFINE_integer("num_graphs", 64, "Graphs per generated/ synthetic task (GraphGym: 256).")
+flags.DEFINE_integer("num_graphs", 32, "Graphs per generated/ synthetic task (GraphGym: 256; "
+                     "tasks read from files keep theirs).")
 flags.DEFINE_string("out_dir", "results/design_space", "Where the bank (unless --db), the plan, "
                     "the rank tables and the rank plots go.")
 flags.DEFINE_string("db", None, "The task-model bank (default: <out_dir>/bank.sqlite).")
@@ -68,6 +83,9 @@ flags.DEFINE_integer("plan_seed", 0, "Seed of the controlled random search plan.
 flags.DEFINE_integer("checkpoint_every", 10, "Save the in-flight population chunk every this "
                      "many epochs (0: no population checkpoints; finished trials are in the bank "
                      "either way).")
+flags.DEFINE_string("compilation_cache_dir", "", "Persistent XLA compilation cache "
+                    "(default: $JAX_COMPILATION_CACHE_DIR, else <gnnjax cache>/xla); 'none' "
+                    "disables it.")
 flags.DEFINE_string("checkpoint_dir", None, "Where population checkpoints go (default: "
                     "<out_dir>/checkpoints); removed when the study is complete.")
 
@@ -86,6 +104,25 @@ def load_space(name_or_path: str) -> spaces.DesignSpace:
   if name_or_path not in spaces.SPACES and os.path.exists(name_or_path):
     return spaces.load_space(name_or_path)
   return spaces.get_space(name_or_path)
+
+
+def pin_dimensions(space: spaces.DesignSpace, pairs: list[str]) -> spaces.DesignSpace:
+  """`space` with each 'field=value' of `pairs` removed from its dimensions and fixed."""
+  if not pairs:
+    return space
+  pinned = {}
+  for pair in pairs:
+    field, sep, text = pair.partition("=")
+    if not sep or not field:
+      raise ValueError(f"--fix takes field=value pairs, got {pair!r}")
+    try:
+      pinned[field] = json.loads(text)
+    except ValueError:
+      pinned[field] = text
+  dims = {name: choices for name, choices in space.dims.items() if name not in pinned}
+  fixed = {**space.fixed, **pinned}
+  label = ",".join(f"{k}={v}" for k, v in pinned.items())
+  return spaces.DesignSpace(dims, fixed, name=f"{space.name}[{label}]")
 
 
 def _task_loader(name: str):
@@ -110,9 +147,21 @@ def _trainer_and_kwargs():
   return None, kwargs
 
 
+def enable_compilation_cache() -> str | None:
+  """Points JAX's persistent compilation cache at --compilation_cache_dir (JAX keys entries
+  by program, compile options, device and version, so a stale entry is never reused)."""
+  if FLAGS.compilation_cache_dir == "none":
+    return None
+  path = (FLAGS.compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+          or os.path.join(sources.cache_dir(), "xla"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
+
+
 def main(argv):
   del argv
-  space = load_space(FLAGS.space)
+  enable_compilation_cache()
+  space = pin_dimensions(load_space(FLAGS.space), FLAGS.fix)
   db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
   trainer, trainer_kwargs = _trainer_and_kwargs()
   tasks = {name: _task_loader(name) for name in FLAGS.tasks}

@@ -406,8 +406,22 @@ def test_design_space_cli_help():
   out = _run("experiments.design_space", "--help")
   assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr  # absl: 1
   for flag in ("--space", "--tasks", "--num_designs", "--dims", "--seeds", "--epochs_override",
-               "--db", "--out_dir", "--data_dir", "--max_parallel", "--trainer"):
+               "--db", "--out_dir", "--data_dir", "--max_parallel", "--trainer", "--fix",
+               "--checkpoint_every", "--checkpoint_dir", "--compilation_cache_dir"):
     assert flag in out.stdout
+
+
+def test_pinned_dimensions():
+  from experiments import design_space
+  space = design_space.pin_dimensions(spaces.GRAPHGYM_ROUND1, ["batch_size=32", "epochs=100",
+                                                              "activation=prelu"])
+  assert not {"batch_size", "epochs", "activation"} & set(space.dim_names)
+  assert (space.fixed["batch_size"], space.fixed["epochs"]) == (32, 100)
+  assert space.fixed["activation"] == "prelu"
+  assert space.size == spaces.GRAPHGYM_ROUND1.size // 27
+  assert design_space.pin_dimensions(spaces.GRAPHGYM_ROUND1, []) is spaces.GRAPHGYM_ROUND1
+  with pytest.raises(ValueError, match="field=value"):
+    design_space.pin_dimensions(spaces.GRAPHGYM_ROUND1, ["batch_size"])
 
 
 def test_progress_printers():

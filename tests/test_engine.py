@@ -289,6 +289,16 @@ def test_cpu_groups_split_extremal_aggregations(node_data):
   assert {engine._group_key(m, False) for m in members} == {("generalconv", 1, 4)}
 
 
+def test_split_groups_compile_up_front_once_each_and_match(with_diverging, node_data):
+  # An 'add' design and a 'max' design: two programs on CPU, compiled concurrently before the
+  # run (one trace each: the run hits the caches), with the same results as in one program.
+  results, traces = _traces(lambda: engine.train_population(
+      DESIGNS[:2], node_data, [1], eval_every=2, split_aggregations=True, precompile=True))
+  assert traces == {"init": 2, "train_step": 2, "predict": 2}
+  for index in range(2):
+    assert_same_trial(results[index], _result(with_diverging[0], index, 1))
+
+
 def test_members_per_chunk_uses_the_device_limit():
   assert engine.members_per_chunk(10, 1, 1000) == int(engine.MEMORY_FRACTION * 100)
   assert engine.members_per_chunk(10, 4, 1000) == 4 * int(engine.MEMORY_FRACTION * 100)

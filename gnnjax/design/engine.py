@@ -75,6 +75,7 @@ layout (D 181, H 550, 3/8/3 layers) on the H200: estimate 1.53 GB per member, XL
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -642,6 +643,53 @@ class _ChunkRun:
     state, mask = self.functions.init(put(init_specs), put(keys))
     return state, mask, put(specs)
 
+  def precompile(self) -> int:
+    """Compiles the chunk's init, train step (for the batch shapes of the first epoch) and
+    predict (every eval batch shape) from abstract arguments, filling the jit caches the run
+    then hits. Thread-safe, so the engine compiles every group's programs concurrently (XLA's
+    backend compile releases the GIL). Returns the number of programs compiled."""
+    layout, member = self.program.layout, self.members[0]
+    dim_in = self.streams.splits[0].num_node_features
+    one_init = superset.init_spec(layout, *superset.design_variable_shapes(member.model, dim_in))
+    one_spec = {**superset.design_spec(layout, member.resolved),
+                **_training_spec(self.program, member.resolved, 0)}
+
+    def stacked(tree):
+      return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+          (self.size,) + np.shape(a), np.asarray(a).dtype, sharding=self.pop), tree)
+
+    def replicated(tree):
+      return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+          np.shape(a), np.asarray(a).dtype, sharding=self.replicated), tree)
+
+    def with_pop(tree):
+      return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                         sharding=self.pop), tree)
+
+    init_args = (stacked(one_init), stacked(np.asarray(jax.random.PRNGKey(0))))
+    compiled = 1
+    self.functions.init.lower(*init_args).compile()
+    state, mask = (with_pop(t) for t in jax.eval_shape(self.functions.init, *init_args))
+    spec = stacked(one_spec)
+    step = jax.ShapeDtypeStruct((), np.int32)  # a host scalar at run time (no mesh)
+    active = jax.ShapeDtypeStruct((self.size,), np.bool_, sharding=self.pop)
+    train_shapes = {}
+    for batch in self.streams.train_batches(0):
+      abstract = replicated(batch)
+      train_shapes[str(jax.tree.map(lambda a: a.shape, abstract))] = abstract
+    for abstract in train_shapes.values():
+      self.functions.train_step.lower(state, mask, spec, abstract, step, active).compile()
+      compiled += 1
+    eval_shapes = {}
+    for batch, _ in self.streams.eval_batches():
+      abstract = replicated(batch)
+      eval_shapes[str(jax.tree.map(lambda a: a.shape, abstract))] = abstract
+    for abstract in eval_shapes.values():
+      self.functions.predict.lower(state["params"], state["batch_stats"], spec,
+                                   abstract).compile()
+      compiled += 1
+    return compiled
+
   def measure_step_bytes(self) -> int:
     """Device bytes of a training step on the largest batch (XLA's memory analysis), all
     members of the chunk together."""
@@ -786,7 +834,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      progress: ProgressFn | None = None,
                      checkpoint_dir: str | os.PathLike | None = None,
                      checkpoint_every: int = 50,
-                     split_aggregations: bool | None = None) -> list[trial_lib.TrialResult]:
+                     split_aggregations: bool | None = None,
+                     precompile: bool = True) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
 
   Args:
@@ -810,6 +859,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     checkpoint_every: epochs between saves (with checkpoint_dir).
     split_aggregations: give designs with max/min aggregation their own programs (default:
       `split_aggregations_by_default`, on CPU only).
+    precompile: compile the programs of all groups up front, concurrently in threads (with
+      more than one group), instead of one after another as their chunks start.
 
   Returns:
     One TrialResult per (design, seed), designs outer and seeds inner, as
@@ -817,7 +868,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
   """
   results: list[trial_lib.TrialResult | None] = [None] * (len(designs) * len(seeds))
   for index, result in _train(designs, dataset, seeds, eval_every, max_parallel, devices,
-                              progress, checkpoint_dir, checkpoint_every, split_aggregations):
+                              progress, checkpoint_dir, checkpoint_every, split_aggregations,
+                              precompile):
     results[index] = result
   return results
 
@@ -839,8 +891,8 @@ def iter_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: 
 def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[int],
            eval_every: int, max_parallel: int | None, devices: Sequence[jax.Device] | None,
            progress: ProgressFn | None, checkpoint_dir: str | os.PathLike | None,
-           checkpoint_every: int, split_aggregations: bool | None = None
-           ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+           checkpoint_every: int, split_aggregations: bool | None = None,
+           precompile: bool = True) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk."""
   if eval_every < 1:
     raise ValueError(f"eval_every must be >= 1, got {eval_every}")
@@ -880,6 +932,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
                    mesh, max_parallel)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 
+  if precompile:
+    _precompile_all(pending, dataset, eval_every)
   done, started, chunk_index = 0, time.time(), 0
   while pending:
     group, chunk, size, checkpoint = pending.pop(0)
@@ -922,6 +976,29 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
       yield member.index, result
     if checkpoint is not None:
       checkpoint.remove()  # after the caller has taken (committed) every result
+
+
+def _precompile_all(pending: list, dataset: ds.GraphDataset, eval_every: int) -> None:
+  """Compiles the programs of every distinct (group, padded size) at once, in threads (one
+  compilation per group is otherwise paid chunk after chunk). A failure is only logged: the
+  chunk then compiles (or fails) when it runs."""
+  runs, seen = [], set()
+  for group, chunk, size, _ in pending:
+    if (id(group), size) not in seen:
+      seen.add((id(group), size))
+      runs.append(_ChunkRun(group, chunk, dataset, eval_every, size))
+  if len(runs) < 2:
+    return  # nothing to overlap
+  started = time.time()
+  with concurrent.futures.ThreadPoolExecutor(min(len(runs), os.cpu_count() or 1)) as pool:
+    futures = [pool.submit(run.precompile) for run in runs]
+    for future in futures:
+      try:
+        future.result()
+      except Exception as error:  # pylint: disable=broad-except
+        logging.warning("precompiling a population program failed (%s); it compiles when it "
+                        "runs", str(error)[:500])
+  logging.info("compiled %d population programs in %.1f s", len(runs), time.time() - started)
 
 
 def _json_design(design: Design) -> dict[str, Any]:
