@@ -87,7 +87,8 @@ flags.DEFINE_string("compilation_cache_dir", "", "Persistent XLA compilation cac
                     "(default: $JAX_COMPILATION_CACHE_DIR, else <gnnjax cache>/xla); 'none' "
                     "disables it.")
 flags.DEFINE_string("checkpoint_dir", None, "Where population checkpoints go (default: "
-                    "<out_dir>/checkpoints); removed when the study is complete.")
+                    "<out_dir>/checkpoints, removed when the study is complete; a given folder "
+                    "is left as it is, minus the chunks that finished).")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -173,7 +174,7 @@ def main(argv):
     designs = study.plan_designs(result.plan)
     complete = not bank.missing([key for task in tasks for key in study.trial_keys(
         task, designs, parse_seeds(FLAGS.seeds))])
-  if complete:
+  if complete and not FLAGS.checkpoint_dir:  # the study's own folder; a given one may be shared
     checkpoints.remove_all(checkpoint_dir())
   for table in result.tables.values():
     print()
