@@ -169,6 +169,9 @@ def _pyg_model(design, dim_in: int, num_outputs: int):
         h = self.dropout(h)
       return h
 
+  if design.layers_pre_mp < 1 or design.conv_type != "generalconv":
+    raise ValueError("the PyG model covers GraphGym round-1 designs (GeneralConv, >= 1 pre-MP "
+                     f"layer); got {design.summary()}")
   aggr = {"add": "add", "mean": "mean", "max": "max"}[design.aggregation]
   d = design.dim_inner
   bias = not design.batch_norm
@@ -331,8 +334,15 @@ def main(argv):
   print(f"population steps: {floor_ratio:.1f}x the memory-bandwidth floor (time-weighted)")
 
   pyg, pyg_per_hour = [], math.nan
+  torch = None
   if FLAGS.pyg and FLAGS.pyg_designs:
-    import torch
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+      import torch_geometric  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as error:
+      print(f"PyG skipped: {error}")
+      torch = None
+  if torch is not None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for design in designs[:FLAGS.pyg_designs]:
       pyg.append(time_pyg_design(design, dataset, device))
