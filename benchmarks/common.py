@@ -56,13 +56,18 @@ def target(value: float, goal: float, higher_is_better: bool = True) -> dict[str
 
 
 def write_results(name: str, metrics: dict, targets: dict, out_dir: str | os.PathLike,
-                  table_md: str, notes: str = "") -> pathlib.Path:
-  """Writes results/<name>.json and appends a dated section with `table_md` to RESULTS.md."""
+                  table_md: str, notes: str = "", provenance: dict | None = None
+                  ) -> pathlib.Path:
+  """Writes results/<name>.json and appends a dated section with `table_md` to RESULTS.md.
+
+  `provenance` ({'device', 'date', 'commit'}) overrides this process's own, for results merged
+  from runs made elsewhere (e.g. one sweep split over several GPU calls).
+  """
   out = pathlib.Path(out_dir)
   (out / "results").mkdir(parents=True, exist_ok=True)
   record = {"benchmark": name, "device": device_description(),
-            "date": datetime.date.today().isoformat(), "commit": commit(), "metrics": metrics,
-            "targets": targets}
+            "date": datetime.date.today().isoformat(), "commit": commit(), **(provenance or {}),
+            "metrics": metrics, "targets": targets}
   path = out / "results" / f"{name}.json"
   path.write_text(json.dumps(record, indent=1) + "\n")
   met = ", ".join(f"{k}: {'met' if v['met'] else 'NOT met'}" for k, v in targets.items())

@@ -90,6 +90,9 @@ flags.DEFINE_string("cache_dir", "/tmp/gnnjax_deep_memory", "Where the random gr
                     "for the subprocesses.")
 flags.DEFINE_string("single_run", "", "Internal: 'model,depth' runs one config in this process "
                     "and prints one RESULT line.")
+flags.DEFINE_list("merge", [], "Results JSONs of earlier runs (e.g. one sweep split over "
+                  "several GPU calls) to merge into one report instead of running anything: a "
+                  "measured entry beats a skipped one; device/date/commit come from the first.")
 flags.DEFINE_integer("seed", 0, "Seed of the graph, parameters and dropout.")
 
 
@@ -480,6 +483,9 @@ def main(argv):
   if FLAGS.single_run:
     print("RESULT " + json.dumps(_single(FLAGS.single_run)), flush=True)
     return
+  if FLAGS.merge:
+    _merge_reports(FLAGS.merge)
+    return
   from benchmarks import common
 
   depths = sorted(int(d) for d in FLAGS.depths)
@@ -531,20 +537,32 @@ def main(argv):
             f"temp {_gb(r.get('temp_bytes'))} GiB step {r.get('step_s', float('nan')):.3f} s "
             f"wall {r.get('wall_s', 0):.0f} s {r.get('error', '')[:200]}", flush=True)
 
+  config = {k: FLAGS[k].value for k in ("nodes", "edges", "edge_dim", "in_features",
+                                          "num_outputs", "hidden", "groups", "aggregation",
+                                          "dropout")}
+  notes.append(f"Total wall time {time.perf_counter() - start:.0f} s.")
+  _report(config, results, depths, train_info if FLAGS.train_1001 else None, train_table, notes)
+
+
+def _report(config: dict, results: dict[str, dict[int, dict]], depths: list[int],
+            train_info: dict | None, train_table: str | None, notes: list[str],
+            provenance: dict | None = None) -> None:
+  """Prints the tables and targets, draws the plot and writes the results files."""
+  from benchmarks import common
+  models = list(results)
   header = "| model | " + " | ".join(f"L={d}" for d in depths) + " |"
   rule = "|---|" + "---|" * len(depths)
   tables = []
   for title, column in (("peak memory (GiB)", 0), ("XLA temp (GiB)", 1), ("step (ms)", 2)):
-    rows = [f"| {m} | " + " | ".join(_cell(results[m][d])[column] for d in depths) + " |"
-            for m in models]
+    rows = [f"| {m} | " + " | ".join(_cell(results[m].get(d, _NOT_RUN))[column] for d in depths)
+            + " |" for m in models]
     tables.append(f"{title}:\n\n{header}\n{rule}\n" + "\n".join(rows))
-  metrics: dict[str, Any] = {"config": {k: FLAGS[k].value for k in (
-      "nodes", "edges", "edge_dim", "in_features", "num_outputs", "hidden", "groups",
-      "aggregation", "dropout")}, "sweep": {m: {str(d): v[d] for d in sorted(v)}
-                                             for m, v in results.items()}}
+  metrics: dict[str, Any] = {"config": config, "sweep": {
+      m: {str(d): v[d] for d in sorted(v)} for m, v in results.items()}}
   targets = _targets(results, depths)
-  if FLAGS.train_1001:
+  if train_info is not None:
     metrics["train"] = train_info
+  if train_table:
     tables.append(train_table)
 
   table = "\n\n".join(tables)
@@ -552,12 +570,49 @@ def main(argv):
   if FLAGS.plot:
     _plot(results, depths, FLAGS.plot)
     print(f"plot: {FLAGS.plot}")
-  notes.append(f"Total wall time {time.perf_counter() - start:.0f} s.")
   path = common.write_results("deep_memory", metrics, targets, FLAGS.out_dir, table,
-                              notes=" ".join(notes))
+                              notes=" ".join(notes), provenance=provenance)
   for name, t in targets.items():
     print(f"{name}: {t['value']:.3f} (target {t['target']}) {'met' if t['met'] else 'NOT met'}")
   print(f"wrote {path}")
+
+
+_NOT_RUN = {"status": "skipped", "error": "not run"}
+_MEASURED = ("ok", "oom", "timeout", "error")
+
+
+def _merge_reports(paths: list[str]) -> None:
+  """One report from several runs' results JSONs (same config): measured beats skipped."""
+  records = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+  configs = {json.dumps(r["metrics"]["config"], sort_keys=True) for r in records}
+  if len(configs) != 1:
+    raise ValueError(f"cannot merge runs with different configs: {sorted(configs)}")
+  results: dict[str, dict[int, dict]] = {}
+  train_info = None
+  for record in records:
+    for model, by_depth in record["metrics"]["sweep"].items():
+      merged = results.setdefault(model, {})
+      for depth, entry in by_depth.items():
+        if int(depth) not in merged or entry["status"] in _MEASURED:
+          merged[int(depth)] = entry
+    train_info = train_info or record["metrics"].get("train")
+  depths = sorted({d for v in results.values() for d in v})
+  train_table = None
+  if train_info and train_info.get("status") == "ok":
+    losses = ", ".join(f"{v:.4f}" for v in train_info["losses"])
+    train_table = (f"End-to-end training, RevGNN L={train_info['layers']} "
+                   f"H={train_info['hidden']} ({train_info['nodes']} nodes, "
+                   f"{train_info['edges']} edges, Adam lr 1e-3 + clip 1.0): peak "
+                   f"{_gb(train_info.get('peak_bytes'))} GiB, step {train_info['step_s']:.2f} s, "
+                   f"{train_info['num_params']:,} params, losses {losses} (paper, PyTorch on "
+                   f"ogbn-proteins parts: 2.86 GB)")
+  first = records[0]
+  provenance = {k: first[k] for k in ("device", "date", "commit")}
+  notes = [f"Merged from {len(records)} runs (commits "
+           f"{', '.join(sorted({r['commit'] for r in records}))}): one sweep split over several "
+           "GPU calls by the 10-minute limit per call."]
+  _report(json.loads(configs.pop()), results, depths, train_info, train_table, notes,
+          provenance)
 
 
 if __name__ == "__main__":
