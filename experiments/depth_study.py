@@ -32,7 +32,10 @@ Full study on a GPU, one job per dataset (and per block for point clouds) so tha
 Datasets: any name of gnnjax.data (citation graphs with their public split, TU graphs with a
 seeded 80/10/10 split, 'pointcloud' = the generated part-segmentation task sized by
 --num_clouds/--points, split by whole clouds). Blocks: plain, res, res+, dense from
-gnnjax.models.deepgcn; more (e.g. 'rev') are added with `register_block`.
+gnnjax.models.deepgcn; rev = RevGNN (gnnjax.models.revgnn through gnnjax.models.rev_adapter: 2
+groups of GEN blocks with --rev_aggregation, depth = reversible blocks, mean pooling for graph
+tasks, one static k-NN graph of the input xyz for point clouds); more are added with
+`register_block`.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from gnnjax import data as data_lib
 from gnnjax import metrics as metrics_lib
 from gnnjax.data import dataset as ds
 from gnnjax.data import pointcloud
-from gnnjax.models import deepgcn
+from gnnjax.models import deepgcn, rev_adapter
+from gnnjax.nn import deeper
 from gnnjax.training import loop, optim, pipeline
 
 FLAGS = flags.FLAGS
@@ -63,8 +67,8 @@ flags.DEFINE_string("data_dir", None, "Local data root laid out like shared/data
 flags.DEFINE_list("depths", ["2", "4"], "Network depths (convs in total, stem included), e.g. "
                   "3,7,14,28,56.")
 flags.DEFINE_list("blocks", ["plain", "res", "res+", "dense"],
-                  "Block types: plain, res, res+, dense (and any registered with register_block, "
-                  "e.g. rev once hooked).")
+                  "Block types: plain, res, res+, dense (DeepGCN), rev (RevGNN, even --hidden) "
+                  "and any registered with register_block.")
 flags.DEFINE_integer("epochs", 3, "Training epochs per run.")
 flags.DEFINE_list("seeds", ["0"], "Seeds (init, dropout, batch order, TU split).")
 flags.DEFINE_string("out_dir", "/tmp/gnnjax_depth_study", "Where the JSON and figures go.")
@@ -89,6 +93,8 @@ flags.DEFINE_bool("single_shape", True, "Pad every batch to the largest budget r
                   "per rung; deep unrolled models compile slowly, small graphs pad cheaply.")
 flags.DEFINE_bool("scan", True, "Run plain/res/res+ blocks as one nn.scan (one block in the "
                   "compiled program: fast compilation at any depth; dense stays unrolled).")
+flags.DEFINE_enum("rev_aggregation", "mean", list(deeper.GEN_AGGREGATIONS),
+                  "GENConv aggregation of the 'rev' (RevGNN) blocks.")
 flags.DEFINE_bool("resume", True, "Skip runs already recorded in the output JSON.")
 flags.DEFINE_list("merge", [], "Train nothing: merge these depth_study.json files (e.g. one per "
                   "dataset, run as separate jobs) into <out_dir> and plot them.")
@@ -126,8 +132,24 @@ def _deepgcn_builder(block: str) -> BlockBuilder:
 
 for _name in deepgcn.BLOCKS:
   register_block(_name, _deepgcn_builder(_name))
-# RevGNN (gnnjax.models.revgnn) is hooked here once it has a loop-compatible flax adapter.
-register_block("rev", None)
+
+
+def _rev_builder(dataset: ds.GraphDataset, depth: int, settings: dict) -> nn.Module:
+  """RevGNN (2 groups, GEN blocks, its own encoder and LayerNorm head) through the flax adapter;
+  depth = number of reversible blocks. Graph tasks mean-pool the node outputs; point clouds get
+  one static k-NN graph of their xyz (k = --knn) shared by all blocks, not DeepGCN's dynamic,
+  dilated k-NN graphs of the hidden state."""
+  hidden = settings["hidden"]
+  if hidden % 2:
+    raise ValueError(f"block 'rev' splits --hidden into 2 groups: it must be even, got {hidden}")
+  is_cloud = bool(dataset.report.get("points_per_graph"))
+  return rev_adapter.build_model(
+      dataset, hidden=hidden, num_layers=depth, dropout=settings["dropout"], groups=2,
+      aggregation=settings.get("rev_aggregation", "mean"),
+      knn=settings["knn"] if is_cloud else None)
+
+
+register_block("rev", _rev_builder)
 
 
 def load_task(name: str, settings: dict, seed: int):
@@ -337,7 +359,7 @@ def main(argv):
   settings = {name: FLAGS[name].value for name in (
       "data_dir", "conv", "hidden", "growth", "norm", "dropout", "lr", "weight_decay",
       "batch_size", "max_graphs", "num_clouds", "points", "knn", "stochastic", "epochs",
-      "eval_every", "single_shape", "scan")}
+      "eval_every", "single_shape", "scan", "rev_aggregation")}
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   json_path = os.path.join(FLAGS.out_dir, "depth_study.json")
   runs: list[dict] = []

@@ -372,4 +372,4 @@ def test_depth_study_runs_and_reports(tmp_path):
   assert (tmp_path / "depth_study_metric.png").stat().st_size > 0
   assert (tmp_path / "depth_study_loss.png").stat().st_size > 0
   with pytest.raises(ValueError, match="not available"):
-    depth_study.run_one("pointcloud", "rev", 2, 0, settings, cache)
+    depth_study.run_one("pointcloud", "no_such_block", 2, 0, settings, cache)
