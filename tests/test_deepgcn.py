@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -354,22 +359,26 @@ def test_resplus_trains_on_pointclouds():
   assert last < 0.85 * first, (first, last)
 
 
+def _run_depth_study(*flags: str) -> subprocess.CompletedProcess:
+  # A subprocess: experiment modules define absl flags at import (data_dir, out_dir, ...), so two
+  # of them cannot share the test process.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.depth_study", *flags],
+                        cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
 def test_depth_study_runs_and_reports(tmp_path):
   import json
 
-  from experiments import depth_study
-  settings = dict(data_dir=None, conv="auto", hidden=8, growth=0, norm="batch", dropout=0.0,
-                  lr=0.01, weight_decay=0.0, batch_size=4, max_graphs=0, num_clouds=6,
-                  points=32, knn=4, stochastic=True, epochs=1, eval_every=1, single_shape=True)
-  cache = {}
-  runs = [depth_study.run_one("pointcloud", "res+", 2, 0, settings, cache)]
-  runs.append(dict(runs[0], block="plain", seed=1))  # a second record, for the summary
-  assert all(r["status"] == "ok" and r["history"] and r["num_params"] > 0 for r in runs)
-  depth_study._report(runs, settings, str(tmp_path))
+  common = ["--datasets=pointcloud", "--depths=2", "--epochs=1", "--hidden=8", "--num_clouds=6",
+            "--points=32", "--knn=4", "--batch_size=4", f"--out_dir={tmp_path}"]
+  proc = _run_depth_study(*common, "--blocks=res+,plain", "--seeds=0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "depth_study.json").read_text())
   assert set(results["summary"]["pointcloud"]) == {"plain", "res+"}
   assert results["summary"]["pointcloud"]["res+"]["2"]["seeds"] == 1
   assert (tmp_path / "depth_study_metric.png").stat().st_size > 0
   assert (tmp_path / "depth_study_loss.png").stat().st_size > 0
-  with pytest.raises(ValueError, match="not available"):
-    depth_study.run_one("pointcloud", "no_such_block", 2, 0, settings, cache)
+  bad = _run_depth_study(*common, "--blocks=no_such_block")
+  assert bad.returncode != 0 and "no_such_block" in bad.stderr
