@@ -25,7 +25,8 @@ Full study on a GPU, one job per dataset (and per block for point clouds) so tha
   python -m experiments.depth_study --datasets=pointcloud --num_clouds=1024 --points=512 \
       --knn=16 --depths=3,7,14,28,56 --epochs=50 --hidden=64 --growth=32 --batch_size=16 \
       --dropout=0 --eval_every=5 --blocks=res+ --out_dir=results/depth_pointcloud_resplus
-      (likewise --blocks=plain, res, dense)
+      (likewise --blocks=plain, res, dense; and --blocks=rev --rev_aggregation=max: RevGNN on
+      one static k-NN graph with relative-position edges, max aggregation as EdgeConv)
   python -m experiments.depth_study --merge=results/depth_citeseer/depth_study.json,... \
       --out_dir=results/depth_study
 
@@ -34,7 +35,8 @@ seeded 80/10/10 split, 'pointcloud' = the generated part-segmentation task sized
 --num_clouds/--points, split by whole clouds). Blocks: plain, res, res+, dense from
 gnnjax.models.deepgcn; rev = RevGNN (gnnjax.models.revgnn through gnnjax.models.rev_adapter: 2
 groups of GEN blocks with --rev_aggregation, depth = reversible blocks, mean pooling for graph
-tasks, one static k-NN graph of the input xyz for point clouds); more are added with
+tasks, one static k-NN graph of the input xyz with relative-position edge features for point
+clouds); more are added with
 `register_block`.
 """
 
@@ -137,8 +139,9 @@ for _name in deepgcn.BLOCKS:
 def _rev_builder(dataset: ds.GraphDataset, depth: int, settings: dict) -> nn.Module:
   """RevGNN (2 groups, GEN blocks, its own encoder and LayerNorm head) through the flax adapter;
   depth = number of reversible blocks. Graph tasks mean-pool the node outputs; point clouds get
-  one static k-NN graph of their xyz (k = --knn) shared by all blocks, not DeepGCN's dynamic,
-  dilated k-NN graphs of the hidden state."""
+  one static k-NN graph of their xyz (k = --knn) with relative positions x_j - x_i as edge
+  features, shared by all blocks, not DeepGCN's dynamic, dilated k-NN graphs of the hidden
+  state."""
   hidden = settings["hidden"]
   if hidden % 2:
     raise ValueError(f"block 'rev' splits --hidden into 2 groups: it must be even, got {hidden}")

@@ -15,9 +15,11 @@ Beyond node tasks it supports:
   xyz of gnnjax.data.pointcloud) is built once per forward pass and used by every reversible
   block. It is static through depth: re-building a dynamic k-NN graph of the hidden state per
   block (as DeepGCN's EdgeConv blocks do) would make the blocks' graph depend on the state, and
-  the reversible stack would then need to recompute it during the inverse pass.
+  the reversible stack would then need to recompute it during the inverse pass. Its edges carry
+  the relative positions x_j - x_i (`relative_edges`), EdgeConv's local-geometry input.
 
-RevGNN reads no edge features here (edge_dim=None): the GEN blocks then aggregate ReLU(x_j) + eps.
+The dataset's own edge features are not read (edge_dim=None: GEN messages are ReLU(h_j) + eps);
+on k-NN graphs, `relative_edges` supplies x_j - x_i as edge features instead.
 """
 
 from __future__ import annotations
@@ -60,12 +62,17 @@ class RevGNNModule:
       the graph's own edges (point clouds, which come without edges).
     points_per_graph: every real graph has exactly this many nodes: blocked k-NN search (see
       gnnjax.nn.knn); None: flat search over the batch.
+    relative_edges: with `knn`, give every k-NN edge j -> i the feature x_j - x_i (float [E, F],
+      F = node feature width; needs config.edge_dim = F). GEN messages ReLU(h_j + W e_ji) then
+      see relative positions, as EdgeConv does; without them the blocks only see functions of
+      absolute coordinates, which carry no label on rotated point clouds.
   """
 
   config: revgnn.RevGNN
   task_level: str = ds.NODE
   knn: int | None = None
   points_per_graph: int | None = None
+  relative_edges: bool = False
 
   def __post_init__(self):
     if not isinstance(self.config, revgnn.RevGNN):
@@ -75,14 +82,20 @@ class RevGNNModule:
                        f"{self.task_level!r}")
     if self.knn is not None and self.knn < 1:
       raise ValueError(f"knn must be None or >= 1, got {self.knn}")
-    if self.knn is not None and self.config.edge_dim is not None:
-      raise ValueError("knn graphs carry no edge features: use edge_dim=None with knn")
+    if self.relative_edges and self.knn is None:
+      raise ValueError("relative_edges needs knn (it describes the k-NN edges)")
+    if self.knn is not None and not self.relative_edges and self.config.edge_dim is not None:
+      raise ValueError("knn graphs carry no edge features: use edge_dim=None with knn, or "
+                       "relative_edges=True with edge_dim = node feature width")
 
   def _graph(self, graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
     if self.knn is None:
       return graph
-    return knn_lib.knn_graph(jnp.asarray(graph.nodes["x"], jnp.float32), graph, self.knn, 1,
-                             points_per_graph=self.points_per_graph)
+    x = jnp.asarray(graph.nodes["x"], jnp.float32)
+    graph = knn_lib.knn_graph(x, graph, self.knn, 1, points_per_graph=self.points_per_graph)
+    if self.relative_edges:  # senders are the neighbours j, receivers the point i
+      graph = graph._replace(edges={"x": x[graph.senders] - x[graph.receivers]})
+    return graph
 
   def init(self, rngs: Array | dict, graph: jraph.GraphsTuple, train: bool = False) -> dict:
     """{'params': {'revgnn': RevGNN.init(rngs['params'], graph)}}; `rngs` is a key or a dict
@@ -109,12 +122,14 @@ class RevGNNModule:
 
 def build_model(dataset: ds.GraphDataset, *, hidden: int = 64, num_layers: int = 4,
                 dropout: float = 0.1, aggregation: str = "max", groups: int = 2,
-                knn: int | None = None, **kwargs) -> RevGNNModule:
+                knn: int | None = None, relative_edges: bool = True,
+                **kwargs) -> RevGNNModule:
   """A RevGNNModule for `dataset`'s task (output width, task level, point-cloud k-NN).
 
-  Node features must be float (categorical inputs have no encoder here); edge features are not
-  used. Point-cloud datasets (report['points_per_graph'] set, no edges) get a static k-NN graph
-  of their xyz with `knn` neighbours (default 16). `kwargs` are further RevGNN attributes.
+  Node features must be float (categorical inputs have no encoder here); the dataset's edge
+  features are not used. Point-cloud datasets (report['points_per_graph'] set, no edges) get a
+  static k-NN graph of their xyz with `knn` neighbours (default 16), with relative positions
+  x_j - x_i as edge features when `relative_edges`. `kwargs` are further RevGNN attributes.
   """
   if dataset.node_features_categorical:
     raise ValueError(f"{dataset.name}: RevGNNModule has no encoder for categorical node "
@@ -126,8 +141,10 @@ def build_model(dataset: ds.GraphDataset, *, hidden: int = 64, num_layers: int =
   per_cloud = dataset.report.get("points_per_graph")
   if per_cloud and knn is None:
     knn = 16
+  relative = bool(knn) and relative_edges
   config = revgnn.RevGNN(num_outputs=dataset.num_outputs, hidden=hidden, num_layers=num_layers,
-                         groups=groups, dropout=dropout, aggregation=aggregation, edge_dim=None,
-                         **kwargs)
+                         groups=groups, dropout=dropout, aggregation=aggregation,
+                         edge_dim=dataset.num_node_features if relative else None, **kwargs)
   return RevGNNModule(config, task_level=dataset.task_level, knn=knn,
-                      points_per_graph=int(per_cloud) if (per_cloud and knn) else None)
+                      points_per_graph=int(per_cloud) if (per_cloud and knn) else None,
+                      relative_edges=relative)
