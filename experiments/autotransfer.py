@@ -48,6 +48,7 @@ from gnnjax.search import ALGORITHMS, make_searcher, run_search
 from gnnjax.search import efficiency
 from gnnjax.search.evaluate import BankLookup, TrainingEvaluator
 from gnnjax.tasks import prior as prior_lib
+from gnnjax.training import protocols
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "search", ["search", "study"], "search: one new task; study: the "
@@ -332,7 +333,7 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
     search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "search.sqlite")
     search_bank = bank_lib.Bank(search_db)
     evaluator = TrainingEvaluator(
-        dataset, task, _parse_seeds(FLAGS.seeds), bank=search_bank,
+        dataset, task, protocols.parse_seeds(FLAGS.seeds), bank=search_bank,
         eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
         progress=study.engine_progress())
     evaluate_batch, higher = evaluator.evaluate_batch, evaluator.higher_is_better
@@ -375,14 +376,6 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
   return report
 
 
-def _parse_seeds(text: str) -> list[int]:
-  text = text.strip()
-  if "-" in text.strip("-") and "," not in text:
-    low, high = text.split("-")
-    return list(range(int(low), int(high) + 1))
-  return [int(s) for s in text.split(",") if s.strip()]
-
-
 def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResult:
   all_tasks = bank.tasks()
   distributions = prior_lib.bank_distributions(bank, space, all_tasks, FLAGS.top_k)
@@ -408,7 +401,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   make_evaluator = None
   if (FLAGS.evaluator or "bank") == "train":
     def make_evaluator(task):
-      evaluator = TrainingEvaluator(_loader(task), task, _parse_seeds(FLAGS.seeds),
+      evaluator = TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
                                     eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap,
                                     max_parallel=FLAGS.max_parallel)
       return None, evaluator.evaluate_batch, None, evaluator.higher_is_better

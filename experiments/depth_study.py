@@ -49,7 +49,6 @@ import time
 from typing import Callable
 
 import flax.linen as nn
-import jax
 import numpy as np
 from absl import app, flags, logging
 
@@ -57,6 +56,7 @@ from gnnjax import data as data_lib
 from gnnjax import metrics as metrics_lib
 from gnnjax.data import dataset as ds
 from gnnjax.data import pointcloud
+from gnnjax.design import reference
 from gnnjax.models import deepgcn, rev_adapter
 from gnnjax.nn import deeper
 from gnnjax.training import loop, optim, pipeline
@@ -169,10 +169,6 @@ def load_task(name: str, settings: dict, seed: int):
   return data_lib.apply_split(dataset, "default", seed=seed)
 
 
-def _num_params(params) -> int:
-  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
-
-
 def run_one(dataset_name: str, block: str, depth: int, seed: int, settings: dict,
             task_cache: dict) -> dict:
   """Trains one (dataset, block, depth, seed) and returns its record."""
@@ -204,7 +200,7 @@ def run_one(dataset_name: str, block: str, depth: int, seed: int, settings: dict
       "best_epoch": result.best_epoch,
       "best_val": result.best.get("val", {}).get(metric),
       "test_at_best_val": result.best.get("test", {}).get(metric),
-      "num_params": _num_params(result.state.params), "seconds": round(result.seconds, 2),
+      "num_params": reference.count_params(result.state.params), "seconds": round(result.seconds, 2),
       "history": [{k: v for k, v in h.items()
                    if k in ("epoch", "epoch_loss", "train_loss", f"val_{metric}",
                             f"test_{metric}")} for h in result.history],

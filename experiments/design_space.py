@@ -44,6 +44,7 @@ from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import checkpoints
 from gnnjax.design import spaces, study
+from gnnjax.training import protocols
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("space", "graphgym_round1", "Design space: a built-in name "
@@ -89,15 +90,6 @@ flags.DEFINE_string("compilation_cache_dir", "", "Persistent XLA compilation cac
 flags.DEFINE_string("checkpoint_dir", None, "Where population checkpoints go (default: "
                     "<out_dir>/checkpoints, removed when the study is complete; a given folder "
                     "is left as it is, minus the chunks that finished).")
-
-
-def parse_seeds(text: str) -> list[int]:
-  """'1,2,3' or '1-3' -> [1, 2, 3]."""
-  text = text.strip()
-  if "-" in text.strip("-") and "," not in text:
-    low, high = text.split("-")
-    return list(range(int(low), int(high) + 1))
-  return [int(s) for s in text.split(",") if s.strip()]
 
 
 def load_space(name_or_path: str) -> spaces.DesignSpace:
@@ -168,12 +160,12 @@ def main(argv):
   tasks = {name: _task_loader(name) for name in FLAGS.tasks}
   with bank_lib.Bank(db) as bank:
     result = study.run_study(
-        bank, space, tasks, FLAGS.dims, FLAGS.num_designs, parse_seeds(FLAGS.seeds),
+        bank, space, tasks, FLAGS.dims, FLAGS.num_designs, protocols.parse_seeds(FLAGS.seeds),
         plan_seed=FLAGS.plan_seed, max_epochs=FLAGS.epochs_override or None, trainer=trainer,
         population_size=FLAGS.population_size, **trainer_kwargs)
     designs = study.plan_designs(result.plan)
     complete = not bank.missing([key for task in tasks for key in study.trial_keys(
-        task, designs, parse_seeds(FLAGS.seeds))])
+        task, designs, protocols.parse_seeds(FLAGS.seeds))])
   if complete and not FLAGS.checkpoint_dir:  # the study's own folder; a given one may be shared
     checkpoints.remove_all(checkpoint_dir())
   for table in result.tables.values():

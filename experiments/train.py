@@ -66,13 +66,6 @@ flags.DEFINE_integer("checkpoint_every", 50, "Epochs between checkpoints.")
 flags.DEFINE_integer("log_every", 10, "Print progress every k evaluations (0: quiet).")
 
 
-def parse_seeds(text: str) -> list[int]:
-  if "-" in text.strip("-"):
-    lo, hi = text.split("-")
-    return list(range(int(lo), int(hi) + 1))
-  return [int(s) for s in text.split(",") if s.strip()]
-
-
 def _model_fn(design):
   if design is not None:
     from gnnjax.models import graphgym  # Imported lazily: only design runs need it.
@@ -121,7 +114,7 @@ def main(argv):
       log_path=FLAGS.metrics_dir and os.path.join(FLAGS.metrics_dir, "metrics"),
       checkpoint_dir=FLAGS.checkpoint_dir, checkpoint_every=FLAGS.checkpoint_every,
       log_every=FLAGS.log_every)
-  seeds = parse_seeds(FLAGS.seeds)
+  seeds = protocols.parse_seeds(FLAGS.seeds)
   started = time.time()
   if FLAGS.protocol == "kfold":
     results = protocols.run_kfold(dataset, _model_fn(design), optim_config, fit_config,

@@ -157,15 +157,23 @@ def _inverse_and_vjp(block_fn, num_groups, params, y, dy, shared, graph, mask):
   return x, (jnp.concatenate(dxs, axis=-1), dparams, dshared)
 
 
-def _forward(block_fn, cfg: _Config, params, x, shared, graph, key):
-  mask = dropout_mask(key, cfg.dropout, x.shape, x.dtype)
-  step = functools.partial(coupling_forward, block_fn, cfg.num_groups)
+def _scan_layers(coupling, block_fn, cfg: _Config, params, h, shared, graph, mask,
+                 reverse: bool = False):
+  """Applies `coupling` (forward or inverse) once per layer: the tied params every time, or
+  the layer's slice of params stacked [L, ...] (last layer first when `reverse`)."""
+  step = functools.partial(coupling, block_fn, cfg.num_groups)
   if cfg.weight_tied:
-    out, _ = jax.lax.scan(lambda h, _: (step(params, h, shared, graph, mask), None), x, None,
+    out, _ = jax.lax.scan(lambda h, _: (step(params, h, shared, graph, mask), None), h, None,
                           length=cfg.num_layers)
   else:
-    out, _ = jax.lax.scan(lambda h, p: (step(p, h, shared, graph, mask), None), x, params)
+    out, _ = jax.lax.scan(lambda h, p: (step(p, h, shared, graph, mask), None), h, params,
+                          reverse=reverse)
   return out
+
+
+def _forward(block_fn, cfg: _Config, params, x, shared, graph, key):
+  mask = dropout_mask(key, cfg.dropout, x.shape, x.dtype)
+  return _scan_layers(coupling_forward, block_fn, cfg, params, x, shared, graph, mask)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -281,11 +289,5 @@ def invert_stack(block_fn: BlockFn, params: PyTree, y: Array, shared: PyTree = N
   """Recovers the input of `reversible_stack` from its output y [N, D] (same arguments)."""
   cfg = _config(params, y, num_groups, num_layers, dropout, weight_tied)
   mask = dropout_mask(dropout_key, cfg.dropout, y.shape, y.dtype)
-  step = functools.partial(coupling_inverse, block_fn, cfg.num_groups)
-  if cfg.weight_tied:
-    x, _ = jax.lax.scan(lambda h, _: (step(params, h, shared, graph, mask), None), y, None,
-                        length=cfg.num_layers)
-  else:
-    x, _ = jax.lax.scan(lambda h, p: (step(p, h, shared, graph, mask), None), y, params,
-                        reverse=True)
-  return x
+  return _scan_layers(coupling_inverse, block_fn, cfg, params, y, shared, graph, mask,
+                      reverse=True)

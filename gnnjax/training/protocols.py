@@ -19,6 +19,15 @@ from gnnjax.training import loop, optim, pipeline as pipeline_lib
 ModelFn = Callable[[ds.GraphDataset], nn.Module]
 
 
+def parse_seeds(text: str) -> list[int]:
+  """A seed list from a command line: '1,2,3' or '1-3' -> [1, 2, 3]."""
+  text = text.strip()
+  if "-" in text.strip("-") and "," not in text:
+    low, high = text.split("-")
+    return list(range(int(low), int(high) + 1))
+  return [int(s) for s in text.split(",") if s.strip()]
+
+
 def _mean_std(values) -> dict[str, float]:
   values = np.asarray([v for v in values if v is not None], float)
   return {"mean": float(np.mean(values)) if len(values) else float("nan"),
