@@ -24,6 +24,12 @@ trained --epochs epochs (0: the design's own 100-400).
   input and output activations and weights; backward counted as twice the forward) over the
   device's copy bandwidth (a large array copy, measured in the same run), beside the measured
   step time (median epoch time / steps per epoch), per chunk and time-weighted over chunks.
+* Scaling (--device_counts=1,2): the same population trained again with its population axis
+  sharded over the first k local devices (`jax.sharding`, no code change), one after the
+  other in the same process; designs per hour with and without compilation, and the speedup
+  over the first count (target: about 2x on 2 GPUs, taken as >= 1.8x).
+
+    python -m benchmarks.design_throughput --data_dir=../shared/datasets --device_counts=1,2
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ flags.DEFINE_integer("epochs", 100, "Epochs of every design (0: the design's own
                      "PyG reference of 3,300 designs per GPU-hour is at 100 epochs).")
 flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs (GraphGym: 20).")
 flags.DEFINE_integer("max_parallel", None, "Members per chunk (default: the engine's choice).")
+flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
+                  "first k local devices (e.g. 1,2 on a 2-GPU host: the scaling run). The ratio to "
+                  "PyG uses the first count.")
 flags.DEFINE_integer("pyg_designs", 4, "Designs trained with PyG, one after another.")
 flags.DEFINE_integer("pyg_epochs", 5, "Timed PyG epochs per design (after one warm-up epoch).")
 flags.DEFINE_bool("pyg", True, "Also time PyG (needs torch and torch_geometric).")
@@ -65,6 +74,7 @@ flags.DEFINE_string("out_dir", "benchmarks", "Where results/design_throughput.js
                     "RESULTS.md go.")
 
 TARGET_RATIO = 30.0
+TARGET_SCALING = 1.8  # "about 2x one GPU"
 
 
 def sample_designs() -> list:
@@ -79,8 +89,9 @@ def sample_designs() -> list:
 # gnnjax.
 
 
-def run_gnnjax(designs, dataset) -> dict:
-  """Trains the population; per chunk: members, padded size, program, budget, epoch times."""
+def run_gnnjax(designs, dataset, devices) -> dict:
+  """Trains the population sharded over `devices`; per chunk: members, padded size, program,
+  budget, epoch times."""
   chunks: dict[int, dict] = {}
   last = [time.perf_counter()]
   first_epoch_done = []
@@ -97,7 +108,8 @@ def run_gnnjax(designs, dataset) -> dict:
 
   start = time.perf_counter()
   results = engine.train_population(designs, dataset, [1], eval_every=FLAGS.eval_every,
-                                    max_parallel=FLAGS.max_parallel, progress=progress)
+                                    max_parallel=FLAGS.max_parallel, devices=devices,
+                                    progress=progress)
   wall = time.perf_counter() - start
   for chunk in chunks.values():
     times = chunk["epoch_s"]
@@ -297,6 +309,29 @@ def time_pyg_design(design, dataset, device) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
+def _chunk_rows(chunks: dict, bandwidth: float, num_devices: int) -> tuple[list[str], float]:
+  """Per-chunk markdown rows and the time-weighted ratio of measured step time to the
+  memory-bandwidth floor (the floor counts the chunk's members spread over its devices)."""
+  rows, floor_total, measured_total = [], 0.0, 0.0
+  for index, chunk in sorted(chunks.items()):
+    program = chunk["program"]
+    layout, steps = program.layout, program.steps_per_epoch
+    member_bytes = bytes_per_member_step(layout, chunk["budget"])
+    chunk["floor_step_ms"] = (1e3 * chunk["size"] * member_bytes
+                              / (num_devices * bandwidth * 1e9))
+    chunk["measured_step_ms"] = 1e3 * chunk["epoch_median_s"] / steps
+    chunk["member_mb_per_step"] = member_bytes / 1e6
+    floor_total += chunk["floor_step_ms"] * steps * chunk["epochs"]
+    measured_total += chunk["measured_step_ms"] * steps * chunk["epochs"]
+    rows.append(f"| {num_devices} | {index} | {chunk['members']} ({chunk['size']}) | {steps} | "
+                f"{chunk['budget'][0]} / {chunk['budget'][1]} | {layout.dim} / "
+                f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)} | "
+                f"{member_bytes / 1e6:.1f} | {chunk['floor_step_ms']:.2f} | "
+                f"{chunk['measured_step_ms']:.2f} | "
+                f"{chunk['measured_step_ms'] / chunk['floor_step_ms']:.1f}x |")
+  return rows, (measured_total / floor_total if floor_total else math.nan)
+
+
 def main(argv):
   del argv
   dataset = data_lib.load_dataset(FLAGS.task, FLAGS.data_dir, num_graphs=FLAGS.num_graphs)
@@ -306,32 +341,27 @@ def main(argv):
   bandwidth = copy_bandwidth_gbs()
   print(f"copy bandwidth {bandwidth:.0f} GB/s")
 
-  ours = run_gnnjax(designs, dataset)
+  counts = [int(c) for c in FLAGS.device_counts]
+  if any(c < 1 or c > len(jax.local_devices()) for c in counts):
+    raise ValueError(f"--device_counts {counts}: this host has {len(jax.local_devices())} "
+                     "local devices")
   n = len(designs)
-  ours_per_hour = n / ours["wall_s"] * 3600
-  steady_per_hour = n / ours["steady_s"] * 3600 if ours["steady_s"] else math.nan
-  print(f"gnnjax: {n} designs in {ours['wall_s']:.1f} s (first epoch after "
-        f"{ours['first_epoch_s']:.1f} s), statuses {ours['statuses']}: "
-        f"{ours_per_hour:,.0f} designs/GPU-hour ({steady_per_hour:,.0f} without compilation)")
-
-  rows, floor_total, measured_total = [], 0.0, 0.0
-  for index, chunk in sorted(ours["chunks"].items()):
-    program = chunk["program"]
-    layout, steps = program.layout, program.steps_per_epoch
-    member_bytes = bytes_per_member_step(layout, chunk["budget"])
-    chunk["floor_step_ms"] = 1e3 * chunk["size"] * member_bytes / (bandwidth * 1e9)
-    chunk["measured_step_ms"] = 1e3 * chunk["epoch_median_s"] / steps
-    chunk["member_mb_per_step"] = member_bytes / 1e6
-    floor_total += chunk["floor_step_ms"] * steps * chunk["epochs"]
-    measured_total += chunk["measured_step_ms"] * steps * chunk["epochs"]
-    rows.append(f"| {index} | {chunk['members']} ({chunk['size']}) | {steps} | "
-                f"{chunk['budget'][0]} / {chunk['budget'][1]} | {layout.dim} / "
-                f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)} | "
-                f"{member_bytes / 1e6:.1f} | {chunk['floor_step_ms']:.2f} | "
-                f"{chunk['measured_step_ms']:.2f} | "
-                f"{chunk['measured_step_ms'] / chunk['floor_step_ms']:.1f}x |")
-  floor_ratio = measured_total / floor_total if floor_total else math.nan
-  print(f"population steps: {floor_ratio:.1f}x the memory-bandwidth floor (time-weighted)")
+  runs = {}
+  for count in counts:
+    ours = run_gnnjax(designs, dataset, jax.local_devices()[:count])
+    ours["designs_per_hour"] = n / ours["wall_s"] * 3600
+    ours["steady_designs_per_hour"] = (n / ours["steady_s"] * 3600 if ours["steady_s"]
+                                       else math.nan)
+    ours["rows"], ours["floor_ratio"] = _chunk_rows(ours["chunks"], bandwidth, count)
+    runs[count] = ours
+    print(f"gnnjax on {count} device(s): {n} designs in {ours['wall_s']:.1f} s (first epoch "
+          f"after {ours['first_epoch_s']:.1f} s), statuses {ours['statuses']}: "
+          f"{ours['designs_per_hour']:,.0f} designs/GPU-hour "
+          f"({ours['steady_designs_per_hour']:,.0f} without compilation); population steps "
+          f"{ours['floor_ratio']:.1f}x the memory-bandwidth floor (time-weighted)")
+  ours = runs[counts[0]]
+  ours_per_hour, steady_per_hour = ours["designs_per_hour"], ours["steady_designs_per_hour"]
+  rows, floor_ratio = ours["rows"], ours["floor_ratio"]
 
   pyg, pyg_per_hour = [], math.nan
   torch = None
@@ -353,13 +383,26 @@ def main(argv):
   print(f"designs per GPU-hour: gnnjax {ours_per_hour:,.0f}, PyG {pyg_per_hour:,.0f}, "
         f"ratio {ratio:.1f}x (target {TARGET_RATIO:.0f}x)")
 
+  scaling_rows, scaling = [], {}
+  for count, run in runs.items():
+    base = runs[counts[0]]
+    scaling[count] = {"wall_s": run["wall_s"], "designs_per_hour": run["designs_per_hour"],
+                      "steady_designs_per_hour": run["steady_designs_per_hour"],
+                      "speedup": run["designs_per_hour"] / base["designs_per_hour"],
+                      "steady_speedup": (run["steady_designs_per_hour"]
+                                         / base["steady_designs_per_hour"])}
+    scaling_rows.append(
+        f"| {count} | {run['wall_s']:.1f} | {run['first_epoch_s']:.1f} | "
+        f"{run['designs_per_hour']:,.0f} | {run['steady_designs_per_hour']:,.0f} | "
+        f"{scaling[count]['speedup']:.2f}x | {scaling[count]['steady_speedup']:.2f}x | "
+        f"{run['floor_ratio']:.1f}x |")
   table = "\n".join([
       "| what | value |", "|---|---|",
       f"| task | {dataset.name}, {len(dataset.graphs)} graphs, seed 1 |",
       f"| designs | {n} from {FLAGS.space} (sample seed {FLAGS.sample_seed}), epochs "
       f"{FLAGS.epochs or 'own'}, eval every {FLAGS.eval_every} |",
-      f"| gnnjax wall (incl. compile, eval) | {ours['wall_s']:.1f} s (first epoch at "
-      f"{ours['first_epoch_s']:.1f} s) |",
+      f"| gnnjax wall on {counts[0]} device(s) (incl. compile, eval) | {ours['wall_s']:.1f} s "
+      f"(first epoch at {ours['first_epoch_s']:.1f} s) |",
       f"| gnnjax designs / GPU-hour | {ours_per_hour:,.0f} (steady state {steady_per_hour:,.0f}) |",
       f"| PyG designs / GPU-hour ({len(pyg)} designs, {FLAGS.pyg_epochs} timed epochs each, "
       f"extrapolated) | {pyg_per_hour:,.0f} |",
@@ -367,26 +410,36 @@ def main(argv):
       f"| copy bandwidth | {bandwidth:.0f} GB/s |",
       f"| population steps vs memory-bandwidth floor | {floor_ratio:.1f}x (all chunks, "
       "time-weighted) |",
-      "", "| chunk | members (padded) | steps/epoch | largest batch nodes / edges | "
+      "", "| devices | wall s | first epoch at s | designs / hour | designs / hour without "
+      "compilation | speedup | speedup without compilation | steps / floor |",
+      "|---|---|---|---|---|---|---|---|", *scaling_rows,
+      "", "| devices | chunk | members (padded) | steps/epoch | largest batch nodes / edges | "
       "D / H / l_mp | aggregations | floor MB per member step | floor ms/step | "
-      "measured ms/step | measured / floor |", "|---|---|---|---|---|---|---|---|---|---|",
-      *rows,
+      "measured ms/step | measured / floor |", "|---|---|---|---|---|---|---|---|---|---|---|",
+      *[row for run in runs.values() for row in run["rows"]],
       "", "| PyG design | ms/step | s/epoch | s per design (extrapolated) |", "|---|---|---|---|",
       *[f"| {p['design']} | {p['step_ms']:.2f} | {p['epoch_s']:.3f} | {p['design_s']:.1f} |"
         for p in pyg]])
   metrics = {"num_designs": n, "epochs": FLAGS.epochs, "task": dataset.name,
-             "num_graphs": len(dataset.graphs), "gnnjax_wall_s": ours["wall_s"],
+             "num_graphs": len(dataset.graphs), "device_counts": counts,
+             "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],
              "gnnjax_designs_per_hour": ours_per_hour,
              "gnnjax_steady_designs_per_hour": steady_per_hour,
              "statuses": ours["statuses"], "pyg": pyg, "pyg_designs_per_hour": pyg_per_hour,
              "ratio": ratio, "copy_gbs": bandwidth, "floor_ratio": floor_ratio,
-             "chunks": [{k: v for k, v in c.items() if k not in ("program",)}
-                        for c in ours["chunks"].values()]}
+             "scaling": scaling,
+             "chunks": {count: [{k: v for k, v in c.items() if k not in ("program",)}
+                                for c in run["chunks"].values()] for count, run in runs.items()}}
   targets = {}
   if pyg:
     targets[f"designs per GPU-hour >= {TARGET_RATIO:.0f}x PyG"] = common.target(
         ratio, TARGET_RATIO)
+  if 2 in runs and counts[0] == 1:
+    targets[f"2 devices >= {TARGET_SCALING}x one device (designs per hour)"] = common.target(
+        scaling[2]["speedup"], TARGET_SCALING)
+    targets[f"2 devices >= {TARGET_SCALING}x one device, without compilation"] = (
+        common.target(scaling[2]["steady_speedup"], TARGET_SCALING))
   path = common.write_results("design_throughput", json.loads(json.dumps(metrics, default=str)),
                               targets, FLAGS.out_dir, table)
   print(table)
