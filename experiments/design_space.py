@@ -27,6 +27,23 @@ A fuller study (GraphGym's seeds, full epochs, two shipped synthetic tasks):
   python -m experiments.design_space --data_dir=../shared/datasets --num_designs=16 \
       --tasks=smallworld/clustering/pagerank,scalefree/pagerank/onehot --seeds=1,2,3 \
       --epochs_override=0 --out_dir=results/round1
+
+With --workers=N > 1 and several tasks, the tasks are spread over N worker processes
+(gnnjax.design.workers): one child per task re-runs this module with --tasks=<task> --workers=1
+and the other flags as given, worker k pinned to GPU --worker_devices[k % #devices] (default:
+every GPU visible; empty: no pinning, e.g. on a CPU host) with an equal share of its memory, so
+the tasks compile and train side by side instead of one after another. All children write into
+the same bank (--db, SQLite in WAL mode); each has its own out_dir (<out_dir>/tasks/<task>) and
+population checkpoints under it, and its output lines are streamed prefixed with [<task>]. The
+parent never initialises JAX devices before they end; then it prints a table of (task, return
+code, seconds) and, when every child succeeded, analyses all tasks in-process exactly as one
+process would (every trial is in the bank, nothing is trained). When some failed, it prints
+their output tails, analyses the tasks whose trials are all in the bank (if any; the rank tables
+then cover only those) and exits with status 1; re-running the same command trains only what is
+missing. On a host with two GPUs:
+
+  python -m experiments.design_space --data_dir=../shared/datasets --workers=2 \
+      --tasks=smallworld/clustering/onehot,scalefree/pagerank/onehot,cora,citeseer,MUTAG,PROTEINS
 """
 
 from __future__ import annotations
@@ -34,6 +51,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import sys
 
 import jax
 from absl import app, flags
@@ -44,6 +63,7 @@ from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import checkpoints
 from gnnjax.design import spaces, study
+from gnnjax.design import workers as workers_lib
 from gnnjax.training import protocols
 
 FLAGS = flags.FLAGS
@@ -90,6 +110,14 @@ flags.DEFINE_string("compilation_cache_dir", "", "Persistent XLA compilation cac
 flags.DEFINE_string("checkpoint_dir", None, "Where population checkpoints go (default: "
                     "<out_dir>/checkpoints, removed when the study is complete; a given folder "
                     "is left as it is, minus the chunks that finished).")
+flags.DEFINE_integer("workers", 1, "Worker processes: with more than 1 and several --tasks, "
+                     "one child process per task, at most this many at once, all writing into "
+                     "the same bank; 1 runs every task in this process.")
+flags.DEFINE_list("worker_devices", None, "GPU ids the workers are pinned to, worker k to "
+                  "entry k % len (default: every GPU visible, from CUDA_VISIBLE_DEVICES or "
+                  "nvidia-smi; empty: no pinning).")
+# Set by the parent for its children, or a task's flag of its own: never forwarded as is.
+_PER_CHILD_FLAGS = ("tasks", "workers", "worker_devices", "out_dir", "db", "checkpoint_dir")
 
 
 def load_space(name_or_path: str) -> spaces.DesignSpace:
@@ -151,13 +179,11 @@ def enable_compilation_cache() -> str | None:
   return path
 
 
-def main(argv):
-  del argv
-  enable_compilation_cache()
-  space = pin_dimensions(load_space(FLAGS.space), FLAGS.fix)
-  db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
+def run_and_report(space: spaces.DesignSpace, db: str, task_names: list[str]) -> None:
+  """Trains what the bank lacks of `task_names` in this process, then prints the rank tables
+  and writes the plan, tables and plots into --out_dir."""
   trainer, trainer_kwargs = _trainer_and_kwargs()
-  tasks = {name: _task_loader(name) for name in FLAGS.tasks}
+  tasks = {name: _task_loader(name) for name in task_names}
   with bank_lib.Bank(db) as bank:
     result = study.run_study(
         bank, space, tasks, FLAGS.dims, FLAGS.num_designs, protocols.parse_seeds(FLAGS.seeds),
@@ -175,6 +201,118 @@ def main(argv):
   for path in study.save_study(result, FLAGS.out_dir):
     print(f"wrote {path}")
   print(f"bank: {db} (query it with: python -m experiments.bank --db={db})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Several worker processes (--workers > 1).
+
+
+def task_folders(task_names: list[str]) -> list[str]:
+  """One distinct file-system-safe folder name per task ('generated/sbm/x' -> 'generated_sbm_x')."""
+  folders, used = [], set()
+  for name in task_names:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "task"
+    folder, k = base, 1
+    while folder in used:  # 'a/b' and 'a_b' must not share a folder
+      k += 1
+      folder = f"{base}-{k}"
+    used.add(folder)
+    folders.append(folder)
+  return folders
+
+
+def _flag_argument(flag: flags.Flag) -> str | None:
+  """--name=value re-parsing to flag.value (lists comma-joined); None for an unset value."""
+  if flag.value is None:
+    return None
+  if isinstance(flag.value, bool):
+    return f"--{flag.name}" if flag.value else f"--no{flag.name}"
+  if isinstance(flag.value, (list, tuple)):
+    return f"--{flag.name}=" + ",".join(str(v) for v in flag.value)
+  return f"--{flag.name}={flag.value}"
+
+
+def worker_argv(task: str, out_dir: str, db: str) -> list[str]:
+  """The command of the worker running `task` alone: this module with --tasks=task,
+  --workers=1, out_dir (its checkpoints go under it unless --checkpoint_dir), the shared db and
+  every other flag of this module at its current value."""
+  module = FLAGS.find_module_defining_flag("tasks")  # __name__, or sys.argv[0] under -m
+  forwarded = [_flag_argument(flag) for flag in FLAGS.get_flags_for_module(module)
+               if flag.name not in _PER_CHILD_FLAGS]
+  if __spec__ is not None and __spec__.name:
+    command = [sys.executable, "-m", __spec__.name]
+  else:  # run as a script
+    command = [sys.executable, os.path.abspath(__file__)]
+  own = [f"--tasks={task}", "--workers=1", f"--out_dir={out_dir}", f"--db={db}"]
+  if FLAGS.checkpoint_dir:
+    own.append("--checkpoint_dir=" + os.path.join(os.path.abspath(FLAGS.checkpoint_dir),
+                                                  os.path.basename(out_dir)))
+  return command + own + [arg for arg in forwarded if arg is not None]
+
+
+def _complete_tasks(space: spaces.DesignSpace, db: str, task_names: list[str]) -> list[str]:
+  """The tasks whose planned trials are all in the bank (reads the bank; trains nothing)."""
+  plan = study.cap_epochs(study.controlled_random_search(
+      space, FLAGS.dims, FLAGS.num_designs, FLAGS.plan_seed), FLAGS.epochs_override or None)
+  keys = functools.partial(study.trial_keys, designs=study.plan_designs(plan),
+                           seeds=protocols.parse_seeds(FLAGS.seeds))
+  with bank_lib.Bank(db) as bank:
+    return [task for task in task_names if not bank.missing(keys(task))]
+
+
+def run_workers(space: spaces.DesignSpace, db: str, task_names: list[str]) -> int:
+  """Runs each task in its own worker process, then analyses all tasks here; the exit status.
+
+  Nothing here initialises JAX devices before the workers end: they need the GPUs. When some
+  worker failed, its output tail is printed, the tasks complete in the bank are analysed (if
+  any) and the status is 1.
+  """
+  # Fail here, once, on a bad --dims / --seeds / space rather than in every worker.
+  study.controlled_random_search(space, FLAGS.dims, FLAGS.num_designs, FLAGS.plan_seed)
+  protocols.parse_seeds(FLAGS.seeds)
+  db, out_dir = os.path.abspath(db), os.path.abspath(FLAGS.out_dir)
+  devices = (workers_lib.accelerator_ids() if FLAGS.worker_devices is None
+             else FLAGS.worker_devices)
+  jobs = [workers_lib.Job(task, worker_argv(task, os.path.join(out_dir, "tasks", folder), db))
+          for task, folder in zip(task_names, task_folders(task_names))]
+  print(f"{len(jobs)} tasks over {min(FLAGS.workers, len(jobs))} worker processes "
+        f"(devices: {','.join(devices) if devices else 'not pinned'}); bank: {db}", flush=True)
+  results = workers_lib.run_jobs(jobs, FLAGS.workers, devices,
+                                 print_fn=functools.partial(print, flush=True))
+  width = max(len("task"), *(len(r.name) for r in results))
+  print(f"\n{'task':<{width}}  {'return code':>11}  {'seconds':>8}")
+  for r in results:
+    print(f"{r.name:<{width}}  {r.returncode:>11}  {r.seconds:>8.1f}")
+  failed = [r for r in results if r.returncode != 0]
+  if not failed:
+    print()
+    run_and_report(space, db, task_names)
+    return 0
+  for r in failed:
+    print(f"\n--- {r.name} failed (return code {r.returncode}); its last lines:\n{r.tail}")
+  complete = _complete_tasks(space, db, task_names)
+  if complete:
+    print(f"\nanalysing the {len(complete)} of {len(task_names)} tasks complete in the bank: "
+          f"{', '.join(complete)}")
+    run_and_report(space, db, complete)
+  print(f"\n{len(failed)} of {len(jobs)} task worker(s) failed: "
+        f"{', '.join(r.name for r in failed)}; rerun the same command to train what is missing",
+        file=sys.stderr)
+  return 1
+
+
+def main(argv):
+  del argv
+  if FLAGS.workers < 1:
+    raise app.UsageError(f"--workers must be >= 1, got {FLAGS.workers}")
+  enable_compilation_cache()  # config only: no device is initialised here
+  space = pin_dimensions(load_space(FLAGS.space), FLAGS.fix)
+  db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
+  task_names = list(dict.fromkeys(FLAGS.tasks))
+  if FLAGS.workers > 1 and len(task_names) > 1:
+    return run_workers(space, db, task_names)
+  run_and_report(space, db, task_names)
+  return 0
 
 
 if __name__ == "__main__":
