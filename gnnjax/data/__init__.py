@@ -28,6 +28,7 @@ import numpy as np
 from gnnjax.data import links, planetoid, pointcloud, splits, synthetic, tu
 from gnnjax.data.dataset import EDGE, GRAPH, NODE, DataFormatError, GraphDataset  # noqa: F401
 from gnnjax.data.sources import DatasetUnavailableError  # noqa: F401
+from gnnjax.data.transforms import one_hot_node_features  # noqa: F401
 
 # Needs no files: graphs are generated with networkx.
 DEFAULT_DATASET = "generated/smallworld/clustering/pagerank"

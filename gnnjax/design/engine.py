@@ -93,6 +93,7 @@ from absl import logging
 
 from gnnjax import metrics as metrics_lib
 from gnnjax.data import dataset as ds
+from gnnjax.data import transforms
 from gnnjax.design import budget as budget_lib
 from gnnjax.design import checkpoints as checkpoints_lib
 from gnnjax.design import reference
@@ -840,7 +841,9 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
 
   Args:
     designs: the designs as planned (dim_inner None: budget-matched per dataset).
-    dataset: the task (split per seed with protocol 'graphgym', as reference.train_design).
+    dataset: the task (split per seed with protocol 'graphgym', as reference.train_design);
+      integer (categorical) node features are one-hot encoded first
+      (`gnnjax.data.one_hot_node_features`).
     seeds: seeds; every design is trained once per seed.
     eval_every: evaluate every k epochs (and after the first and each member's last epoch).
     max_parallel: members per chunk (rounded up to a multiple of the device count with frozen
@@ -903,6 +906,9 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
   seeds = [int(s) for s in seeds]
   if not designs or not seeds:
     return
+  # Before anything reads the data, the checkpoint fingerprint included: a resumed call sees
+  # the same encoded features (the encoding is a deterministic function of the dataset).
+  dataset = transforms.one_hot_node_features(dataset)
   devices = list(devices) if devices is not None else jax.local_devices()
   mesh = jax.make_mesh((len(devices),), (POP_AXIS,), (jax.sharding.AxisType.Auto,),
                        devices=devices)

@@ -45,7 +45,8 @@ def train_design(design: Design, dataset: ds.GraphDataset, seed: int,
 
   Args:
     design: the design as planned (dim_inner None means budget-matched for this dataset).
-    dataset: the task; split with protocol 'graphgym' and `seed`.
+    dataset: the task; split with protocol 'graphgym' and `seed`. Integer (categorical) node
+      features are one-hot encoded first (`gnnjax.data.one_hot_node_features`).
     seed: the run's seed (split, init, dropout, batch order).
     eval_every: evaluate every k epochs (and after the first and the last epoch).
 
@@ -55,6 +56,7 @@ def train_design(design: Design, dataset: ds.GraphDataset, seed: int,
     best validation epoch, and status 'diverged' with `diverged_epoch` when the epoch's training
     loss became non-finite (training stops there, as `loop.fit` does).
   """
+  dataset = data_lib.one_hot_node_features(dataset)  # categorical -> float; float: no-op
   data, pipe = split_for_seed(dataset, seed, design.batch_size)
   model, resolved = graphgym.build_model(design, data)
   result = loop.fit(model, pipe, data.task_type, design_lib.optim_config(resolved),

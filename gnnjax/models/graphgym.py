@@ -249,11 +249,14 @@ def build_model(design: Design, dataset: ds.GraphDataset, *, synthetic: bool | N
     (model, design with dim_inner set).
 
   Raises:
-    ValueError: integer (categorical) node features, which GraphGym's model cannot embed.
+    ValueError: integer (categorical) node features, which GraphGym's model cannot embed
+      (`gnnjax.data.one_hot_node_features` encodes them; the engine, `reference.train_design`
+      and the Fisher task features call it for you).
   """
   if dataset.node_features_categorical:
     raise ValueError(f"{dataset.name} has integer (categorical) node features; GraphGymGNN "
-                     "takes float features (one-hot encode them first)")
+                     "takes float features: call gnnjax.data.one_hot_node_features(dataset) "
+                     "first")
   if design.dim_inner is None:
     f_proxy = budget_lib.proxy_dim_in(dataset.name, synthetic)
     target = budget if budget is not None else budget_lib.reference_budget(reference)

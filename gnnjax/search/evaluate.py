@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from gnnjax import data as data_lib
 from gnnjax import metrics as metrics_lib
 from gnnjax.design.design import Design
 from gnnjax.design.spaces import DesignSpace
@@ -146,7 +147,7 @@ class TrainingEvaluator:
   """Evaluates designs by training them (population engine), mean over seeds.
 
   Args:
-    dataset: the task's GraphDataset.
+    dataset: the task's GraphDataset (integer node features are one-hot encoded once, here).
     task_name: name for the bank and for trial keys.
     seeds: training seeds per design.
     bank: optional bank: trials go through `study.run_trials` (stored, and skipped when
@@ -163,7 +164,10 @@ class TrainingEvaluator:
                eval_every: int = 20, epochs_cap: int | None = None,
                trainer: Callable | None = None, metric: str | None = None,
                **trainer_kwargs: Any):
-    self.dataset, self.task_name = dataset, task_name
+    # Encoded once here rather than by the engine on every batch of evaluations (and so that
+    # a custom trainer gets float features too); a no-op for float features.
+    self.dataset = data_lib.one_hot_node_features(dataset)
+    self.task_name = task_name
     self.seeds = [int(s) for s in seeds]
     self.bank, self.eval_every, self.epochs_cap = bank, eval_every, epochs_cap
     self.trainer = trainer

@@ -339,14 +339,13 @@ def prepare_task(dataset: ds.GraphDataset, config: FisherConfig = FisherConfig()
   Node tasks: every batch holds `batch_size` whole graphs (a single-graph task is one batch),
   train batches shuffled per seed; examples are the batch's val-mask nodes. Graph tasks: train
   batches of shuffled train graphs, val batches of val graphs in order; examples are graphs.
+  Integer (categorical) node features are one-hot encoded first, as the population engine
+  does (`gnnjax.data.one_hot_node_features`), for the anchors' GraphGymGNN.
 
   Raises:
-    ValueError: categorical node features, a split without val examples, or seeds whose
-      splits differ in size.
+    ValueError: a split without val examples, or seeds whose splits differ in size.
   """
-  if dataset.node_features_categorical:
-    raise ValueError(f"{dataset.name} has integer (categorical) node features; the anchors' "
-                     "GraphGymGNN takes float features (one-hot encode them first)")
+  dataset = data_lib.one_hot_node_features(dataset)
   seeds = tuple(config.first_seed + r for r in range(config.num_seeds))
   packed = None
   plans = []  # per seed: (train index lists, val index lists, per-val-batch example rows)
