@@ -276,13 +276,6 @@ def test_task_feature_vmapped_seeds_equal_single_seed_runs(level):
   assert single.alphas[0, 0] == pytest.approx(both.alphas[0, 1], rel=1e-4)
 
 
-def test_prepare_task_rejects_categorical_features():
-  data = tiny_dataset(ds.GRAPH, num_graphs=20)
-  graphs = [g._replace(nodes={"x": np.zeros((10, 2), np.int32)}) for g in data.graphs]
-  with pytest.raises(ValueError, match="categorical"):
-    fisher.prepare_task(ds.GraphDataset("cat", graphs, ds.GRAPH, ds.MULTICLASS, 3))
-
-
 def test_task_features_are_l2_normalised():
   z = fisher.normalize_feature(np.array([3.0, 4.0, 12.0]))
   np.testing.assert_allclose(z, [3 / 13, 4 / 13, 12 / 13])
