@@ -47,6 +47,7 @@ from gnnjax.design import spaces, study
 from gnnjax.search import ALGORITHMS, make_searcher, run_search
 from gnnjax.search import efficiency
 from gnnjax.search.evaluate import BankLookup, TrainingEvaluator
+from gnnjax.tasks import features as features_lib
 from gnnjax.tasks import prior as prior_lib
 from gnnjax.training import protocols
 
@@ -83,6 +84,8 @@ flags.DEFINE_string("features", None, "JSON cache of FIM task features (task -> 
                     "default <out_dir>/features.json.")
 flags.DEFINE_integer("anchors", 12, "Use the first N of AutoTransfer's 12 anchors for FIM "
                      "features (fewer: faster, coarser).")
+flags.DEFINE_integer("anchor_epochs", 0, "Epochs the bank's anchor trials were trained for "
+                     "(0: the anchors' own 400; experiments.task_space --anchor_epochs).")
 flags.DEFINE_integer("fisher_seeds", 5, "R: random initialisations per anchor.")
 flags.DEFINE_integer("fisher_max_examples", None, "Estimate each Fisher from at most this many "
                      "val examples (default: all).")
@@ -119,50 +122,6 @@ flags.DEFINE_string("out_dir", "results/autotransfer", "Where results go.")
 # Task features and distances.
 
 
-def load_features(path: str | None) -> dict[str, np.ndarray]:
-  if path is None or not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return {task: np.asarray(v, np.float64) for task, v in json.load(f).items()}
-
-
-def save_features(path: str, features: Mapping[str, np.ndarray]) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({t: np.asarray(v).tolist() for t, v in features.items()}, f, indent=1)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def compute_features(tasks: Sequence[str], cache_path: str | None, load: Callable[[str], Any],
-                     num_anchors: int, fisher_seeds: int, max_examples: int | None,
-                     print_fn: Callable[[str], None] = print, num_probes: int = 0,
-                     compile_workers: int = 1) -> dict[str, np.ndarray]:
-  """FIM task features of `tasks` (`gnnjax.tasks.fisher.task_feature`), read from / added to
-  the cache file. `load(task)` returns the task's dataset."""
-  features = load_features(cache_path)
-  missing = [t for t in tasks if t not in features]
-  if missing:
-    from gnnjax.tasks import anchors as anchors_lib
-    from gnnjax.tasks import fisher
-    config = fisher.FisherConfig(num_seeds=fisher_seeds, max_examples=max_examples,
-                                 num_probes=num_probes)
-    anchors = anchors_lib.AUTOTRANSFER_ANCHORS[:num_anchors]
-    for i, task in enumerate(missing):
-      print_fn(f"FIM features {i + 1}/{len(missing)}: {task} ({len(anchors)} anchors x "
-               f"{fisher_seeds} seeds)")
-      result = fisher.task_feature(load(task), anchors, config,
-                                   progress=lambda line: print_fn("  " + line),
-                                   compile_workers=compile_workers)
-      features[task] = result.feature
-      print_fn(f"  feature {np.round(result.feature, 3).tolist()} (compile "
-               f"{result.compile_seconds.sum():.1f} s, run {result.run_seconds.sum():.1f} s)")
-      if cache_path:
-        save_features(cache_path, features)
-  return {t: features[t] for t in tasks}
-
-
 def cosine_distances(new: np.ndarray, bank: Mapping[str, np.ndarray]) -> dict[str, float]:
   """1 - cos(new, bank task) for each bank task."""
   new = np.asarray(new, np.float64)
@@ -176,9 +135,11 @@ def cosine_distances(new: np.ndarray, bank: Mapping[str, np.ndarray]) -> dict[st
 
 def anchor_similarity(bank) -> tuple[list[str], np.ndarray]:
   """GraphGym's similarity (Kendall tau of the 12 anchors' performance) of the bank tasks that
-  hold every anchor."""
+  hold every anchor (trained for --anchor_epochs)."""
+  from gnnjax.tasks import anchors as anchors_lib
   from gnnjax.tasks import similarity
-  performance = similarity.anchor_performance_from_bank(bank)
+  performance = similarity.anchor_performance_from_bank(
+      bank, anchors_lib.anchors_with_epochs(FLAGS.anchor_epochs))
   return similarity.similarity_matrix(performance)
 
 
@@ -237,7 +198,7 @@ def task_distances(new_task: str, bank_tasks: Sequence[str], bank, *, distance: 
     return graphgym_distances(bank, new_task, bank_tasks)
   if distance not in ("embedding", "feature"):
     raise ValueError(f"unknown distance {distance!r}; choose embedding, feature, graphgym, file")
-  features = compute_features([new_task, *bank_tasks], features_path, load, num_anchors,
+  features = features_lib.compute_features([new_task, *bank_tasks], features_path, load, num_anchors,
                               fisher_seeds, max_examples, print_fn, num_probes, compile_workers)
   bank_features = {t: features[t] for t in bank_tasks}
   if distance == "feature":

@@ -55,6 +55,18 @@ AUTOTRANSFER_ANCHORS: tuple[Design, ...] = tuple(
 ANCHOR_NAMES: tuple[str, ...] = tuple(f"model{i + 1}" for i in range(len(_ANCHOR_TABLE)))
 
 
+def anchors_with_epochs(epochs: int | None = None) -> tuple[Design, ...]:
+  """AutoTransfer's 12 anchors trained for `epochs` (None or 0: their own 400).
+
+  A bank built on a compute budget caps the anchors' epochs; a design's id covers its epochs,
+  so whoever reads the anchors' trials back must ask for the same value."""
+  if not epochs:
+    return AUTOTRANSFER_ANCHORS
+  if epochs < 1:
+    raise ValueError(f"anchor epochs must be >= 1 (or 0 for the anchors' own), got {epochs}")
+  return tuple(a.replace(epochs=int(epochs)) for a in AUTOTRANSFER_ANCHORS)
+
+
 def evenly_spaced(num_items: int, count: int) -> np.ndarray:
   """`count` indices into a sorted list of `num_items`, evenly spaced from the first (worst) to
   the last (best), both included: round(k (num_items - 1) / (count - 1)), k = 0..count-1.
