@@ -52,6 +52,8 @@ flags.DEFINE_integer("num_graphs", 32, "Graphs per generated/ synthetic task.")
 flags.DEFINE_string("db", None, "The task-model bank (SQLite).", required=True)
 flags.DEFINE_string("out_dir", "results/task_space", "Where the heatmap and JSON go.")
 flags.DEFINE_string("features", None, "FIM feature cache (default <out_dir>/features.json).")
+flags.DEFINE_integer("num_anchors", 12, "Use the first N of AutoTransfer's 12 anchors (fewer: "
+                     "quick runs only; the paper's numbers are for 12).")
 flags.DEFINE_integer("anchor_epochs", 0, "Train the anchors this many epochs (0: their own "
                      "400); read back with the same value (experiments.autotransfer too).")
 flags.DEFINE_string("seeds", "1", "Anchor training seeds (comma list or range).")
@@ -79,7 +81,8 @@ def features_path() -> str:
 
 
 def anchors():
-  return anchors_lib.anchors_with_epochs(FLAGS.anchor_epochs)
+  """The anchor designs trained and read back (the first --num_anchors, --anchor_epochs)."""
+  return anchors_lib.anchors_with_epochs(FLAGS.anchor_epochs)[:FLAGS.num_anchors]
 
 
 # ----------------------------------------------------------------------------------------------
