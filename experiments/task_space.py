@@ -46,7 +46,8 @@ PAPER_LOO = {"feature": 0.18, "embedding": 0.43}  # AutoTransfer Table 5, 12 anc
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "all", ["all", "build", "analyze"], "build: anchors + FIM features; "
                   "analyze: similarity heatmap and leave-one-task-out; all: both.")
-flags.DEFINE_list("tasks", [data_lib.DEFAULT_DATASET], "Dataset names of gnnjax.data.")
+flags.DEFINE_list("tasks", None, "Dataset names of gnnjax.data (build: required; analyze: "
+                  "default every task of the bank).")
 flags.DEFINE_string("data_dir", None, "Local data root laid out like shared/datasets.")
 flags.DEFINE_integer("num_graphs", 32, "Graphs per generated/ synthetic task.")
 flags.DEFINE_string("db", None, "The task-model bank (SQLite).", required=True)
@@ -198,12 +199,19 @@ def main(argv):
   db = FLAGS.db
   status = 0
   if FLAGS.mode in ("all", "build"):
+    if not FLAGS.tasks:
+      raise app.UsageError("--mode=build/all needs --tasks")
     if FLAGS.workers > 1 and len(FLAGS.tasks) > 1:
       status = build_in_workers(list(FLAGS.tasks), db)
     else:
       build(list(FLAGS.tasks), db, features_path())
   if FLAGS.mode in ("all", "analyze"):
-    analyze(list(FLAGS.tasks), db)
+    if FLAGS.tasks:
+      tasks = list(FLAGS.tasks)
+    else:
+      with bank_lib.Bank(db) as bank:
+        tasks = bank.tasks()
+    analyze(tasks, db)
   sys.exit(status)
 
 
