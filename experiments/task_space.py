@@ -170,7 +170,7 @@ def analyze(task_names: list[str], db: str) -> dict:
                                 seed=FLAGS.seed)
   summary = loo.summary()
   rows = [f"| {t} | {loo.feature_tau[i]:+.3f} | {np.nanmean(loo.embedding_tau[:, i]):+.3f} "
-          f"+- {np.nanstd(loo.embedding_tau[:, i]):.3f} |" for i, t in enumerate(names)]
+          f"+- {np.nanstd(loo.embedding_tau[:, i]):.3f} |" for i, t in enumerate(loo.tasks)]
   table = "\n".join([
       "| held-out task | Kendall tau, raw FIM features | Kendall tau, embedding g "
       f"(mean +- std over {FLAGS.runs} runs) |", "|---|---|---|", *rows,
@@ -182,7 +182,7 @@ def analyze(task_names: list[str], db: str) -> dict:
             "similarity": matrix.tolist(),
             "anchor_performance": {t: performance[t].tolist() for t in names},
             "features": {t: np.asarray(features[t]).tolist() for t in names},
-            "feature_tau": loo.feature_tau.tolist(),
+            "loo_tasks": loo.tasks, "feature_tau": loo.feature_tau.tolist(),
             "embedding_tau": loo.embedding_tau.tolist(), "summary": summary,
             "paper": PAPER_LOO}
   path = os.path.join(FLAGS.out_dir, "task_space.json")

@@ -337,3 +337,15 @@ def test_leave_one_out_on_predictive_features_is_high_and_random_is_not():
   noise /= np.linalg.norm(noise, axis=1, keepdims=True)
   random = embedding.leave_one_out(noise, sim, runs=2).summary()
   assert abs(random["feature_mean"]) < 0.3 and abs(random["embedding_mean"]) < 0.3
+
+
+def test_leave_one_out_does_not_depend_on_task_order():
+  features, sim = _latent_tasks()
+  names = [f"task{i:02d}" for i in range(len(features))]
+  perm = np.random.default_rng(3).permutation(len(names))
+  forward = embedding.leave_one_out(dict(zip(names, features)), sim, runs=2)
+  shuffled = embedding.leave_one_out({names[i]: features[i] for i in perm},
+                                     np.asarray(sim)[np.ix_(perm, perm)], runs=2)
+  assert forward.tasks == shuffled.tasks == sorted(names)
+  np.testing.assert_array_equal(forward.feature_tau, shuffled.feature_tau)
+  np.testing.assert_allclose(forward.embedding_tau, shuffled.embedding_tau, atol=1e-6)

@@ -197,21 +197,28 @@ def leave_one_out(features: np.ndarray | Mapping[str, np.ndarray], similarity: n
   trainings run as one vmapped, jitted program.
 
   Args:
-    features: [T, U] L2-normalised task features, or task -> feature (its order is used).
-    similarity: [T, T] Kendall-tau similarity in the same task order.
+    features: [T, U] L2-normalised task features, or task -> feature.
+    similarity: [T, T] Kendall-tau similarity in the same task order as `features`.
+
+  Tasks are processed in sorted name order (the result's `tasks`), so the PRNG keys of each
+  held-out task's trainings, and hence the numbers, do not depend on the input order.
     runs: independent trainings per held-out task.
     seed: base PRNG seed.
   """
+  similarity = np.asarray(similarity, np.float64)
   if isinstance(features, Mapping):
     names = list(features)
     features = np.stack([np.asarray(features[n]) for n in names])
   else:
     features = np.asarray(features)
     names = [str(i) for i in range(features.shape[0])]
-  similarity = np.asarray(similarity, np.float64)
   t = features.shape[0]
   if similarity.shape != (t, t):
     raise ValueError(f"similarity has shape {similarity.shape}, expected ({t}, {t})")
+  if len(set(names)) == t:  # named tasks: results do not depend on the order they come in
+    order = sorted(range(t), key=lambda i: names[i])
+    names = [names[i] for i in order]
+    features, similarity = features[order], similarity[np.ix_(order, order)]
   if t < 4:
     raise ValueError(f"leave-one-out needs at least 4 tasks (3 bank tasks to rank), got {t}")
   raw = features @ features.T
