@@ -118,7 +118,8 @@ def test_much_output_does_not_block_and_tail_keeps_the_last_lines():
   assert tail[-1] == "line 29999 " + "x" * 20
 
 
-def test_ctrl_c_terminates_the_children(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, None), (signal.SIGTERM, 143)])
+def test_interrupt_or_sigterm_terminates_the_children(tmp_path, sig, status):
   pid_file = tmp_path / "child.pid"
   child = ("import os, time; open({path!r}, 'w').write(str(os.getpid())); time.sleep(60)"
            .format(path=str(pid_file)))
@@ -135,9 +136,12 @@ def test_ctrl_c_terminates_the_children(tmp_path):
     assert process.poll() is None and time.monotonic() < deadline, process.communicate()
     time.sleep(0.05)
   child_pid = int(pid_file.read_text())
-  process.send_signal(signal.SIGINT)
+  process.send_signal(sig)
   _, stderr = process.communicate(timeout=20)
-  assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+  if status is None:
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+  else:
+    assert process.returncode == status, stderr
   with pytest.raises(ProcessLookupError):  # terminated and reaped
     os.kill(child_pid, 0)
   pid_file.unlink()

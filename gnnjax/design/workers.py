@@ -117,6 +117,11 @@ class _Runner:
                                       name=f"worker-slot-{k}") for k in range(len(slot_envs))]
 
   def run(self) -> list[JobResult]:
+    # Batch schedulers stop a job with SIGTERM (then SIGKILL): treat it like Ctrl-C, so the
+    # children, which live in their own process groups, do not outlive the parent.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+      previous = signal.signal(signal.SIGTERM, _raise_terminated)
     for thread in self._threads:
       thread.start()
     try:
@@ -126,6 +131,9 @@ class _Runner:
     except BaseException:
       self.stop()
       raise
+    finally:
+      if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     if self._errors:
       raise self._errors[0]
     return list(self._results)  # every slot ended after an empty queue: all filled
@@ -199,6 +207,11 @@ class _Runner:
     return JobResult(job.name, returncode, time.monotonic() - start, "\n".join(tail))
 
 
+def _raise_terminated(signum, frame) -> None:
+  del frame
+  raise SystemExit(128 + signum)  # the shell's status for death by that signal
+
+
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
   try:
     os.killpg(process.pid, sig)
@@ -229,6 +242,8 @@ def run_jobs(jobs: Sequence[Job], workers: int, devices: Sequence[str] | None = 
   Raises:
     KeyboardInterrupt (or any exception while waiting): after terminating the running children
     (SIGTERM to each child's process group, SIGKILL after a grace period); no new job starts.
+    SystemExit(143): the same, when this process gets SIGTERM while waiting (called from the
+    main thread), e.g. from a batch scheduler.
   """
   jobs = list(jobs)
   if not jobs:
