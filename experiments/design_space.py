@@ -221,24 +221,12 @@ def task_folders(task_names: list[str]) -> list[str]:
   return folders
 
 
-def _flag_argument(flag: flags.Flag) -> str | None:
-  """--name=value re-parsing to flag.value (lists comma-joined); None for an unset value."""
-  if flag.value is None:
-    return None
-  if isinstance(flag.value, bool):
-    return f"--{flag.name}" if flag.value else f"--no{flag.name}"
-  if isinstance(flag.value, (list, tuple)):
-    return f"--{flag.name}=" + ",".join(str(v) for v in flag.value)
-  return f"--{flag.name}={flag.value}"
-
-
 def worker_argv(task: str, out_dir: str, db: str) -> list[str]:
   """The command of the worker running `task` alone: this module with --tasks=task,
   --workers=1, out_dir (its checkpoints go under it unless --checkpoint_dir), the shared db and
   every other flag of this module at its current value."""
   module = FLAGS.find_module_defining_flag("tasks")  # __name__, or sys.argv[0] under -m
-  forwarded = [_flag_argument(flag) for flag in FLAGS.get_flags_for_module(module)
-               if flag.name not in _PER_CHILD_FLAGS]
+  forwarded = workers_lib.flag_arguments(FLAGS, module, exclude=_PER_CHILD_FLAGS)
   if __spec__ is not None and __spec__.name:
     command = [sys.executable, "-m", __spec__.name]
   else:  # run as a script
@@ -247,7 +235,7 @@ def worker_argv(task: str, out_dir: str, db: str) -> list[str]:
   if FLAGS.checkpoint_dir:
     own.append("--checkpoint_dir=" + os.path.join(os.path.abspath(FLAGS.checkpoint_dir),
                                                   os.path.basename(out_dir)))
-  return command + own + [arg for arg in forwarded if arg is not None]
+  return command + own + forwarded
 
 
 def _complete_tasks(space: spaces.DesignSpace, db: str, task_names: list[str]) -> list[str]:

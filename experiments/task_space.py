@@ -121,10 +121,9 @@ def build_in_workers(task_names: list[str], db: str) -> int:
   devices = (workers_lib.accelerator_ids() if FLAGS.worker_devices is None
              else FLAGS.worker_devices)
   module = FLAGS.find_module_defining_flag("tasks")
-  forwarded = [f"--{f.name}={','.join(map(str, f.value)) if isinstance(f.value, list) else f.value}"
-               for f in FLAGS.get_flags_for_module(module)
-               if f.value is not None and f.name not in ("tasks", "workers", "mode", "db",
-                                                          "features", "out_dir")]
+  forwarded = workers_lib.flag_arguments(
+      FLAGS, module, exclude=("tasks", "workers", "worker_devices", "mode", "db", "features",
+                              "out_dir"))
   jobs = []
   for task in task_names:
     argv = [sys.executable, "-m", "experiments.task_space", "--mode=build", f"--tasks={task}",

@@ -218,3 +218,19 @@ def test_design_space_with_two_workers(tmp_path):
   assert f"analysing the 1 of 2 tasks complete in the bank: {TASKS[0]}" in failed.stdout
   with open(out / "ranks.json") as f:
     assert json.load(f)["batch_norm"]["num_setups"] == 1
+
+
+def test_flag_arguments_recreate_the_flag_values():
+  from absl import flags as absl_flags
+  values = absl_flags.FlagValues()
+  absl_flags.DEFINE_list("tasks", None, "", flag_values=values, module_name="m")
+  absl_flags.DEFINE_bool("fast", True, "", flag_values=values, module_name="m")
+  absl_flags.DEFINE_bool("slow", False, "", flag_values=values, module_name="m")
+  absl_flags.DEFINE_integer("epochs", 3, "", flag_values=values, module_name="m")
+  absl_flags.DEFINE_string("unset", None, "", flag_values=values, module_name="m")
+  absl_flags.DEFINE_integer("other", 1, "", flag_values=values, module_name="elsewhere")
+  values(["prog", "--tasks=a,b", "--epochs=7"])
+  args = workers.flag_arguments(values, "m")
+  assert sorted(args) == sorted(["--tasks=a,b", "--fast", "--noslow", "--epochs=7"])
+  assert workers.flag_arguments(values, "m", exclude=("tasks", "fast")) == [
+      a for a in args if not a.startswith(("--tasks", "--fast"))]

@@ -83,6 +83,30 @@ class JobResult:
   tail: str
 
 
+def flag_arguments(flag_values, module: str, exclude: Sequence[str] = ()) -> list[str]:
+  """The command-line arguments that recreate `module`'s absl flags at their current values.
+
+  Used to build a worker's command from its parent's flags: lists are re-joined with commas,
+  booleans become --name / --noname, unset (None) flags are left out.
+
+  Args:
+    flag_values: an absl FlagValues (e.g. absl.flags.FLAGS), parsed.
+    module: the defining module's name (`flag_values.find_module_defining_flag(<a flag>)`).
+    exclude: flag names the caller sets per worker.
+  """
+  arguments = []
+  for flag in flag_values.get_flags_for_module(module):
+    if flag.name in exclude or flag.value is None:
+      continue
+    if isinstance(flag.value, bool):
+      arguments.append(f"--{flag.name}" if flag.value else f"--no{flag.name}")
+    elif isinstance(flag.value, (list, tuple)):
+      arguments.append(f"--{flag.name}=" + ",".join(str(v) for v in flag.value))
+    else:
+      arguments.append(f"--{flag.name}={flag.value}")
+  return arguments
+
+
 def slot_environments(workers: int, devices: Sequence[str] | None) -> list[dict[str, str]]:
   """The pinning variables of each of `workers` slots: slot k gets devices[k % len(devices)]
   and an equal share of 0.9 of that device's memory; with no devices, no variables."""
