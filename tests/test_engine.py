@@ -13,8 +13,11 @@ import subprocess
 import sys
 import textwrap
 
+import functools
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -350,6 +353,49 @@ def test_init_and_forward_match_the_design_model(node_data, design):
   got, _ = jax.jit(lambda *args: superset.apply(layout, *args))(
       params, stats, superset.design_spec(layout, resolved), batch)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_scanned_message_passing_matches_the_unrolled_layers(node_data, train):
+  """Layout(scan_mp=True) runs the message-passing layers as one lax.scan over zero-padded,
+  stacked kernels; it must compute what the unrolled layers compute: outputs, updated batch
+  statistics and parameter gradients, with dropout, for every stage type and layer count."""
+  data, _ = reference.split_for_seed(node_data, 1, 4)
+  designs = [graphgym.build_model(d.replace(layers_mp=1 + i % 3), data)[1]
+             for i, d in enumerate(DESIGNS)]
+  unrolled = superset.Layout.from_designs(designs, 4, 3, ds.NODE)
+  scanned = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True)
+  assert scanned.scan_mp and not unrolled.scan_mp and unrolled.layers_mp == 3
+  assert len(set(unrolled.mp_in_dims)) > 1  # skipconcat: the kernels really are padded
+  batch = jax.tree.map(np.asarray, next(iter(
+      engine._SeedStreams(node_data, [1], 4).train_batches(0))))
+  batch = jax.tree.map(lambda a: a[0], batch)
+  weights = np.random.default_rng(0).normal(size=(batch.nodes["x"].shape[0], 3))
+
+  def run(layout, params, stats, spec, keys):
+    def loss(p):
+      out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
+      return jnp.sum(out * weights), (out, new)
+    return jax.grad(loss, has_aux=True)(params)
+
+  run_unrolled = jax.jit(functools.partial(run, unrolled))
+  run_scanned = jax.jit(functools.partial(run, scanned))
+  for index, design in enumerate(designs):
+    model = graphgym.build_model(design, data)[0]
+    spec = superset.design_spec(unrolled, design)
+    init = superset.init_spec(unrolled, *superset.design_variable_shapes(model, 4))
+    params, stats, _ = superset.init_variables(unrolled, init, jax.random.PRNGKey(index))
+    keys = superset.dropout_keys(unrolled, jax.random.PRNGKey(100 + index))
+    want = run_unrolled(params, stats, spec, keys)
+    got = run_scanned(params, stats, spec, keys)
+    # Float reassociation only: gradients that cancel to ~0 (a bias before batch norm) differ
+    # by rounding noise of the size of the largest gradient times float32's epsilon.
+    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(want[0]))
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                            jax.tree.leaves(got)):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
+                                 atol=1e-6 * max(scale, 1.0),
+                                 err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
 
 
 def _identity():

@@ -84,6 +84,7 @@ class Layout:
     stages, activations, aggregations, poolings: the choices present, in spec-code order.
     batch_norms, l2norms: the on/off values present.
     dropout: whether some design has dropout > 0.
+    scan_mp: the message-passing layers run as one `lax.scan` (GeneralConv only).
   """
 
   dim_in: int
@@ -104,11 +105,15 @@ class Layout:
   batch_norms: tuple[bool, ...]
   l2norms: tuple[bool, ...]
   dropout: bool
+  scan_mp: bool = False
 
   @classmethod
   def from_designs(cls, designs: Sequence[Design], dim_in: int, num_outputs: int,
-                   task_level: str) -> "Layout":
+                   task_level: str, scan_mp: bool = False) -> "Layout":
     """The smallest layout holding every design (dim_inner must be resolved).
+
+    `scan_mp`: run the message-passing layers as one `lax.scan` where `scan_possible` (fewer
+    compiled ops: XLA compiles the layer body once).
 
     Raises:
       ValueError: an unresolved dim_inner, or designs with different conv settings.
@@ -125,13 +130,14 @@ class Layout:
     convs = {conv_key(d) for d in designs}
     if len(convs) != 1:
       raise ValueError(f"one layout holds one conv setting; got {sorted(convs)}")
+    conv = convs.pop()
     layers_mp = max(d.layers_mp for d in designs)
     mp_in_dims = tuple(
         max((_mp_input_dim(d, i) for d in designs if d.layers_mp > i), default=1)
         for i in range(layers_mp))
     return cls(
         dim_in=int(dim_in), num_outputs=int(num_outputs), task_level=task_level,
-        conv=convs.pop(),
+        conv=conv,
         self_weight=any(d.conv_type == "generalconv" and d.conv_variant == "self"
                         for d in designs),
         dim=max(d.dim_inner for d in designs),
@@ -146,7 +152,8 @@ class Layout:
         poolings=_present(d.graph_pooling for d in designs),
         batch_norms=_present(d.batch_norm for d in designs),
         l2norms=_present(d.l2norm for d in designs),
-        dropout=any(d.dropout > 0 for d in designs))
+        dropout=any(d.dropout > 0 for d in designs),
+        scan_mp=scan_mp and scan_possible(conv, layers_mp))
 
   @property
   def conv_type(self) -> str:
@@ -163,6 +170,13 @@ class Layout:
     return (tuple(f"pre_mp_{i}" for i in range(self.layers_pre))
             + tuple(f"mp_{i}" for i in range(self.layers_mp))
             + tuple(f"post_mp_{i}" for i in range(self.layers_post - 1)))
+
+
+def scan_possible(conv: tuple[str, int], layers_mp: int) -> bool:
+  """Whether a layout's message-passing layers can run as a scan: GeneralConv (whose
+  per-layer parameters differ only in their kernels' input rows, which pad exactly) and more
+  than one layer."""
+  return conv[0] == "generalconv" and layers_mp > 1
 
 
 def _present(values) -> tuple:
@@ -613,9 +627,18 @@ class _Member:
 
   def finish_layer(self, name: str, h: Array, mask: Array, width: Array) -> Array:
     """GeneralLayer after its core: [BatchNorm] -> [Dropout] (the model applies the act)."""
-    bn_vars = {"params": self.params[name]["bn"], "batch_stats": self.stats[name]["bn"]}
-    stats = self.stats[name]["bn"]
+    key = self.keys[name] if self.layout.dropout and self.train else None
+    h, stats = self._finish(h, self.params[name]["bn"], self.stats[name]["bn"], key, mask,
+                            width)
+    self.new_stats[name] = {"bn": stats}
+    return h
+
+  def _finish(self, h: Array, bn_params: Params, bn_stats: Params, key: Array | None,
+              mask: Array, width: Array) -> tuple[Array, Params]:
+    """finish_layer on explicit variables: (output, updated running statistics)."""
+    stats = bn_stats
     if True in self.layout.batch_norms:
+      bn_vars = {"params": bn_params, "batch_stats": bn_stats}
       if self.train:
         normed, updated = mlp_lib.MaskedBatchNorm().apply(bn_vars, h, mask, True,
                                                           mutable=["batch_stats"])
@@ -624,11 +647,10 @@ class _Member:
       else:
         normed = mlp_lib.MaskedBatchNorm().apply(bn_vars, h, mask, False)
       h = jnp.where(self.spec["batch_norm"], normed, h)
-    self.new_stats[name] = {"bn": stats}
-    if self.layout.dropout and self.train:
-      dropped = dropout(h, self.keys[name], self.spec["keep"], width)
+    if key is not None:
+      dropped = dropout(h, key, self.spec["keep"], width)
       h = jnp.where(self.spec["dropout"] > 0, dropped, h)
-    return h
+    return h, stats
 
   def conv(self, name: str, x: Array, graph: jraph.GraphsTuple) -> Array:
     layer = self.params[name]
@@ -637,14 +659,20 @@ class _Member:
       conv_params = {k: v for k, v in layer.items() if k != "bn"}
       return core.apply({"params": conv_params}, x, graph, self.train)
     p = layer["conv"]
-    h = x @ p["lin"]["kernel"]
+    return self._general_conv(x, p["lin"]["kernel"], p["lin_self"]["kernel"]
+                              if "lin_self" in p else None, p["bias"], graph)
+
+  def _general_conv(self, x: Array, kernel: Array, self_kernel: Array | None, bias: Array,
+                    graph: jraph.GraphsTuple) -> Array:
+    """GraphGym's GeneralConv: aggregate(W x_j) [+ W_self x_i] + b, the design's aggregation."""
+    h = x @ kernel
     n, edge_mask = x.shape[0], graph_lib.edge_mask(graph)
     messages = h[graph.senders]
     out = select(self.spec["aggregation"], _aggregations(
         self.layout.aggregations, messages, graph.receivers, n, edge_mask))
-    if "lin_self" in p:
-      out = out + x @ p["lin_self"]["kernel"]
-    return out + p["bias"]
+    if self_kernel is not None:
+      out = out + x @ self_kernel
+    return out + bias
 
   def pre_mp(self, x: Array, mask: Array) -> Array:
     for i in range(self.layout.layers_pre):
@@ -654,24 +682,63 @@ class _Member:
       x = y if i == 0 else jnp.where(i < self.spec["layers_pre"], y, x)
     return x
 
+  def _combine(self, i: Array | int, buffer: Array, h: Array) -> Array:
+    """Stage update after layer i: the design's stage type, activation, and identity for
+    layers past its own count."""
+    spec, width = self.spec, self.layout.head_dim
+    options = []
+    for stage in self.layout.stages:
+      if stage == "stack":
+        options.append(_pad_channels(h, width))
+      elif stage == "skipsum":
+        options.append(buffer + _pad_channels(h, width))
+      else:  # skipconcat: the buffer is zero from (i + 1) d on, so + is the concatenation
+        options.append(buffer + _place(h, (i + 1) * spec["dim"], spec["dim"], width))
+    y = self.activate(select(spec["stage"], options))
+    return jnp.where(i < spec["layers_mp"], y, buffer)
+
   def stage(self, x: Array, graph: jraph.GraphsTuple, mask: Array) -> Array:
     layout, spec = self.layout, self.spec
-    width = layout.head_dim
-    buffer = _pad_channels(x, width)
+    buffer = _pad_channels(x, layout.head_dim)
+    if layout.scan_mp:
+      return self._scanned_stage(buffer, graph, mask)
     for i in range(layout.layers_mp):
       name = f"mp_{i}"
       h = self.conv(name, buffer[:, :layout.mp_in_dims[i]], graph)
       h = self.finish_layer(name, h, mask, spec["dim"])
-      options = []
-      for stage in layout.stages:
-        if stage == "stack":
-          options.append(_pad_channels(h, width))
-        elif stage == "skipsum":
-          options.append(buffer + _pad_channels(h, width))
-        else:  # skipconcat: the buffer is zero from (i + 1) d on, so + is the concatenation
-          options.append(buffer + _place(h, (i + 1) * spec["dim"], spec["dim"], width))
-      y = self.activate(select(spec["stage"], options))
-      buffer = jnp.where(i < spec["layers_mp"], y, buffer)
+      buffer = self._combine(i, buffer, h)
+    return buffer
+
+  def _scanned_stage(self, buffer: Array, graph: jraph.GraphsTuple, mask: Array) -> Array:
+    """The message-passing layers as one `lax.scan` (GeneralConv layouts): XLA compiles the
+    layer once instead of layers_mp times. Layer i's kernels are zero-padded from
+    mp_in_dims[i] to max(mp_in_dims) input rows and stacked; the buffer's columns past a
+    layer's real input width are zero, so the padded rows add exact zeros."""
+    layout = self.layout
+    names = [f"mp_{i}" for i in range(layout.layers_mp)]
+    rows = max(layout.mp_in_dims)
+    pad = lambda k: jnp.pad(k, ((0, rows - k.shape[0]), (0, 0)))
+    convs = [self.params[name]["conv"] for name in names]
+    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+    layers = {"kernel": jnp.stack([pad(c["lin"]["kernel"]) for c in convs]),
+              "bias": jnp.stack([c["bias"] for c in convs]),
+              "bn": stack([self.params[name]["bn"] for name in names]),
+              "stats": stack([self.stats[name]["bn"] for name in names])}
+    if layout.self_weight:
+      layers["self_kernel"] = jnp.stack([pad(c["lin_self"]["kernel"]) for c in convs])
+    if layout.dropout and self.train:
+      layers["key"] = jnp.stack([self.keys[name] for name in names])
+
+    def layer(carry, xs):
+      i, p = xs
+      h = self._general_conv(carry[:, :rows], p["kernel"], p.get("self_kernel"), p["bias"],
+                             graph)
+      h, stats = self._finish(h, p["bn"], p["stats"], p.get("key"), mask, self.spec["dim"])
+      return self._combine(i, carry, h), stats
+
+    buffer, stats = jax.lax.scan(layer, buffer, (jnp.arange(layout.layers_mp), layers))
+    for i, name in enumerate(names):
+      self.new_stats[name] = {"bn": jax.tree.map(lambda a, i=i: a[i], stats)}
     return buffer
 
   def readout(self, x: Array, graph: jraph.GraphsTuple) -> tuple[Array, Array]:
