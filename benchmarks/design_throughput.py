@@ -63,6 +63,8 @@ flags.DEFINE_integer("epochs", 100, "Epochs of every design (0: the design's own
                      "PyG reference of 3,300 designs per GPU-hour is at 100 epochs).")
 flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs (GraphGym: 20).")
 flags.DEFINE_integer("max_parallel", None, "Members per chunk (default: the engine's choice).")
+flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Message-passing layers of "
+                  "GeneralConv programs as one lax.scan (auto: the engine's default, CPU only).")
 flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
                   "first k local devices (e.g. 1,2 on a 2-GPU host: the scaling run). The ratio to "
                   "PyG uses the first count.")
@@ -109,7 +111,9 @@ def run_gnnjax(designs, dataset, devices) -> dict:
   start = time.perf_counter()
   results = engine.train_population(designs, dataset, [1], eval_every=FLAGS.eval_every,
                                     max_parallel=FLAGS.max_parallel, devices=devices,
-                                    progress=progress)
+                                    progress=progress,
+                                    scan_layers={"auto": None, "on": True,
+                                                 "off": False}[FLAGS.scan_layers])
   wall = time.perf_counter() - start
   for chunk in chunks.values():
     times = chunk["epoch_s"]
@@ -421,6 +425,7 @@ def main(argv):
       *[f"| {p['design']} | {p['step_ms']:.2f} | {p['epoch_s']:.3f} | {p['design_s']:.1f} |"
         for p in pyg]])
   metrics = {"num_designs": n, "epochs": FLAGS.epochs, "task": dataset.name,
+             "scan_layers": FLAGS.scan_layers,
              "num_graphs": len(dataset.graphs), "device_counts": counts,
              "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],

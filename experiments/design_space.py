@@ -100,6 +100,8 @@ flags.DEFINE_integer("population_size", study.DEFAULT_POPULATION_SIZE, "Designs 
 flags.DEFINE_enum("trainer", "population", ["population", "sequential"],
                   "population: engine.train_population (batched designs); sequential: "
                   "reference.train_design one trial at a time.")
+flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
+                  "layers of GeneralConv population programs as one lax.scan (auto: on CPU).")
 flags.DEFINE_integer("plan_seed", 0, "Seed of the controlled random search plan.")
 flags.DEFINE_integer("checkpoint_every", 10, "Save the in-flight population chunk every this "
                      "many epochs (0: no population checkpoints; finished trials are in the bank "
@@ -162,7 +164,8 @@ def _trainer_and_kwargs():
   if FLAGS.trainer == "sequential":
     return study.sequential_trainer, {"eval_every": FLAGS.eval_every}
   kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
-            "progress": study.engine_progress()}
+            "progress": study.engine_progress(),
+            "scan_layers": {"auto": None, "on": True, "off": False}[FLAGS.scan_layers]}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs
