@@ -123,8 +123,11 @@ def test_interrupt_or_sigterm_terminates_the_children(tmp_path, sig, status):
   pid_file = tmp_path / "child.pid"
   child = ("import os, time; open({path!r}, 'w').write(str(os.getpid())); time.sleep(60)"
            .format(path=str(pid_file)))
+  # A shell's background jobs inherit SIGINT ignored, and Python then installs no
+  # KeyboardInterrupt handler: restore it, as an interactive terminal would have it.
   parent = textwrap.dedent(f"""
-      import sys
+      import signal, sys
+      signal.signal(signal.SIGINT, signal.default_int_handler)
       from gnnjax.design import workers
       jobs = [workers.Job(n, [sys.executable, '-c', {child!r}]) for n in ('a', 'b')]
       workers.run_jobs(jobs, workers=1)
