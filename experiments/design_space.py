@@ -44,6 +44,16 @@ missing. On a host with two GPUs:
 
   python -m experiments.design_space --data_dir=../shared/datasets --workers=2 \
       --tasks=smallworld/clustering/onehot,scalefree/pagerank/onehot,cora,citeseer,MUTAG,PROTEINS
+
+Several hosts (--distributed): run the same command on every host (one process per host;
+jax.distributed detects SLURM, Open MPI or TPU pods, or give --coordinator_address,
+--num_processes and --process_id). Host k trains every n-th (task, design) pair of the plan on its
+local devices into its own bank shard (<db>.host<k>of<n>.sqlite); host 0 waits for the others'
+markers (<out_dir>/hosts/), merges the shards into --db (rows already there are never replaced)
+and analyses. --out_dir and --db must be on a file system all hosts see:
+
+  srun python -m experiments.design_space --distributed --data_dir=... --tasks=... \
+      --out_dir=$SCRATCH/study
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from gnnjax.data import sources
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import checkpoints
+from gnnjax.design import hosts as hosts_lib
 from gnnjax.design import spaces, study
 from gnnjax.design import workers as workers_lib
 from gnnjax.training import protocols
@@ -102,6 +113,16 @@ flags.DEFINE_enum("trainer", "population", ["population", "sequential"],
                   "reference.train_design one trial at a time.")
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
                   "layers of GeneralConv population programs as one lax.scan (auto: on CPU).")
+flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
+                  "jax.distributed.initialize (cluster settings detected, or the three flags "
+                  "below); host k trains every n-th (task, design) into its own bank shard, and "
+                  "host 0 merges the shards into --db and analyses (gnnjax.design.hosts). "
+                  "--out_dir and --db must be on a file system every host sees.")
+flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "--distributed: number of processes (hosts).")
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
+flags.DEFINE_float("host_timeout", 24 * 3600.0, "--distributed: seconds host 0 waits for the "
+                   "others to finish.")
 flags.DEFINE_integer("plan_seed", 0, "Seed of the controlled random search plan.")
 flags.DEFINE_integer("checkpoint_every", 10, "Save the in-flight population chunk every this "
                      "many epochs (0: no population checkpoints; finished trials are in the bank "
@@ -207,6 +228,46 @@ def run_and_report(space: spaces.DesignSpace, db: str, task_names: list[str]) ->
 
 
 # ----------------------------------------------------------------------------------------------
+# Several hosts (--distributed).
+
+
+def run_on_hosts(space: spaces.DesignSpace, db: str, task_names: list[str]) -> int:
+  """This host's share of the study into its shard; on host 0, then: wait, merge, analyse."""
+  index, count = hosts_lib.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                      FLAGS.process_id)
+  if count == 1:
+    run_and_report(space, db, task_names)
+    return 0
+  markers = os.path.join(FLAGS.out_dir, "hosts")
+  hosts_lib.clear_marks(markers, index, count)
+  shard = hosts_lib.shard_path(db, index, count)
+  trainer, trainer_kwargs = _trainer_and_kwargs()
+  if "checkpoint_dir" in trainer_kwargs:  # hosts never share a checkpoint folder
+    trainer_kwargs["checkpoint_dir"] = os.path.join(trainer_kwargs["checkpoint_dir"],
+                                                    f"host{index}of{count}")
+  print(f"host {index} of {count}: training its share into {shard}", flush=True)
+  with bank_lib.Bank(shard) as bank:
+    study.run_study(
+        bank, space, {name: _task_loader(name) for name in task_names}, FLAGS.dims,
+        FLAGS.num_designs, protocols.parse_seeds(FLAGS.seeds), plan_seed=FLAGS.plan_seed,
+        max_epochs=FLAGS.epochs_override or None, trainer=trainer,
+        population_size=FLAGS.population_size, host=(index, count), analyze=False,
+        **trainer_kwargs)
+  hosts_lib.mark_done(markers, index, count)
+  if index != 0:
+    print(f"host {index} of {count} done; host 0 merges the shards and analyses")
+    return 0
+  hosts_lib.wait_for_hosts(markers, count, FLAGS.host_timeout,
+                           print_fn=functools.partial(print, flush=True))
+  with bank_lib.Bank(db) as bank:
+    for k in range(count):
+      copied = bank.merge_from(hosts_lib.shard_path(db, k, count))
+      print(f"merged {copied} trial(s) of host {k} into {db}")
+  run_and_report(space, db, task_names)  # every trial is in the bank: analysis only
+  return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # Several worker processes (--workers > 1).
 
 
@@ -300,6 +361,8 @@ def main(argv):
   space = pin_dimensions(load_space(FLAGS.space), FLAGS.fix)
   db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
   task_names = list(dict.fromkeys(FLAGS.tasks))
+  if FLAGS.distributed:
+    return run_on_hosts(space, db, task_names)
   if FLAGS.workers > 1 and len(task_names) > 1:
     return run_workers(space, db, task_names)
   run_and_report(space, db, task_names)

@@ -303,6 +303,32 @@ class Bank:
 
   # -- reading ---------------------------------------------------------------------------------
 
+  def merge_from(self, path: str | os.PathLike) -> int:
+    """Copies the trials (with their evaluations) of the bank at `path` that this bank lacks,
+    in one transaction; rows already here are never touched. Returns the trials copied.
+
+    Used to gather per-host banks of a multi-host run into one."""
+    source = os.fspath(path)
+    if not os.path.exists(source):
+      raise FileNotFoundError(f"no bank at {source}")
+    if os.path.abspath(source) == os.path.abspath(self.path):
+      raise ValueError(f"cannot merge {source} into itself")
+    self._db.execute("ATTACH DATABASE ? AS other", (source,))
+    try:
+      with self._transaction():
+        new = ("NOT EXISTS (SELECT 1 FROM main.trials m WHERE m.task = o.task AND "
+               "m.design_id = o.design_id AND m.seed = o.seed)")
+        count = self._db.execute(f"SELECT COUNT(*) FROM other.trials o WHERE {new}").fetchone()[0]
+        # Evaluations first, while `new` still tells which trials are missing here.
+        self._db.execute(f"INSERT OR IGNORE INTO main.evals SELECT e.* FROM other.evals e "
+                         f"JOIN other.trials o USING (task, design_id, seed) WHERE {new}")
+        columns = ", ".join(_TRIAL_COLUMNS)
+        self._db.execute(f"INSERT OR IGNORE INTO main.trials ({columns}) "
+                         f"SELECT {columns} FROM other.trials")
+    finally:
+      self._db.execute("DETACH DATABASE other")
+    return int(count)
+
   def has(self, key: TrialKey, statuses: Sequence[str] = STATUSES) -> bool:
     """Whether the trial is stored (with one of `statuses`)."""
     return not self.missing([key], statuses)

@@ -32,6 +32,7 @@ from absl import logging
 
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
+from gnnjax.design import hosts as hosts_lib
 from gnnjax.design.design import Design
 from gnnjax.design.spaces import DesignSpace
 from gnnjax.design.trial import DIVERGED, OK, TrialKey, TrialResult
@@ -374,6 +375,7 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
               max_epochs: int | None = None, trainer: Trainer | None = None,
               population_size: int = DEFAULT_POPULATION_SIZE,
               print_fn: Callable[[str], None] | None = print,
+              host: tuple[int, int] = (0, 1), analyze: bool = True,
               **trainer_kwargs: Any) -> StudyResult:
   """Plans a controlled random search, trains what the bank lacks on every task, ranks.
 
@@ -389,6 +391,10 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
     trainer: see `run_trials` (default engine.iter_population).
     population_size: designs per trainer call.
     print_fn: progress lines go here (None: silent).
+    host: (k, n): train only host k's share of the (task, design) pairs, every n-th
+      (`gnnjax.design.hosts`); the plan is the same on every host.
+    analyze: rank the choices (False: train only, `tables` empty; a host's share alone is not
+      a study).
     **trainer_kwargs: passed to the trainer.
 
   Returns:
@@ -397,7 +403,9 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
   plan = cap_epochs(controlled_random_search(space, dims, num_base_designs, plan_seed),
                     max_epochs)
   designs = plan_designs(plan)
-  all_keys = [k for task in tasks for k in trial_keys(task, designs, seeds)]
+  pairs = hosts_lib.share([(task, design) for task in tasks for design in designs], *host)
+  by_task = {task: [d for t, d in pairs if t == task] for task in tasks}
+  all_keys = [k for task in tasks for k in trial_keys(task, by_task[task], seeds)]
   pending = len(bank.missing(all_keys))
   progress = ProgressPrinter(len(all_keys), len(all_keys) - pending, print_fn or (lambda _: None))
   if print_fn is not None:
@@ -405,8 +413,11 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
              f"{len(seeds)} seed(s) x {len(tasks)} task(s) = {len(all_keys)} trials; "
              f"{len(all_keys) - pending} already in {bank.path}")
   for task, dataset in tasks.items():
-    run_trials(bank, task, dataset, designs, seeds, trainer, population_size=population_size,
-               on_result=progress, **trainer_kwargs)
+    if by_task[task]:
+      run_trials(bank, task, dataset, by_task[task], seeds, trainer,
+                 population_size=population_size, on_result=progress, **trainer_kwargs)
+  if not analyze:
+    return StudyResult(plan=plan, results=[], tables={})
   wanted = set(all_keys)
   results = [r for task in tasks for r in bank.query(task=task) if r.key in wanted]
   studied = list(dict.fromkeys(row.dim for row in plan))
