@@ -1,7 +1,7 @@
 r"""AutoTransfer: search a new task's design with a prior transferred from the task-model bank.
 
 Search mode (default): for the task --dataset, compute its distance to every bank task
-(`task_distances`: FIM task features -> learned embedding g -> d_e = 1 - z_e . z_e'), show the
+(`gnnjax.tasks.distances.task_distances`: FIM task features -> learned embedding g -> d_e = 1 - z_e . z_e'), show the
 nearest bank tasks, mix their top-K design distributions into the transferred prior, run a
 search (--algorithm, --prior, --trials) whose candidates are trained with the population engine,
 and report the best design (JSON in --out_dir). A bank task with the new task's name is left
@@ -47,7 +47,8 @@ from gnnjax.design import spaces, study
 from gnnjax.search import ALGORITHMS, make_searcher, run_search
 from gnnjax.search import efficiency
 from gnnjax.search.evaluate import BankLookup, TrainingEvaluator
-from gnnjax.tasks import features as features_lib
+from gnnjax.tasks import anchors as anchors_lib
+from gnnjax.tasks import distances as distances_lib
 from gnnjax.tasks import prior as prior_lib
 from gnnjax.training import protocols
 
@@ -122,96 +123,6 @@ flags.DEFINE_string("out_dir", "results/autotransfer", "Where results go.")
 # Task features and distances.
 
 
-def cosine_distances(new: np.ndarray, bank: Mapping[str, np.ndarray]) -> dict[str, float]:
-  """1 - cos(new, bank task) for each bank task."""
-  new = np.asarray(new, np.float64)
-  out = {}
-  for task, vector in bank.items():
-    vector = np.asarray(vector, np.float64)
-    cos = float(new @ vector / max(np.linalg.norm(new) * np.linalg.norm(vector), 1e-12))
-    out[task] = max(0.0, 1.0 - cos)
-  return out
-
-
-def anchor_similarity(bank) -> tuple[list[str], np.ndarray]:
-  """GraphGym's similarity (Kendall tau of the 12 anchors' performance) of the bank tasks that
-  hold every anchor (trained for --anchor_epochs)."""
-  from gnnjax.tasks import anchors as anchors_lib
-  from gnnjax.tasks import similarity
-  performance = similarity.anchor_performance_from_bank(
-      bank, anchors_lib.anchors_with_epochs(FLAGS.anchor_epochs))
-  return similarity.similarity_matrix(performance)
-
-
-def embedding_distances(new_feature: np.ndarray, bank_features: Mapping[str, np.ndarray],
-                        similarity: tuple[list[str], np.ndarray], seed: int = 0,
-                        print_fn: Callable[[str], None] = print) -> dict[str, float]:
-  """d_e = 1 - z_e(new) . z_e(task) with g trained on the bank tasks that have both a feature
-  and a row of the anchor similarity (falls back to the raw-feature cosine distance when fewer
-  than 3 tasks qualify)."""
-  names, matrix = similarity
-  train = [t for t in names if t in bank_features]
-  if len(train) < 3:
-    print_fn(f"  only {len(train)} bank task(s) have anchor trials for g's supervision: using "
-             "the raw-feature cosine distance")
-    return cosine_distances(new_feature, bank_features)
-  import jax
-  from gnnjax.tasks import embedding
-  index = [names.index(t) for t in train]
-  features = np.stack([bank_features[t] for t in train])
-  params, _ = embedding.train_projection(jax.random.key(seed), features,
-                                         matrix[np.ix_(index, index)])
-  tasks = list(bank_features)
-  z = np.asarray(embedding.project(params, np.stack([new_feature] + [bank_features[t]
-                                                                     for t in tasks])))
-  return {t: float(max(0.0, 1.0 - z[0] @ z[i + 1])) for i, t in enumerate(tasks)}
-
-
-def graphgym_distances(bank, new_task: str, bank_tasks: Sequence[str]) -> dict[str, float]:
-  """1 - Kendall tau of anchor performance between the new task and each bank task (needs the
-  new task's anchor trials in the bank)."""
-  names, matrix = anchor_similarity(bank)
-  if new_task not in names:
-    raise ValueError(f"--distance=graphgym needs the 12 anchors of {new_task!r} in the bank")
-  i = names.index(new_task)
-  return {t: float(1.0 - matrix[i, names.index(t)]) for t in bank_tasks if t in names}
-
-
-def task_distances(new_task: str, bank_tasks: Sequence[str], bank, *, distance: str,
-                   load: Callable[[str], Any], features_path: str | None = None,
-                   distances_json: str | None = None, num_anchors: int = 12,
-                   fisher_seeds: int = 5, max_examples: int | None = None,
-                   num_probes: int = 0, compile_workers: int = 1, embedding_seed: int = 0, similarity: tuple[list[str], np.ndarray] | None = None,
-                   print_fn: Callable[[str], None] = print) -> dict[str, float]:
-  """{bank task: distance to new_task} (smaller = closer); `new_task` itself is never a bank
-  task here. `distance` is 'embedding', 'feature', 'graphgym' or 'file'."""
-  bank_tasks = [t for t in bank_tasks if t != new_task]
-  if distance == "file":
-    if not distances_json:
-      raise ValueError("--distance=file needs --distances_json")
-    with open(distances_json) as f:
-      table = json.load(f)
-    if new_task in table and isinstance(table[new_task], Mapping):
-      table = table[new_task]
-    return {t: float(table[t]) for t in bank_tasks if t in table}
-  if distance == "graphgym":
-    return graphgym_distances(bank, new_task, bank_tasks)
-  if distance not in ("embedding", "feature"):
-    raise ValueError(f"unknown distance {distance!r}; choose embedding, feature, graphgym, file")
-  features = features_lib.compute_features([new_task, *bank_tasks], features_path, load, num_anchors,
-                              fisher_seeds, max_examples, print_fn, num_probes, compile_workers)
-  bank_features = {t: features[t] for t in bank_tasks}
-  if distance == "feature":
-    return cosine_distances(features[new_task], bank_features)
-  if similarity is None:
-    similarity = anchor_similarity(bank)
-  names, matrix = similarity
-  keep = [i for i, t in enumerate(names) if t != new_task]  # g never sees the new task
-  similarity = ([names[i] for i in keep], matrix[np.ix_(keep, keep)])
-  return embedding_distances(features[new_task], bank_features, similarity, embedding_seed,
-                             print_fn)
-
-
 def print_nearest(distances: Mapping[str, float], transfer: prior_lib.Transfer | None,
                   print_fn: Callable[[str], None] = print, show: int = 10) -> None:
   order = sorted(distances, key=lambda t: (distances[t], t))
@@ -245,13 +156,18 @@ def searcher_kwargs() -> dict[str, dict[str, Any]]:
 
 def _distances_for(bank, new_task: str, bank_tasks: Sequence[str], similarity=None
                    ) -> dict[str, float]:
-  return task_distances(
+  return distances_lib.task_distances(
       new_task, bank_tasks, bank, distance=FLAGS.distance, load=_loader,
       features_path=FLAGS.features or os.path.join(FLAGS.out_dir, "features.json"),
       distances_json=FLAGS.distances_json, num_anchors=FLAGS.anchors,
       fisher_seeds=FLAGS.fisher_seeds, max_examples=FLAGS.fisher_max_examples,
       num_probes=FLAGS.fisher_probes, compile_workers=FLAGS.compile_workers,
-      embedding_seed=FLAGS.embedding_seed, similarity=similarity)
+      embedding_seed=FLAGS.embedding_seed, similarity=similarity, anchors=_anchors())
+
+
+def _anchors():
+  """The anchors whose trials the bank holds (--anchor_epochs)."""
+  return anchors_lib.anchors_with_epochs(FLAGS.anchor_epochs)
 
 
 def _json_default(value: Any) -> Any:
@@ -349,7 +265,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   print(f"study: {len(tasks)} held-out task(s), {len(distributions)} bank task(s) with designs")
   similarity = None
   if FLAGS.distance == "embedding":
-    similarity = anchor_similarity(bank)
+    similarity = distances_lib.anchor_similarity(bank, _anchors())
   distances = {}
   for task in tasks:
     distances[task] = _distances_for(bank, task, [t for t in distributions if t != task],
