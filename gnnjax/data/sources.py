@@ -16,10 +16,11 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+
+from gnnjax import files
 
 ENV_DATA = "GNNJAX_DATA"
 ENV_CACHE = "GNNJAX_CACHE"
@@ -78,13 +79,6 @@ def _download(url: str, timeout: float = 60.0) -> bytes:
     return response.read()
 
 
-def _write_atomic(path: pathlib.Path, payload: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-    tmp.write(payload)
-  os.replace(tmp.name, path)
-
-
 def fetch(remote: RemoteFile, data_dir: str | os.PathLike | None = None,
           download: bool = True) -> pathlib.Path:
   """Returns a local path for `remote`, downloading it into the cache if needed.
@@ -112,7 +106,7 @@ def fetch(remote: RemoteFile, data_dir: str | os.PathLike | None = None,
       # Archives are kept in the cache so that their other members need no new download.
       archive_path = cache_dir() / "_archives" / remote.url.rsplit("/", 1)[-1]
       if not archive_path.is_file():
-        _write_atomic(archive_path, _download(remote.url))
+        files.write_atomic(archive_path, _download(remote.url))
       with zipfile.ZipFile(archive_path) as archive:
         if remote.archive_member not in archive.namelist():
           raise ArchiveMemberMissingError(
@@ -130,7 +124,7 @@ def fetch(remote: RemoteFile, data_dir: str | os.PathLike | None = None,
       raise DatasetChecksumError(
           f"checksum mismatch for {remote.relpath} downloaded from {remote.url}: expected sha256 "
           f"{remote.sha256}, got {got}; the file was not saved.")
-  _write_atomic(target, payload)
+  files.write_atomic(target, payload)
   return target
 
 

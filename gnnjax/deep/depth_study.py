@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from gnnjax import data as data_lib
+from gnnjax import files
 from gnnjax import metrics as metrics_lib
 from gnnjax.data import dataset as ds
 from gnnjax.data import pointcloud
@@ -159,10 +160,7 @@ def format_value(value) -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, path)
+  files.write_json_atomic(path, payload, indent=1)
 
 
 def plot(runs: list[dict], summary: dict, out_dir: str) -> list[str]:

@@ -34,10 +34,11 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from gnnjax import files
 
 MANIFEST = "manifest.json"
 STATE = "state"
@@ -160,7 +161,8 @@ class ChunkCheckpoint:
 
   def save(self, epochs_done: int, arrays: Any, metadata: Mapping[str, Any]) -> None:
     if not os.path.exists(os.path.join(self.path, MANIFEST)):
-      _write_json_atomically(os.path.join(self.path, MANIFEST), self.description)
+      files.write_json_atomic(os.path.join(self.path, MANIFEST), self.description,
+                              sort_keys=True)
     self._manager.save(int(epochs_done), arrays, _encode(dict(metadata)))
 
   def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
@@ -176,21 +178,6 @@ class ChunkCheckpoint:
   def remove(self) -> None:
     self.close()
     shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _write_json_atomically(path: str, payload: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(handle, "w") as f:
-      json.dump(payload, f, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
 
 
 def find_resumable(checkpoint_dir: str | os.PathLike | None, *, task: str, fingerprint: str,

@@ -20,6 +20,8 @@ import os
 import time
 from typing import Callable, Sequence, TypeVar
 
+from gnnjax import files
+
 T = TypeVar("T")
 
 
@@ -54,11 +56,7 @@ def _marker(folder: str, index: int, count: int) -> str:
 
 def mark_done(folder: str, index: int, count: int) -> None:
   """Records (atomically) that host `index` has written all its trials."""
-  os.makedirs(folder, exist_ok=True)
-  path = _marker(folder, index, count)
-  with open(path + ".tmp", "w") as f:
-    f.write(f"{time.time()}\n")
-  os.replace(path + ".tmp", path)
+  files.write_atomic(_marker(folder, index, count), f"{time.time()}\n")
 
 
 def clear_marks(folder: str, index: int, count: int) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from gnnjax import files
+
 from gnnjax.design.design import Design
 
 
@@ -26,12 +28,8 @@ def load_features(path: str | None) -> dict[str, np.ndarray]:
 
 def save_features(path: str, features: Mapping[str, np.ndarray]) -> None:
   """Writes the cache atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({t: np.asarray(v).tolist() for t, v in features.items()}, f, indent=1)
-    f.write("\n")
-  os.replace(tmp, path)
+  files.write_json_atomic(path, {t: np.asarray(v).tolist() for t, v in features.items()},
+                          indent=1)
 
 
 def compute_features(tasks: Sequence[str], cache_path: str | None, load: Callable[[str], Any],
