@@ -61,7 +61,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import sys
 
 import jax
@@ -271,20 +270,6 @@ def run_on_hosts(space: spaces.DesignSpace, db: str, task_names: list[str]) -> i
 # Several worker processes (--workers > 1).
 
 
-def task_folders(task_names: list[str]) -> list[str]:
-  """One distinct file-system-safe folder name per task ('generated/sbm/x' -> 'generated_sbm_x')."""
-  folders, used = [], set()
-  for name in task_names:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "task"
-    folder, k = base, 1
-    while folder in used:  # 'a/b' and 'a_b' must not share a folder
-      k += 1
-      folder = f"{base}-{k}"
-    used.add(folder)
-    folders.append(folder)
-  return folders
-
-
 def worker_argv(task: str, out_dir: str, db: str) -> list[str]:
   """The command of the worker running `task` alone: this module with --tasks=task,
   --workers=1, out_dir (its checkpoints go under it unless --checkpoint_dir), the shared db and
@@ -326,7 +311,7 @@ def run_workers(space: spaces.DesignSpace, db: str, task_names: list[str]) -> in
   devices = (workers_lib.accelerator_ids() if FLAGS.worker_devices is None
              else FLAGS.worker_devices)
   jobs = [workers_lib.Job(task, worker_argv(task, os.path.join(out_dir, "tasks", folder), db))
-          for task, folder in zip(task_names, task_folders(task_names))]
+          for task, folder in zip(task_names, workers_lib.folder_names(task_names))]
   print(f"{len(jobs)} tasks over {min(FLAGS.workers, len(jobs))} worker processes "
         f"(devices: {','.join(devices) if devices else 'not pinned'}); bank: {db}", flush=True)
   results = workers_lib.run_jobs(jobs, FLAGS.workers, devices,
@@ -335,13 +320,11 @@ def run_workers(space: spaces.DesignSpace, db: str, task_names: list[str]) -> in
   print(f"\n{'task':<{width}}  {'return code':>11}  {'seconds':>8}")
   for r in results:
     print(f"{r.name:<{width}}  {r.returncode:>11}  {r.seconds:>8.1f}")
-  failed = [r for r in results if r.returncode != 0]
+  failed = workers_lib.print_failures(results)
   if not failed:
     print()
     run_and_report(space, db, task_names)
     return 0
-  for r in failed:
-    print(f"\n--- {r.name} failed (return code {r.returncode}); its last lines:\n{r.tail}")
   complete = _complete_tasks(space, db, task_names)
   if complete:
     print(f"\nanalysing the {len(complete)} of {len(task_names)} tasks complete in the bank: "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import sys
 
 import numpy as np
@@ -110,10 +109,6 @@ def build(task_names: list[str], db: str, feature_file: str) -> None:
           anchors=anchors())
 
 
-def _folder(task: str) -> str:
-  return re.sub(r"[^A-Za-z0-9._-]+", "_", task)
-
-
 def build_in_workers(task_names: list[str], db: str) -> int:
   """One worker process per task; their feature files are merged into --features."""
   db, out_dir = os.path.abspath(db), os.path.abspath(FLAGS.out_dir)
@@ -124,24 +119,21 @@ def build_in_workers(task_names: list[str], db: str) -> int:
   forwarded = workers_lib.flag_arguments(
       FLAGS, module, exclude=("tasks", "workers", "worker_devices", "mode", "db", "features",
                               "out_dir"))
-  jobs = []
-  for task in task_names:
-    argv = [sys.executable, "-m", "experiments.task_space", "--mode=build", f"--tasks={task}",
-            "--workers=1", f"--db={db}", f"--out_dir={out_dir}",
-            f"--features={os.path.join(parts, _folder(task) + '.json')}", *forwarded]
-    jobs.append(workers_lib.Job(task, argv))
+  part_files = {task: os.path.join(parts, folder + ".json")
+                for task, folder in zip(task_names, workers_lib.folder_names(task_names))}
+  jobs = [workers_lib.Job(task, [sys.executable, "-m", "experiments.task_space", "--mode=build",
+                                 f"--tasks={task}", "--workers=1", f"--db={db}",
+                                 f"--out_dir={out_dir}", f"--features={path}", *forwarded])
+          for task, path in part_files.items()]
   print(f"{len(jobs)} tasks over {min(FLAGS.workers, len(jobs))} workers (devices: "
         f"{','.join(devices) if devices else 'not pinned'}); bank {db}", flush=True)
   results = workers_lib.run_jobs(jobs, FLAGS.workers, devices,
                                  print_fn=functools.partial(print, flush=True))
   merged = features_lib.load_features(features_path())
-  for task in task_names:
-    merged.update(features_lib.load_features(os.path.join(parts, _folder(task) + ".json")))
+  for path in part_files.values():
+    merged.update(features_lib.load_features(path))
   features_lib.save_features(features_path(), merged)
-  failed = [r for r in results if r.returncode != 0]
-  for r in failed:
-    print(f"\n--- {r.name} failed (return code {r.returncode}); its last lines:\n{r.tail}")
-  return 1 if failed else 0
+  return 1 if workers_lib.print_failures(results) else 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -237,3 +237,16 @@ def test_flag_arguments_recreate_the_flag_values():
   assert sorted(args) == sorted(["--tasks=a,b", "--fast", "--noslow", "--epochs=7"])
   assert workers.flag_arguments(values, "m", exclude=("tasks", "fast")) == [
       a for a in args if not a.startswith(("--tasks", "--fast"))]
+
+
+def test_folder_names_are_safe_and_distinct():
+  assert workers.folder_names(["generated/sbm/x", "a/b", "a_b", "..", "cora"]) == [
+      "generated_sbm_x", "a_b", "a_b-2", "job", "cora"]
+
+
+def test_print_failures_prints_the_tails_of_failed_jobs_only():
+  lines = []
+  results = [workers.JobResult("ok", 0, 1.0, "fine"), workers.JobResult("bad", 3, 1.0, "boom")]
+  failed = workers.print_failures(results, lines.append)
+  assert [r.name for r in failed] == ["bad"]
+  assert len(lines) == 1 and "bad failed (return code 3)" in lines[0] and "boom" in lines[0]

@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -105,6 +106,30 @@ def flag_arguments(flag_values, module: str, exclude: Sequence[str] = ()) -> lis
     else:
       arguments.append(f"--{flag.name}={flag.value}")
   return arguments
+
+
+def folder_names(names: Sequence[str]) -> list[str]:
+  """One distinct file-system-safe name per job name, for its output folder or file
+  ('generated/sbm/x' -> 'generated_sbm_x'; 'a/b' and 'a_b' get 'a_b' and 'a_b-2')."""
+  folders, used = [], set()
+  for name in names:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "job"
+    folder, k = base, 1
+    while folder in used:
+      k += 1
+      folder = f"{base}-{k}"
+    used.add(folder)
+    folders.append(folder)
+  return folders
+
+
+def print_failures(results: Sequence[JobResult],
+                   print_fn: Callable[[str], None] = print) -> list[JobResult]:
+  """Prints each failed job's return code and output tail; returns the failed results."""
+  failed = [r for r in results if r.returncode != 0]
+  for r in failed:
+    print_fn(f"\n--- {r.name} failed (return code {r.returncode}); its last lines:\n{r.tail}")
+  return failed
 
 
 def slot_environments(workers: int, devices: Sequence[str] | None) -> list[dict[str, str]]:
