@@ -152,12 +152,16 @@ def _group_key(member: _Member, split_aggregations: bool) -> tuple:
   return key
 
 
+def _all_cpu(devices: Sequence[jax.Device]) -> bool:
+  return all(d.platform == "cpu" for d in devices)
+
+
 def split_aggregations_by_default(devices: Sequence[jax.Device]) -> bool:
   """The grouping policy: on CPU, designs with max/min aggregation get their own programs (a
   scatter costs there about as much as the rest of a layer, and every member of a program
   computes every aggregation present: measured 2x fewer CPU seconds per epoch for one more
   compilation per batch size); on accelerators scatters are cheap next to a compilation."""
-  return all(d.platform == "cpu" for d in devices)
+  return _all_cpu(devices)
 
 
 def scan_layers_by_default(devices: Sequence[jax.Device]) -> bool:
@@ -165,7 +169,7 @@ def scan_layers_by_default(devices: Sequence[jax.Device]) -> bool:
   measured faster (12 GraphGym round-1 designs x 6 epochs on smallworld graphs, 2-core CPU:
   compilation + first epoch 53.7 -> 45.3 s, epochs 17-20 -> 12-15 s); unrolled on
   accelerators, where it has not been measured yet."""
-  return all(d.platform == "cpu" for d in devices)
+  return _all_cpu(devices)
 
 
 def _fill_order(member: _Member) -> tuple:
@@ -685,18 +689,17 @@ class _ChunkRun:
     spec = stacked(one_spec)
     step = jax.ShapeDtypeStruct((), np.int32)  # a host scalar at run time (no mesh)
     active = jax.ShapeDtypeStruct((self.size,), np.bool_, sharding=self.pop)
-    train_shapes = {}
-    for batch in self.streams.train_batches(0):
-      abstract = replicated(batch)
-      train_shapes[str(jax.tree.map(lambda a: a.shape, abstract))] = abstract
-    for abstract in train_shapes.values():
+    def distinct(batches):  # one abstract batch per shape of the budget ladder
+      shapes = {}
+      for batch in batches:
+        abstract = replicated(batch)
+        shapes[str(jax.tree.map(lambda a: a.shape, abstract))] = abstract
+      return shapes.values()
+
+    for abstract in distinct(self.streams.train_batches(0)):
       self.functions.train_step.lower(state, mask, spec, abstract, step, active).compile()
       compiled += 1
-    eval_shapes = {}
-    for batch, _ in self.streams.eval_batches():
-      abstract = replicated(batch)
-      eval_shapes[str(jax.tree.map(lambda a: a.shape, abstract))] = abstract
-    for abstract in eval_shapes.values():
+    for abstract in distinct(batch for batch, _ in self.streams.eval_batches()):
       self.functions.predict.lower(state["params"], state["batch_stats"], spec,
                                    abstract).compile()
       compiled += 1
@@ -884,9 +887,11 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     reference.train_design returns it (up to float reassociation).
   """
   results: list[trial_lib.TrialResult | None] = [None] * (len(designs) * len(seeds))
-  for index, result in _train(designs, dataset, seeds, eval_every, max_parallel, devices,
-                              progress, checkpoint_dir, checkpoint_every, split_aggregations,
-                              precompile, scan_layers):
+  for index, result in _train(
+      designs, dataset, seeds, eval_every=eval_every, max_parallel=max_parallel,
+      devices=devices, progress=progress, checkpoint_dir=checkpoint_dir,
+      checkpoint_every=checkpoint_every, split_aggregations=split_aggregations,
+      precompile=precompile, scan_layers=scan_layers):
     results[index] = result
   return results
 
@@ -898,20 +903,18 @@ def iter_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: 
 
   A chunk's checkpoint is deleted when the generator is resumed after its last result, i.e.
   after the caller has processed (committed) them."""
-  for _, result in _train(designs, dataset, seeds, kwargs.pop("eval_every", 20),
-                          kwargs.pop("max_parallel", None), kwargs.pop("devices", None),
-                          kwargs.pop("progress", None), kwargs.pop("checkpoint_dir", None),
-                          kwargs.pop("checkpoint_every", 50), **kwargs):
+  for _, result in _train(designs, dataset, seeds, **kwargs):
     yield result
 
 
-def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[int],
-           eval_every: int, max_parallel: int | None, devices: Sequence[jax.Device] | None,
-           progress: ProgressFn | None, checkpoint_dir: str | os.PathLike | None,
-           checkpoint_every: int, split_aggregations: bool | None = None,
-           precompile: bool = True, scan_layers: bool | None = None
-           ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
-  """(member index, result) for every member, chunk by chunk."""
+def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[int], *,
+           eval_every: int = 20, max_parallel: int | None = None,
+           devices: Sequence[jax.Device] | None = None, progress: ProgressFn | None = None,
+           checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
+           split_aggregations: bool | None = None, precompile: bool = True,
+           scan_layers: bool | None = None) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+  """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
+  an unknown keyword is a TypeError here, as it would be there)."""
   if eval_every < 1:
     raise ValueError(f"eval_every must be >= 1, got {eval_every}")
   if max_parallel is not None and max_parallel < 1:
