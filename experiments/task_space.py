@@ -72,8 +72,12 @@ flags.DEFINE_list("worker_devices", None, "GPU ids the workers are pinned to (de
                   "visible GPU; empty: no pinning).")
 
 
+@functools.cache
 def _load(name: str):
-  return data_lib.load_dataset(name, FLAGS.data_dir, num_graphs=FLAGS.num_graphs)
+  """The task's dataset, loaded and one-hot encoded once per process: the anchors' training
+  and the FIM features both read it (and then find nothing left to encode)."""
+  return data_lib.one_hot_node_features(
+      data_lib.load_dataset(name, FLAGS.data_dir, num_graphs=FLAGS.num_graphs))
 
 
 def features_path() -> str:
@@ -91,22 +95,22 @@ def anchors():
 
 def build(task_names: list[str], db: str, feature_file: str) -> None:
   """Anchors into the bank, then features into the cache, task by task (both resumable)."""
-  seeds = protocols.parse_seeds(FLAGS.seeds)
+  seeds, designs = protocols.parse_seeds(FLAGS.seeds), anchors()
   with bank_lib.Bank(db) as bank:
     for i, task in enumerate(task_names):
       print(f"[{i + 1}/{len(task_names)}] {task}: anchors", flush=True)
       summary = study.run_trials(
-          bank, task, functools.partial(_load, task), anchors(), seeds,
+          bank, task, functools.partial(_load, task), designs, seeds,
           eval_every=FLAGS.eval_every, max_parallel=FLAGS.max_parallel,
           progress=study.engine_progress(), on_result=study.ProgressPrinter(
-              len(anchors()) * len(seeds)))
+              len(designs) * len(seeds)))
       print(f"  anchors: {summary.trained} trained, {summary.skipped} already in the bank",
             flush=True)
       features_lib.compute_features(
-          [task], feature_file, _load, len(anchors()), FLAGS.fisher_seeds,
+          [task], feature_file, _load, len(designs), FLAGS.fisher_seeds,
           FLAGS.fisher_max_examples, print_fn=functools.partial(print, flush=True),
           num_probes=FLAGS.fisher_probes, compile_workers=FLAGS.compile_workers,
-          anchors=anchors())
+          anchors=designs)
 
 
 def build_in_workers(task_names: list[str], db: str) -> int:
