@@ -65,6 +65,13 @@ flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs (GraphGym: 20)."
 flags.DEFINE_integer("max_parallel", None, "Members per chunk (default: the engine's choice).")
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Message-passing layers of "
                   "GeneralConv programs as one lax.scan (auto: the engine's default, CPU only).")
+flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean aggregation "
+                  "as dense per-graph matmuls where the graphs are small (auto: the engine's "
+                  "default).")
+flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max "
+                  "aggregation in programs of their own (auto: the engine's default).")
+flags.DEFINE_string("results_name", "design_throughput", "Name of the results JSON and the "
+                    "RESULTS.md section (e.g. for an A/B of engine options).")
 flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
                   "first k local devices (e.g. 1,2 on a 2-GPU host: the scaling run). The ratio to "
                   "PyG uses the first count.")
@@ -112,8 +119,9 @@ def run_gnnjax(designs, dataset, devices) -> dict:
   results = engine.train_population(designs, dataset, [1], eval_every=FLAGS.eval_every,
                                     max_parallel=FLAGS.max_parallel, devices=devices,
                                     progress=progress,
-                                    scan_layers={"auto": None, "on": True,
-                                                 "off": False}[FLAGS.scan_layers])
+                                    scan_layers=_tristate(FLAGS.scan_layers),
+                                    block_aggregation=_tristate(FLAGS.block_aggregation),
+                                    split_aggregations=_tristate(FLAGS.split_aggregations))
   wall = time.perf_counter() - start
   for chunk in chunks.values():
     times = chunk["epoch_s"]
@@ -124,16 +132,22 @@ def run_gnnjax(designs, dataset, devices) -> dict:
           "statuses": dict(collections.Counter(r.status for r in results)), "chunks": chunks}
 
 
+def _tristate(value: str) -> bool | None:
+  return {"auto": None, "on": True, "off": False}[value]
+
+
 def bytes_per_member_step(layout, budget) -> int:
   """Lower bound of the bytes one member's training step moves (see module docstring)."""
   n, e, g = budget
   d, h = layout.dim, layout.head_dim
   aggregates = 2 if "max" in layout.aggregations else 1  # add and mean share one sum
+  # Per-graph blocks sum without messages; max still gathers and scatters them.
+  scatters = "max" in layout.aggregations or not layout.block_nodes
   forward = layout.dim_in * n + layout.dim_in * d  # input features, first weights
   forward += layout.layers_pre * (2 * n * d + d * d)
   for d_in in layout.mp_in_dims:
     forward += (n * d_in + d_in * d + n * d  # matmul input, weights, output
-                + 2 * e * d  # messages: written by the gather, read by the scatter
+                + 2 * e * d * scatters  # messages: written by the gather, read by the scatter
                 + aggregates * n * d  # aggregates
                 + 2 * n * h)  # stage buffer in and out
   rows = n if layout.task_level == ds.NODE else g
@@ -329,7 +343,7 @@ def _chunk_rows(chunks: dict, bandwidth: float, num_devices: int) -> tuple[list[
     measured_total += chunk["measured_step_ms"] * steps * chunk["epochs"]
     rows.append(f"| {num_devices} | {index} | {chunk['members']} ({chunk['size']}) | {steps} | "
                 f"{chunk['budget'][0]} / {chunk['budget'][1]} | {layout.dim} / "
-                f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)} | "
+                f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)}{' (blocks)' if layout.block_nodes else ''} | "
                 f"{member_bytes / 1e6:.1f} | {chunk['floor_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms'] / chunk['floor_step_ms']:.1f}x |")
@@ -425,7 +439,8 @@ def main(argv):
       *[f"| {p['design']} | {p['step_ms']:.2f} | {p['epoch_s']:.3f} | {p['design_s']:.1f} |"
         for p in pyg]])
   metrics = {"num_designs": n, "epochs": FLAGS.epochs, "task": dataset.name,
-             "scan_layers": FLAGS.scan_layers,
+             "scan_layers": FLAGS.scan_layers, "block_aggregation": FLAGS.block_aggregation,
+             "split_aggregations": FLAGS.split_aggregations,
              "num_graphs": len(dataset.graphs), "device_counts": counts,
              "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],
@@ -445,7 +460,7 @@ def main(argv):
         scaling[2]["speedup"], TARGET_SCALING)
     targets[f"2 devices >= {TARGET_SCALING}x one device, without compilation"] = (
         common.target(scaling[2]["steady_speedup"], TARGET_SCALING))
-  path = common.write_results("design_throughput", json.loads(json.dumps(metrics, default=str)),
+  path = common.write_results(FLAGS.results_name, json.loads(json.dumps(metrics, default=str)),
                               targets, FLAGS.out_dir, table)
   print(table)
   print(f"wrote {path}")

@@ -356,16 +356,22 @@ def test_init_and_forward_match_the_design_model(node_data, design):
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_scanned_message_passing_matches_the_unrolled_layers(node_data, train):
+@pytest.mark.parametrize("variant", [dict(scan_mp=True), dict(block_nodes=12),
+                                     dict(scan_mp=True, block_nodes=12)],
+                         ids=["scan", "blocks", "scan+blocks"])
+def test_scanned_and_block_layers_match_the_unrolled_scatter_layers(node_data, train, variant):
   """Layout(scan_mp=True) runs the message-passing layers as one lax.scan over zero-padded,
-  stacked kernels; it must compute what the unrolled layers compute: outputs, updated batch
-  statistics and parameter gradients, with dropout, for every stage type and layer count."""
+  stacked kernels, and Layout(block_nodes=M) sums messages with per-graph dense blocks; both
+  must compute what the unrolled scatter layers compute: outputs, updated batch statistics
+  and parameter gradients, with dropout, for every stage type, aggregation and layer count."""
   data, _ = reference.split_for_seed(node_data, 1, 4)
   designs = [graphgym.build_model(d.replace(layers_mp=1 + i % 3), data)[1]
              for i, d in enumerate(DESIGNS)]
   unrolled = superset.Layout.from_designs(designs, 4, 3, ds.NODE)
-  scanned = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True)
-  assert scanned.scan_mp and not unrolled.scan_mp and unrolled.layers_mp == 3
+  scanned = superset.Layout.from_designs(designs, 4, 3, ds.NODE, **variant)
+  assert not unrolled.scan_mp and not unrolled.block_nodes and unrolled.layers_mp == 3
+  assert (scanned.scan_mp, scanned.block_nodes) == (variant.get("scan_mp", False),
+                                                    variant.get("block_nodes", 0))
   assert len(set(unrolled.mp_in_dims)) > 1  # skipconcat: the kernels really are padded
   batch = jax.tree.map(np.asarray, next(iter(
       engine._SeedStreams(node_data, [1], 4).train_batches(0))))

@@ -172,6 +172,30 @@ def scan_layers_by_default(devices: Sequence[jax.Device]) -> bool:
   return _all_cpu(devices)
 
 
+# Per-graph dense aggregation (`superset.Layout.block_nodes`) when every graph has at most
+# BLOCK_MAX_NODES nodes and the largest batch's blocks hold at most BLOCK_CELLS_PER_EDGE cells
+# per edge slot (a block cell costs a multiply-add, an edge a gathered and scattered row).
+BLOCK_MAX_NODES = 128
+BLOCK_CELLS_PER_EDGE = 16
+
+
+def block_nodes_for(dataset: ds.GraphDataset, budget: tuple[int, int, int]) -> int:
+  """M for `superset.Layout.block_nodes`: the dataset's largest graph when per-graph blocks
+  pay (see BLOCK_MAX_NODES, BLOCK_CELLS_PER_EDGE) for batches up to `budget` (n_node, n_edge,
+  n_graph); else 0 (scatter)."""
+  largest = max(int(np.sum(g.n_node)) for g in dataset.graphs)
+  _, n_edge, n_graph = budget
+  if largest > BLOCK_MAX_NODES or n_graph * largest ** 2 > BLOCK_CELLS_PER_EDGE * n_edge:
+    return 0
+  return largest
+
+
+def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
+  """The block policy: per-graph dense add/mean aggregation wherever the data allows."""
+  del devices
+  return True
+
+
 def _fill_order(member: _Member) -> tuple:
   d = member.resolved
   return (d.epochs, budget_lib.head_input_dim(d, d.dim_inner), d.dim_inner, d.layers_mp,
@@ -353,6 +377,11 @@ class _Program:
 
 
 def _member_batch(batches: jraph.GraphsTuple, seed_index: jax.Array) -> jraph.GraphsTuple:
+  """A member's batch out of the [S, ...] stack. With one seed it is the same batch for every
+  member, taken statically: under vmap it then stays unbatched, so its indices (senders,
+  receivers, the per-graph blocks) are shared by all members instead of gathered per member."""
+  if jax.tree.leaves(batches)[0].shape[0] == 1:
+    return jax.tree.map(lambda a: a[0], batches)
   return jax.tree.map(lambda a: a[seed_index], batches)
 
 
@@ -573,7 +602,8 @@ class _Group:
 
   def __init__(self, members: list[_Member], dataset: ds.GraphDataset, streams: _SeedStreams,
                mesh: jax.sharding.Mesh, max_parallel: int | None,
-               saved: tuple[_Program, int] | None = None, scan_layers: bool = False):
+               saved: tuple[_Program, int] | None = None, scan_layers: bool = False,
+               block_aggregation: bool = False):
     """`saved`: (program, padded size) of a checkpointed chunk holding exactly `members` in
     this order; the group is then that one chunk, with the saved program."""
     self.members = members
@@ -588,8 +618,11 @@ class _Group:
       return
     designs = [m.resolved for m in members]
     dim_in = self.streams.splits[0].num_node_features
+    block_nodes = (block_nodes_for(dataset, self.streams.largest_budget())
+                   if block_aggregation else 0)
     layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
-                                          dataset.task_level, scan_mp=scan_layers)
+                                          dataset.task_level, scan_mp=scan_layers,
+                                          block_nodes=block_nodes)
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)
     self.functions = _compiled(self.program, mesh)
@@ -851,7 +884,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      checkpoint_every: int = 50,
                      split_aggregations: bool | None = None,
                      precompile: bool = True,
-                     scan_layers: bool | None = None) -> list[trial_lib.TrialResult]:
+                     scan_layers: bool | None = None,
+                     block_aggregation: bool | None = None) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
 
   Args:
@@ -881,6 +915,9 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       more than one group), instead of one after another as their chunks start.
     scan_layers: run GeneralConv message-passing layers as one `lax.scan` (default:
       `scan_layers_by_default`, on CPU only); the same results up to float reassociation.
+    block_aggregation: aggregate add/mean over dense per-graph blocks where the graphs are
+      small (`block_nodes_for`; default: `block_aggregation_by_default`); the same results up
+      to float reassociation.
 
   Returns:
     One TrialResult per (design, seed), designs outer and seeds inner, as
@@ -891,7 +928,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       designs, dataset, seeds, eval_every=eval_every, max_parallel=max_parallel,
       devices=devices, progress=progress, checkpoint_dir=checkpoint_dir,
       checkpoint_every=checkpoint_every, split_aggregations=split_aggregations,
-      precompile=precompile, scan_layers=scan_layers):
+      precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation):
     results[index] = result
   return results
 
@@ -912,7 +949,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            devices: Sequence[jax.Device] | None = None, progress: ProgressFn | None = None,
            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
            split_aggregations: bool | None = None, precompile: bool = True,
-           scan_layers: bool | None = None) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+           scan_layers: bool | None = None, block_aggregation: bool | None = None
+           ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
   an unknown keyword is a TypeError here, as it would be there)."""
   if eval_every < 1:
@@ -950,12 +988,15 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     split_aggregations = split_aggregations_by_default(devices)
   if scan_layers is None:
     scan_layers = scan_layers_by_default(devices)
+  if block_aggregation is None:
+    block_aggregation = block_aggregation_by_default(devices)
   by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
   for member in members_left:
     by_key[_group_key(member, split_aggregations)].append(member)
   for group_members in by_key.values():
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
-                   mesh, max_parallel, scan_layers=scan_layers)
+                   mesh, max_parallel, scan_layers=scan_layers,
+                   block_aggregation=block_aggregation)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 
   if precompile:

@@ -49,6 +49,7 @@ from gnnjax.design import budget as budget_lib
 from gnnjax.design.design import Design
 from gnnjax.models import graphgym
 from gnnjax.nn import aggregate as agg_lib
+from gnnjax.nn import blocks as blocks_lib
 from gnnjax.nn import conv as conv_lib
 from gnnjax.nn import mlp as mlp_lib
 from gnnjax.nn import pool as pool_lib
@@ -85,6 +86,9 @@ class Layout:
     batch_norms, l2norms: the on/off values present.
     dropout: whether some design has dropout > 0.
     scan_mp: the message-passing layers run as one `lax.scan` (GeneralConv only).
+    block_nodes: M > 0: GeneralConv's add and mean aggregations run as dense per-graph
+      matmuls (`gnnjax.nn.blocks`) over batches whose graphs have at most M nodes; 0: as a
+      scatter over the edges.
   """
 
   dim_in: int
@@ -106,14 +110,16 @@ class Layout:
   l2norms: tuple[bool, ...]
   dropout: bool
   scan_mp: bool = False
+  block_nodes: int = 0
 
   @classmethod
   def from_designs(cls, designs: Sequence[Design], dim_in: int, num_outputs: int,
-                   task_level: str, scan_mp: bool = False) -> "Layout":
+                   task_level: str, scan_mp: bool = False, block_nodes: int = 0) -> "Layout":
     """The smallest layout holding every design (dim_inner must be resolved).
 
     `scan_mp`: run the message-passing layers as one `lax.scan` where `scan_possible` (fewer
-    compiled ops: XLA compiles the layer body once).
+    compiled ops: XLA compiles the layer body once). `block_nodes`: the largest graph of the
+    data, to aggregate add/mean by per-graph blocks (GeneralConv layouts; 0: by scatter).
 
     Raises:
       ValueError: an unresolved dim_inner, or designs with different conv settings.
@@ -153,7 +159,8 @@ class Layout:
         batch_norms=_present(d.batch_norm for d in designs),
         l2norms=_present(d.l2norm for d in designs),
         dropout=any(d.dropout > 0 for d in designs),
-        scan_mp=scan_mp and scan_possible(conv, layers_mp))
+        scan_mp=scan_mp and scan_possible(conv, layers_mp),
+        block_nodes=int(block_nodes) if conv[0] == "generalconv" else 0)
 
   @property
   def conv_type(self) -> str:
@@ -583,23 +590,35 @@ def _place(y: Array, offset: Array, width: Array, total: int) -> Array:
   return jnp.where(valid[None, :], y[:, jnp.clip(src, 0, y.shape[-1] - 1)], 0.0)
 
 
-def _aggregations(kinds: Sequence[str], messages: Array, receivers: Array, n: int,
-                  edge_mask: Array) -> list[Array]:
-  """agg_lib.aggregate(kind, ...) for each kind, with 'add' and 'mean' sharing one segment sum
-  (mean = sum / count, agg_lib.segment_mean's exact ops): one scatter forward and one gather
-  backward for both, instead of two each."""
-  total = None
+def _aggregations(kinds: Sequence[str], h: Array, graph: jraph.GraphsTuple,
+                  blocks: blocks_lib.GraphBlocks | None) -> list[Array]:
+  """agg_lib.aggregate(kind, h[senders], ...) for each kind over the real edges of `graph`.
+
+  'add' and 'mean' share one sum (mean = sum / count, agg_lib.segment_mean's ops): with
+  `blocks`, a per-graph matmul; else one segment sum (one scatter forward and one gather
+  backward for both). 'max'/'min' scatter the gathered messages."""
+  n, edge_mask = h.shape[0], graph_lib.edge_mask(graph)
+  messages = None
+  total = count = None
   if "add" in kinds or "mean" in kinds:
-    total = agg_lib.segment_sum(messages, receivers, n, edge_mask)
+    if blocks is not None:
+      total = blocks_lib.block_sum(blocks, h)
+    else:
+      messages = h[graph.senders]
+      total = agg_lib.segment_sum(messages, graph.receivers, n, edge_mask)
   out = []
   for kind in kinds:
     if kind == "add":
       out.append(total)
     elif kind == "mean":
-      count = agg_lib.segment_count(receivers, n, edge_mask)
+      if count is None:
+        count = (blocks_lib.block_count(blocks) if blocks is not None
+                 else agg_lib.segment_count(graph.receivers, n, edge_mask))
       out.append(total / jnp.maximum(count, 1.0)[:, None])
     else:
-      out.append(agg_lib.aggregate(kind, messages, receivers, n, edge_mask))
+      if messages is None:
+        messages = h[graph.senders]
+      out.append(agg_lib.aggregate(kind, messages, graph.receivers, n, edge_mask))
   return out
 
 
@@ -615,6 +634,7 @@ class _Member:
     self.layout, self.params, self.stats, self.spec = layout, params, batch_stats, spec
     self.train, self.keys = train, keys
     self.new_stats: Params = {}
+    self.blocks: blocks_lib.GraphBlocks | None = None  # set by apply when the layout says so
 
   def activate(self, x: Array) -> Array:
     options = []
@@ -666,10 +686,8 @@ class _Member:
                     graph: jraph.GraphsTuple) -> Array:
     """GraphGym's GeneralConv: aggregate(W x_j) [+ W_self x_i] + b, the design's aggregation."""
     h = x @ kernel
-    n, edge_mask = x.shape[0], graph_lib.edge_mask(graph)
-    messages = h[graph.senders]
-    out = select(self.spec["aggregation"], _aggregations(
-        self.layout.aggregations, messages, graph.receivers, n, edge_mask))
+    out = select(self.spec["aggregation"], _aggregations(self.layout.aggregations, h, graph,
+                                                         self.blocks))
     if self_kernel is not None:
       out = out + x @ self_kernel
     return out + bias
@@ -779,6 +797,9 @@ def apply(layout: Layout, params: Params, batch_stats: Params, spec: Mapping[str
   if train and layout.dropout and dropout_keys_by_layer is None:
     raise ValueError("training a layout with dropout needs dropout_keys_by_layer")
   member = _Member(layout, params, batch_stats, spec, train, dropout_keys_by_layer)
+  if layout.block_nodes:
+    # Depends on the batch only: under the engine's vmap over members it is built once.
+    member.blocks = blocks_lib.graph_blocks(graph, layout.block_nodes)
   node_mask = graph_lib.node_mask(graph)
   x = jnp.asarray(graph.nodes["x"]).astype(jnp.float32)
   x = member.pre_mp(x, node_mask)
