@@ -64,7 +64,7 @@ flags.DEFINE_integer("epochs", 100, "Epochs of every design (0: the design's own
 flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs (GraphGym: 20).")
 flags.DEFINE_integer("max_parallel", None, "Members per chunk (default: the engine's choice).")
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Message-passing layers of "
-                  "GeneralConv programs as one lax.scan (auto: the engine's default, CPU only).")
+                  "GeneralConv programs as one lax.scan (auto: the engine's default, on).")
 flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean aggregation "
                   "as dense per-graph matmuls where the graphs are small (auto: the engine's "
                   "default).")

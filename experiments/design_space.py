@@ -111,7 +111,7 @@ flags.DEFINE_enum("trainer", "population", ["population", "sequential"],
                   "population: engine.train_population (batched designs); sequential: "
                   "reference.train_design one trial at a time.")
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
-                  "layers of GeneralConv population programs as one lax.scan (auto: on CPU).")
+                  "layers of GeneralConv population programs as one lax.scan (auto: on).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "
