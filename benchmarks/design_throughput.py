@@ -107,6 +107,9 @@ def run_gnnjax(designs, dataset, devices) -> dict:
 
   def progress(done, total, info):
     now = time.perf_counter()
+    if "epoch" not in info:  # a chunk finished
+      print(f"  chunk {info['chunk']}/{info['chunks']}: {info['members']} members done at "
+            f"{info['seconds']:.1f} s ({done}/{total} designs)", flush=True)
     if "epoch" in info:
       chunk = chunks.setdefault(info["chunk"], {**info, "epoch_s": []})
       if info["epoch"] == 1 and not first_epoch_done:
