@@ -462,3 +462,36 @@ def test_chunks_that_run_out_of_memory_are_split_then_trained_alone(node_data, m
   monkeypatch.setattr(engine._ChunkRun, "run", lambda self, *args: 1 / 0)
   with pytest.raises(ZeroDivisionError):  # other errors are not swallowed
     engine.train_population(designs[:1], node_data, [1])
+
+
+def ragged_dataset(num_graphs: int = 12, seed: int = 0) -> ds.GraphDataset:
+  """Node tasks on random graphs of 5-14 nodes and varying density: batches of several sizes,
+  so the budget ladder has more than one rung."""
+  rng = np.random.default_rng(seed)
+  graphs = []
+  for _ in range(num_graphs):
+    n = int(rng.integers(5, 15))
+    e = int(rng.integers(n, 4 * n))
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    graphs.append(ds.make_graph(rng.integers(0, n, e), rng.integers(0, n, e), n,
+                                {"x": x, "y": (x[:, 0] > 0).astype(np.int32)}))
+  return ds.GraphDataset("ragged/node", graphs, ds.NODE, ds.MULTICLASS, 2)
+
+
+def test_block_only_programs_use_one_batch_shape_and_match_alone():
+  """Designs aggregating only by per-graph blocks (add, mean) pad every batch to the largest
+  budget: one train-step and one predict compilation where the ladder has several rungs,
+  the same results as the design trained alone; a max program keeps the ladder."""
+  data = ragged_dataset()
+  streams = engine._SeedStreams(data, [1], 3)
+  shapes = lambda s: {(b.nodes["x"].shape, b.senders.shape) for b in s.train_batches(0)}
+  assert len(shapes(streams)) > 1
+  assert len(shapes(streams.one_shape())) == 1
+  designs = [BASE.replace(batch_size=3), BASE.replace(batch_size=3, aggregation="mean",
+                                                      stage_type="skipsum")]
+  results, traces = _traces(lambda: engine.train_population(designs, data, [1], eval_every=2))
+  assert traces == {"init": 1, "train_step": 1, "predict": 1}
+  assert_same_trial(results[1], reference.train_design(designs[1], data, 1, eval_every=2))
+  _, traces = _traces(lambda: engine.train_population(
+      [BASE.replace(batch_size=3, aggregation="max")], data, [1], eval_every=2))
+  assert traces["train_step"] > 1

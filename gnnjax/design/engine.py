@@ -78,6 +78,7 @@ layout (D 181, H 550, 3/8/3 layers) on the H200: estimate 1.53 GB per member, XL
 from __future__ import annotations
 
 import collections
+import copy
 import concurrent.futures
 import dataclasses
 import functools
@@ -335,6 +336,7 @@ class _SeedStreams:
   """The pipelines of the reference protocol for each seed of a batch-size group."""
 
   def __init__(self, dataset: ds.GraphDataset, seeds: Sequence[int], batch_size: int):
+    self.pad_to: tuple[int, int] | None = None  # (n_node, n_edge) every batch is padded to
     self.seeds = sorted(set(int(s) for s in seeds))
     self.splits, self.pipelines = [], []
     for seed in self.seeds:
@@ -351,13 +353,31 @@ class _SeedStreams:
   def seed_index(self, seed: int) -> int:
     return self.seeds.index(int(seed))
 
+  def one_shape(self) -> "_SeedStreams":
+    """The same streams with every batch padded to the largest budget: one batch shape, so
+    one train-step and one predict compilation instead of one per rung of the ladder. For
+    programs whose cost does not grow with the edge slots (per-graph blocks without max/min
+    aggregation: the edges only fill the adjacency)."""
+    if self.pad_to is not None:
+      return self
+    single = copy.copy(self)
+    n_node, n_edge, _ = self.largest_budget()
+    single.pad_to, single._eval = (n_node, n_edge), None
+    return single
+
+  def _fit(self, stacked: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    if self.pad_to is None:
+      return stacked
+    return _stack([_repad(jax.tree.map(lambda a, s=s: a[s], stacked), *self.pad_to)
+                   for s in range(len(self.seeds))])
+
   def largest_budget(self) -> tuple[int, int, int]:
     top = [p.ladder[-1] for p in self.pipelines]
     return (max(b.n_node for b in top), max(b.n_edge for b in top), max(b.n_graph for b in top))
 
   def train_batches(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
     for batches in zip(*(p.train_batches(epoch) for p in self.pipelines), strict=True):
-      yield _stack(batches)
+      yield self._fit(_stack(batches))
 
   def eval_batches(self) -> list[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
     """(stacked batch, splits it scores) covering every split once, as loop.evaluate."""
@@ -367,7 +387,7 @@ class _SeedStreams:
         splits = {s for _, s in pairs}
         if len(splits) != 1:
           raise ValueError(f"seeds evaluate different splits per batch: {splits}")
-        self._eval.append((_stack([b for b, _ in pairs]), pairs[0][1]))
+        self._eval.append((self._fit(_stack([b for b, _ in pairs])), pairs[0][1]))
     return self._eval
 
 
@@ -602,6 +622,14 @@ class _Tracker:
 # Groups and chunks.
 
 
+def _streams_for_layout(streams: _SeedStreams, layout: superset.Layout) -> _SeedStreams:
+  """One batch shape for layouts that aggregate only by per-graph blocks (their steps cost
+  the same for any edge count; fewer shapes, fewer compilations), the ladder otherwise."""
+  if layout.block_nodes and not set(layout.aggregations) & set(EXTREMAL_AGGREGATIONS):
+    return streams.one_shape()
+  return streams
+
+
 class _Group:
   """Members sharing a conv type and a batch size: one layout, one set of jitted functions.
 
@@ -622,6 +650,7 @@ class _Group:
     self.member_bytes = None  # measured by XLA, when the estimate says one chunk is too small
     if saved is not None:
       self.program, self.size = saved
+      self.streams = _streams_for_layout(streams, self.program.layout)
       self.functions = _compiled(self.program, mesh)
       self.chunks = [list(members)]
       return
@@ -632,6 +661,7 @@ class _Group:
     layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
                                           dataset.task_level, scan_mp=scan_layers,
                                           block_nodes=block_nodes)
+    self.streams = _streams_for_layout(streams, layout)
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)
     self.functions = _compiled(self.program, mesh)
