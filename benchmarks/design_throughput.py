@@ -70,6 +70,7 @@ flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean 
                   "default).")
 flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max "
                   "aggregation in programs of their own (auto: the engine's default).")
+flags.DEFINE_bool("split_stages", False, "skipconcat designs in programs of their own.")
 flags.DEFINE_string("results_name", "design_throughput", "Name of the results JSON and the "
                     "RESULTS.md section (e.g. for an A/B of engine options).")
 flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
@@ -124,7 +125,8 @@ def run_gnnjax(designs, dataset, devices) -> dict:
                                     progress=progress,
                                     scan_layers=_tristate(FLAGS.scan_layers),
                                     block_aggregation=_tristate(FLAGS.block_aggregation),
-                                    split_aggregations=_tristate(FLAGS.split_aggregations))
+                                    split_aggregations=_tristate(FLAGS.split_aggregations),
+                                    split_stages=FLAGS.split_stages)
   wall = time.perf_counter() - start
   for chunk in chunks.values():
     times = chunk["epoch_s"]
@@ -444,6 +446,7 @@ def main(argv):
   metrics = {"num_designs": n, "epochs": FLAGS.epochs, "task": dataset.name,
              "scan_layers": FLAGS.scan_layers, "block_aggregation": FLAGS.block_aggregation,
              "split_aggregations": FLAGS.split_aggregations,
+             "split_stages": FLAGS.split_stages,
              "num_graphs": len(dataset.graphs), "device_counts": counts,
              "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],

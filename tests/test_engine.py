@@ -302,6 +302,20 @@ def test_split_groups_compile_up_front_once_each_and_match(with_diverging, node_
     assert_same_trial(results[index], _result(with_diverging[0], index, 1))
 
 
+def test_skipconcat_designs_get_their_own_programs_with_split_stages(with_diverging, node_data):
+  members = engine._resolve_members(DESIGNS, node_data, [1])
+  assert {engine._group_key(m, False, True)[-1] for m in members} == {False, True}
+  # DESIGNS[0] is stack, DESIGNS[4] skipconcat, both sum-type: two programs, the same
+  # results as in one.
+  programs = set()
+  results = engine.train_population(
+      [DESIGNS[0], DESIGNS[4]], node_data, [1], eval_every=2, split_aggregations=False,
+      split_stages=True, progress=lambda done, total, info: programs.add(info["program"]))
+  assert sorted(p.layout.head_dim for p in programs) == [6, 12]  # d and (1 + 1) d
+  for got, index in zip(results, (0, 4)):
+    assert_same_trial(got, _result(with_diverging[0], index, 1))
+
+
 def test_members_per_chunk_uses_the_device_limit():
   assert engine.members_per_chunk(10, 1, 1000) == int(engine.MEMORY_FRACTION * 100)
   assert engine.members_per_chunk(10, 4, 1000) == 4 * int(engine.MEMORY_FRACTION * 100)

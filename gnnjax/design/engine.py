@@ -146,10 +146,13 @@ class _Member:
   model: graphgym.GraphGymGNN
 
 
-def _group_key(member: _Member, split_aggregations: bool) -> tuple:
+def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = False
+               ) -> tuple:
   key = superset.conv_key(member.resolved) + (member.resolved.batch_size,)
   if split_aggregations:  # max/min scatter apart from the sum that add and mean share
     key += (member.resolved.aggregation in EXTREMAL_AGGREGATIONS,)
+  if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
+    key += (member.resolved.stage_type == "skipconcat",)
   return key
 
 
@@ -924,6 +927,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      checkpoint_dir: str | os.PathLike | None = None,
                      checkpoint_every: int = 50,
                      split_aggregations: bool | None = None,
+                     split_stages: bool = False,
                      precompile: bool = True,
                      scan_layers: bool | None = None,
                      block_aggregation: bool | None = None) -> list[trial_lib.TrialResult]:
@@ -952,6 +956,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     checkpoint_every: epochs between saves (with checkpoint_dir).
     split_aggregations: give designs with max/min aggregation their own programs (default:
       `split_aggregations_by_default`: on).
+    split_stages: give skipconcat designs their own programs, so the others do not carry its
+      (l_mp + 1) d wide stage buffer (more compilations; off until measured on accelerators).
     precompile: compile the programs of all groups up front, concurrently in threads (with
       more than one group), instead of one after another as their chunks start.
     scan_layers: run GeneralConv message-passing layers as one `lax.scan` (default:
@@ -969,6 +975,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       designs, dataset, seeds, eval_every=eval_every, max_parallel=max_parallel,
       devices=devices, progress=progress, checkpoint_dir=checkpoint_dir,
       checkpoint_every=checkpoint_every, split_aggregations=split_aggregations,
+      split_stages=split_stages,
       precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation):
     results[index] = result
   return results
@@ -989,7 +996,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            eval_every: int = 20, max_parallel: int | None = None,
            devices: Sequence[jax.Device] | None = None, progress: ProgressFn | None = None,
            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
-           split_aggregations: bool | None = None, precompile: bool = True,
+           split_aggregations: bool | None = None, split_stages: bool = False,
+           precompile: bool = True,
            scan_layers: bool | None = None, block_aggregation: bool | None = None
            ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
@@ -1033,7 +1041,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     block_aggregation = block_aggregation_by_default(devices)
   by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
   for member in members_left:
-    by_key[_group_key(member, split_aggregations)].append(member)
+    by_key[_group_key(member, split_aggregations, split_stages)].append(member)
   for group_members in by_key.values():
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
