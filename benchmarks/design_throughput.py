@@ -71,6 +71,10 @@ flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean 
 flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max "
                   "aggregation in programs of their own (auto: the engine's default).")
 flags.DEFINE_bool("split_stages", False, "skipconcat designs in programs of their own.")
+flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
+                   "that finishes past this many seconds and report the designs trained by "
+                   "then (a time-limited job still reports; every group's compilation, done up front, still "
+                   "counts).")
 flags.DEFINE_string("results_name", "design_throughput", "Name of the results JSON and the "
                     "RESULTS.md section (e.g. for an A/B of engine options).")
 flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
@@ -100,15 +104,18 @@ def sample_designs() -> list:
 
 
 def run_gnnjax(designs, dataset, devices) -> dict:
-  """Trains the population sharded over `devices`; per chunk: members, padded size, program,
+  """Trains the population sharded over `devices` (with --max_seconds, only the chunks that
+  end within it, plus the one running then); per chunk: members, padded size, program,
   budget, epoch times."""
   chunks: dict[int, dict] = {}
+  finished: list[int] = []
   last = [time.perf_counter()]
   first_epoch_done = []
 
   def progress(done, total, info):
     now = time.perf_counter()
     if "epoch" not in info:  # a chunk finished
+      finished.append(info["chunk"])
       print(f"  chunk {info['chunk']}/{info['chunks']}: {info['members']} members done at "
             f"{info['seconds']:.1f} s ({done}/{total} designs)", flush=True)
     if "epoch" in info:
@@ -120,20 +127,32 @@ def run_gnnjax(designs, dataset, devices) -> dict:
     last[0] = now
 
   start = time.perf_counter()
-  results = engine.train_population(designs, dataset, [1], eval_every=FLAGS.eval_every,
-                                    max_parallel=FLAGS.max_parallel, devices=devices,
-                                    progress=progress,
-                                    scan_layers=_tristate(FLAGS.scan_layers),
-                                    block_aggregation=_tristate(FLAGS.block_aggregation),
-                                    split_aggregations=_tristate(FLAGS.split_aggregations),
-                                    split_stages=FLAGS.split_stages)
+  results = []
+  stream = engine.iter_population(designs, dataset, [1], eval_every=FLAGS.eval_every,
+                                  max_parallel=FLAGS.max_parallel, devices=devices,
+                                  progress=progress,
+                                  scan_layers=_tristate(FLAGS.scan_layers),
+                                  block_aggregation=_tristate(FLAGS.block_aggregation),
+                                  split_aggregations=_tristate(FLAGS.split_aggregations),
+                                  split_stages=FLAGS.split_stages)
+  for result in stream:
+    results.append(result)
+    chunk_members = sum(chunks[c]["members"] for c in finished)
+    if (FLAGS.max_seconds and time.perf_counter() - start > FLAGS.max_seconds
+        and len(results) == chunk_members and len(results) < len(designs)):
+      print(f"  --max_seconds={FLAGS.max_seconds:g}: stopping after {len(results)} of "
+            f"{len(designs)} designs", flush=True)
+      stream.close()
+      break
   wall = time.perf_counter() - start
+  chunks = {index: chunks[index] for index in finished}
   for chunk in chunks.values():
     times = chunk["epoch_s"]
     chunk["epoch_median_s"] = statistics.median(times) if times else math.nan
     chunk["steady_s"] = chunk["epoch_median_s"] * chunk["epochs"] if times else 0.0
-  return {"wall_s": wall, "first_epoch_s": first_epoch_done[0] - start if first_epoch_done
-          else math.nan, "steady_s": sum(c["steady_s"] for c in chunks.values()),
+  return {"wall_s": wall, "designs": len(results),
+          "first_epoch_s": first_epoch_done[0] - start if first_epoch_done else math.nan,
+          "steady_s": sum(c["steady_s"] for c in chunks.values()),
           "statuses": dict(collections.Counter(r.status for r in results)), "chunks": chunks}
 
 
@@ -368,10 +387,10 @@ def main(argv):
   if any(c < 1 or c > len(jax.local_devices()) for c in counts):
     raise ValueError(f"--device_counts {counts}: this host has {len(jax.local_devices())} "
                      "local devices")
-  n = len(designs)
   runs = {}
   for count in counts:
     ours = run_gnnjax(designs, dataset, jax.local_devices()[:count])
+    n = ours["designs"]  # fewer than asked when --max_seconds stopped the run
     ours["designs_per_hour"] = n / ours["wall_s"] * 3600
     ours["steady_designs_per_hour"] = (n / ours["steady_s"] * 3600 if ours["steady_s"]
                                        else math.nan)
@@ -383,6 +402,7 @@ def main(argv):
           f"({ours['steady_designs_per_hour']:,.0f} without compilation); population steps "
           f"{ours['floor_ratio']:.1f}x the memory-bandwidth floor (time-weighted)")
   ours = runs[counts[0]]
+  n = ours["designs"]
   ours_per_hour, steady_per_hour = ours["designs_per_hour"], ours["steady_designs_per_hour"]
   rows, floor_ratio = ours["rows"], ours["floor_ratio"]
 
@@ -443,7 +463,7 @@ def main(argv):
       "", "| PyG design | ms/step | s/epoch | s per design (extrapolated) |", "|---|---|---|---|",
       *[f"| {p['design']} | {p['step_ms']:.2f} | {p['epoch_s']:.3f} | {p['design_s']:.1f} |"
         for p in pyg]])
-  metrics = {"num_designs": n, "epochs": FLAGS.epochs, "task": dataset.name,
+  metrics = {"num_designs": n, "num_designs_asked": len(designs), "epochs": FLAGS.epochs, "task": dataset.name,
              "scan_layers": FLAGS.scan_layers, "block_aggregation": FLAGS.block_aggregation,
              "split_aggregations": FLAGS.split_aggregations,
              "split_stages": FLAGS.split_stages,
