@@ -73,8 +73,8 @@ flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs 
 flags.DEFINE_bool("split_stages", False, "skipconcat designs in programs of their own.")
 flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
                    "that finishes past this many seconds and report the designs trained by "
-                   "then (a time-limited job still reports; every group's compilation, done up front, still "
-                   "counts).")
+                   "then (a time-limited job still reports; every group's compilation, "
+                   "done up front, still counts).")
 flags.DEFINE_string("results_name", "design_throughput", "Name of the results JSON and the "
                     "RESULTS.md section (e.g. for an A/B of engine options).")
 flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
