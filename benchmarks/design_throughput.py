@@ -166,7 +166,7 @@ def bytes_per_member_step(layout, budget) -> int:
   d, h = layout.dim, layout.head_dim
   aggregates = 2 if "max" in layout.aggregations else 1  # add and mean share one sum
   # Per-graph blocks sum without messages; max still gathers and scatters them.
-  scatters = "max" in layout.aggregations or not layout.block_nodes
+  scatters = not layout.blocks_only
   forward = layout.dim_in * n + layout.dim_in * d  # input features, first weights
   forward += layout.layers_pre * (2 * n * d + d * d)
   for d_in in layout.mp_in_dims:

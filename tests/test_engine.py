@@ -509,3 +509,14 @@ def test_block_only_programs_use_one_batch_shape_and_match_alone():
   _, traces = _traces(lambda: engine.train_population(
       [BASE.replace(batch_size=3, aggregation="max")], data, [1], eval_every=2))
   assert traces["train_step"] > 1
+
+
+def test_blocks_only_layouts(node_data):
+  data, _ = reference.split_for_seed(node_data, 1, 4)
+  resolve = lambda d: graphgym.build_model(d, data)[1]
+  sums = [resolve(BASE), resolve(BASE.replace(aggregation="mean"))]
+  layout = lambda designs, m: superset.Layout.from_designs(designs, 4, 3, ds.NODE,
+                                                           block_nodes=m)
+  assert layout(sums, 12).blocks_only
+  assert not layout(sums, 0).blocks_only  # scatter
+  assert not layout(sums + [resolve(BASE.replace(aggregation="max"))], 12).blocks_only

@@ -239,8 +239,8 @@ def estimate_member_bytes(layout: superset.Layout, optimizers: Sequence[str],
   """
   n_node, n_edge, n_graph = budget
   params = _layout_param_count(layout)
-  # Per-graph blocks sum without [E, D] messages; max/min still gather them.
-  if layout.block_nodes and not set(layout.aggregations) & set(EXTREMAL_AGGREGATIONS):
+  # Per-graph block sums need no [E, D] messages; max/min still gather them.
+  if layout.blocks_only:
     n_edge = n_graph * layout.block_nodes  # the blocks' [G, M, D] states stand in for them
   state_copies = 3 + (2 if set(optimizers) & set(ADAM_FAMILY) else 0) + ("sgd" in optimizers)
   param_bytes = params * (4 * state_copies + 1)
@@ -630,7 +630,7 @@ class _Tracker:
 def _streams_for_layout(streams: _SeedStreams, layout: superset.Layout) -> _SeedStreams:
   """One batch shape for layouts that aggregate only by per-graph blocks (their steps cost
   the same for any edge count; fewer shapes, fewer compilations), the ladder otherwise."""
-  if layout.block_nodes and not set(layout.aggregations) & set(EXTREMAL_AGGREGATIONS):
+  if layout.blocks_only:
     return streams.one_shape()
   return streams
 

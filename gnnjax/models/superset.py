@@ -166,6 +166,12 @@ class Layout:
   def conv_type(self) -> str:
     return self.conv[0]
 
+  @property
+  def blocks_only(self) -> bool:
+    """Every aggregation is a per-graph block sum (add/mean with block_nodes): no [E, D]
+    messages, so a step costs the same for any number of edge slots."""
+    return bool(self.block_nodes) and set(self.aggregations) <= {"add", "mean"}
+
   def conv_template(self) -> Design:
     """A design whose `make_conv` builds this layout's conv (always with a bias slot)."""
     conv_type, heads = self.conv
