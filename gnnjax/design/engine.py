@@ -78,8 +78,8 @@ layout (D 181, H 550, 3/8/3 layers) on the H200: estimate 1.53 GB per member, XL
 from __future__ import annotations
 
 import collections
-import copy
 import concurrent.futures
+import copy
 import dataclasses
 import functools
 import json
