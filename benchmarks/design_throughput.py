@@ -70,7 +70,8 @@ flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean 
                   "default).")
 flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max "
                   "aggregation in programs of their own (auto: the engine's default).")
-flags.DEFINE_bool("split_stages", False, "skipconcat designs in programs of their own.")
+flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off"], "skipconcat designs in "
+                  "programs of their own (auto: the engine's default, CPU only).")
 flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
                    "that finishes past this many seconds and report the designs trained by "
                    "then (a time-limited job still reports; every group's compilation, "
@@ -134,7 +135,7 @@ def run_gnnjax(designs, dataset, devices) -> dict:
                                   scan_layers=_tristate(FLAGS.scan_layers),
                                   block_aggregation=_tristate(FLAGS.block_aggregation),
                                   split_aggregations=_tristate(FLAGS.split_aggregations),
-                                  split_stages=FLAGS.split_stages)
+                                  split_stages=_tristate(FLAGS.split_stages))
   for result in stream:
     results.append(result)
     chunk_members = sum(chunks[c]["members"] for c in finished)

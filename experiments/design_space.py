@@ -112,9 +112,9 @@ flags.DEFINE_enum("trainer", "population", ["population", "sequential"],
                   "reference.train_design one trial at a time.")
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
                   "layers of GeneralConv population programs as one lax.scan (auto: on).")
-flags.DEFINE_bool("split_stages", False, "Population programs of their own for skipconcat "
-                  "designs, whose stage buffer is (layers_mp + 1) x wider: cheaper steps for "
-                  "the others, more compilations.")
+flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off"], "Population programs of "
+                  "their own for skipconcat designs, whose stage buffer is (layers_mp + 1) x "
+                  "wider: cheaper steps for the others, more compilations (auto: on CPU).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "
@@ -189,7 +189,7 @@ def _trainer_and_kwargs():
   kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
             "progress": study.engine_progress(),
             "scan_layers": {"auto": None, "on": True, "off": False}[FLAGS.scan_layers],
-            "split_stages": FLAGS.split_stages}
+            "split_stages": {"auto": None, "on": True, "off": False}[FLAGS.split_stages]}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs

@@ -97,7 +97,7 @@ def with_diverging(node_data):
   results, traces = _traces(lambda: engine.train_population(
       DESIGNS + [DIVERGING], node_data, SEEDS, eval_every=2, max_parallel=CHUNK,
       progress=lambda done, total, info: calls.append((done, total, info)),
-      split_aggregations=False))
+      split_aggregations=False, split_stages=False))
   return results, traces, calls
 
 
@@ -106,7 +106,8 @@ def without_diverging(node_data, with_diverging):
   """The same run with the diverging design replaced by a harmless one of its structure."""
   return _traces(lambda: engine.train_population(DESIGNS + [HARMLESS], node_data, SEEDS,
                                                  eval_every=2, max_parallel=CHUNK,
-                                                 split_aggregations=False))
+                                                 split_aggregations=False,
+                                                 split_stages=False))
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +288,7 @@ def test_memory_estimate_bounds_xla_and_sets_chunks(node_data, monkeypatch):
 def test_cpu_groups_split_extremal_aggregations(node_data):
   members = engine._resolve_members(DESIGNS, node_data, [1])
   assert engine.split_aggregations_by_default(jax.devices("cpu"))
+  assert engine.split_stages_by_default(jax.devices("cpu"))
   keys = {engine._group_key(m, True) for m in members}
   assert keys == {("generalconv", 1, 4, False), ("generalconv", 1, 4, True)}
   assert {engine._group_key(m, False) for m in members} == {("generalconv", 1, 4)}
@@ -296,7 +298,8 @@ def test_split_groups_compile_up_front_once_each_and_match(with_diverging, node_
   # An 'add' design and a 'max' design: two programs on CPU, compiled concurrently before the
   # run (one trace each: the run hits the caches), with the same results as in one program.
   results, traces = _traces(lambda: engine.train_population(
-      DESIGNS[:2], node_data, [1], eval_every=2, split_aggregations=True, precompile=True))
+      DESIGNS[:2], node_data, [1], eval_every=2, split_aggregations=True, split_stages=False,
+      precompile=True))
   assert traces == {"init": 2, "train_step": 2, "predict": 2}
   for index in range(2):
     assert_same_trial(results[index], _result(with_diverging[0], index, 1))
