@@ -335,13 +335,15 @@ def _repad(graph: jraph.GraphsTuple, n_node: int, n_edge: int) -> jraph.GraphsTu
       n_node=n_node_arr, n_edge=n_edge_arr)
 
 
-def _stack(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
-  """[S, ...] stack of padded batches, all re-padded to the largest one's node/edge counts."""
+def _stack(graphs: Sequence[jraph.GraphsTuple], at_least: tuple[int, int] = (0, 0)
+           ) -> jraph.GraphsTuple:
+  """[S, ...] stack of padded batches, all re-padded to the largest one's node/edge counts
+  (or to `at_least` = (n_node, n_edge) where that is larger)."""
   n_graph = {int(np.shape(g.n_node)[0]) for g in graphs}
   if len(n_graph) != 1:
     raise ValueError(f"batches to stack have different graph slot counts {sorted(n_graph)}")
-  n_node = max(int(jax.tree.leaves(g.nodes)[0].shape[0]) for g in graphs)
-  n_edge = max(int(g.senders.shape[0]) for g in graphs)
+  n_node = max([at_least[0]] + [int(jax.tree.leaves(g.nodes)[0].shape[0]) for g in graphs])
+  n_edge = max([at_least[1]] + [int(g.senders.shape[0]) for g in graphs])
   padded = [_repad(g, n_node, n_edge) for g in graphs]
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *padded)
 
@@ -350,7 +352,7 @@ class _SeedStreams:
   """The pipelines of the reference protocol for each seed of a batch-size group."""
 
   def __init__(self, dataset: ds.GraphDataset, seeds: Sequence[int], batch_size: int):
-    self.pad_to: tuple[int, int] | None = None  # (n_node, n_edge) every batch is padded to
+    self.pad_to = (0, 0)  # (n_node, n_edge) every stacked batch is padded to at least
     self.seeds = sorted(set(int(s) for s in seeds))
     self.splits, self.pipelines = [], []
     for seed in self.seeds:
@@ -363,6 +365,7 @@ class _SeedStreams:
     self.steps_per_epoch = steps.pop()
     self.split_names = self.pipelines[0].split_names
     self._eval = None
+    self._one_shape: _SeedStreams | None = None
 
   def seed_index(self, seed: int) -> int:
     return self.seeds.index(int(seed))
@@ -372,18 +375,11 @@ class _SeedStreams:
     one train-step and one predict compilation instead of one per rung of the ladder. For
     programs whose cost does not grow with the edge slots (per-graph blocks without max/min
     aggregation: the edges only fill the adjacency)."""
-    if self.pad_to is not None:
-      return self
-    single = copy.copy(self)
-    n_node, n_edge, _ = self.largest_budget()
-    single.pad_to, single._eval = (n_node, n_edge), None
-    return single
-
-  def _fit(self, stacked: jraph.GraphsTuple) -> jraph.GraphsTuple:
-    if self.pad_to is None:
-      return stacked
-    return _stack([_repad(jax.tree.map(lambda a, s=s: a[s], stacked), *self.pad_to)
-                   for s in range(len(self.seeds))])
+    if self._one_shape is None:  # one copy, shared by every group that asks (its eval cache)
+      self._one_shape = copy.copy(self)
+      self._one_shape.pad_to, self._one_shape._eval = self.largest_budget()[:2], None
+      self._one_shape._one_shape = self._one_shape
+    return self._one_shape
 
   def largest_budget(self) -> tuple[int, int, int]:
     top = [p.ladder[-1] for p in self.pipelines]
@@ -391,7 +387,7 @@ class _SeedStreams:
 
   def train_batches(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
     for batches in zip(*(p.train_batches(epoch) for p in self.pipelines), strict=True):
-      yield self._fit(_stack(batches))
+      yield _stack(batches, self.pad_to)
 
   def eval_batches(self) -> list[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
     """(stacked batch, splits it scores) covering every split once, as loop.evaluate."""
@@ -401,7 +397,7 @@ class _SeedStreams:
         splits = {s for _, s in pairs}
         if len(splits) != 1:
           raise ValueError(f"seeds evaluate different splits per batch: {splits}")
-        self._eval.append((self._fit(_stack([b for b, _ in pairs])), pairs[0][1]))
+        self._eval.append((_stack([b for b, _ in pairs], self.pad_to), pairs[0][1]))
     return self._eval
 
 
@@ -795,10 +791,7 @@ class _ChunkRun:
     """Device bytes of a training step on the largest batch (XLA's memory analysis), all
     members of the chunk together."""
     state, mask, spec = self._initial_state()
-    n_node, n_edge, _ = self.streams.largest_budget()
-    stacked = next(iter(self.streams.train_batches(0)))
-    batch = _stack([_repad(jax.tree.map(lambda a, s=s: a[s], stacked), n_node, n_edge)
-                    for s in range(len(self.streams.seeds))])
+    batch = next(iter(self.streams.one_shape().train_batches(0)))  # the largest budget
     active = jax.device_put(np.zeros(self.size, bool), self.pop)
     compiled = self.functions.train_step.lower(
         state, mask, spec, jax.device_put(batch, self.replicated), np.int32(0),
