@@ -368,7 +368,8 @@ def _chunk_rows(chunks: dict, bandwidth: float, num_devices: int) -> tuple[list[
     measured_total += chunk["measured_step_ms"] * steps * chunk["epochs"]
     rows.append(f"| {num_devices} | {index} | {chunk['members']} ({chunk['size']}) | {steps} | "
                 f"{chunk['budget'][0]} / {chunk['budget'][1]} | {layout.dim} / "
-                f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)}{' (blocks)' if layout.block_nodes else ''} | "
+                f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)}"
+                f"{' (blocks)' if layout.block_nodes else ''} | "
                 f"{member_bytes / 1e6:.1f} | {chunk['floor_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms'] / chunk['floor_step_ms']:.1f}x |")
@@ -464,7 +465,8 @@ def main(argv):
       "", "| PyG design | ms/step | s/epoch | s per design (extrapolated) |", "|---|---|---|---|",
       *[f"| {p['design']} | {p['step_ms']:.2f} | {p['epoch_s']:.3f} | {p['design_s']:.1f} |"
         for p in pyg]])
-  metrics = {"num_designs": n, "num_designs_asked": len(designs), "epochs": FLAGS.epochs, "task": dataset.name,
+  metrics = {"num_designs": n, "num_designs_asked": len(designs), "epochs": FLAGS.epochs,
+             "task": dataset.name,
              "scan_layers": FLAGS.scan_layers, "block_aggregation": FLAGS.block_aggregation,
              "split_aggregations": FLAGS.split_aggregations,
              "split_stages": FLAGS.split_stages,

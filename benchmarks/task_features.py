@@ -14,7 +14,8 @@ per-example Fisher (one backward pass per val node: meant for the GPU). `--num_p
 CPU setting: an unbiased random-sign estimate of the same diagonal from 2 backward passes per
 (anchor, seed); alpha comes out about 1 + 2/P times the exact value, nearly uniformly over
 anchors, so the L2-normalised feature barely moves (cosine 0.9995 to the exact GPU feature on
-Cora; see gnnjax/tasks/fisher.py). `--max_examples` subsamples val examples (biased, not recommended).
+Cora; see gnnjax/tasks/fisher.py). `--max_examples` subsamples val examples (biased, not
+recommended).
 `--chunk_size` sets how many VJPs run at once (memory), `--compile_workers` how many threads
 compile the 12 anchor programs.
 

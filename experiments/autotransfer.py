@@ -1,11 +1,11 @@
 r"""AutoTransfer: search a new task's design with a prior transferred from the task-model bank.
 
 Search mode (default): for the task --dataset, compute its distance to every bank task
-(`gnnjax.tasks.distances.task_distances`: FIM task features -> learned embedding g -> d_e = 1 - z_e . z_e'), show the
-nearest bank tasks, mix their top-K design distributions into the transferred prior, run a
-search (--algorithm, --prior, --trials) whose candidates are trained with the population engine,
-and report the best design (JSON in --out_dir). A bank task with the new task's name is left
-out of the bank (no leakage).
+(`gnnjax.tasks.distances.task_distances`: FIM task features -> learned embedding g ->
+d_e = 1 - z_e . z_e'), show the nearest bank tasks, mix their top-K design distributions into
+the transferred prior, run a search (--algorithm, --prior, --trials) whose candidates are
+trained with the population engine, and report the best design (JSON in --out_dir). A bank
+task with the new task's name is left out of the bank (no leakage).
 
   python -m experiments.autotransfer --db=results/bank/bank.sqlite --dataset=cora \
       --data_dir=../shared/datasets --algorithm=tpe --prior=transferred --trials=30

@@ -183,13 +183,16 @@ def checkpoint_dir() -> str | None:
   return FLAGS.checkpoint_dir or os.path.join(FLAGS.out_dir, "checkpoints")
 
 
+_AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # enum flag -> engine keyword
+
+
 def _trainer_and_kwargs():
   if FLAGS.trainer == "sequential":
     return study.sequential_trainer, {"eval_every": FLAGS.eval_every}
   kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
             "progress": study.engine_progress(),
-            "scan_layers": {"auto": None, "on": True, "off": False}[FLAGS.scan_layers],
-            "split_stages": {"auto": None, "on": True, "off": False}[FLAGS.split_stages]}
+            "scan_layers": _AUTO_ON_OFF[FLAGS.scan_layers],
+            "split_stages": _AUTO_ON_OFF[FLAGS.split_stages]}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs

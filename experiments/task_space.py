@@ -25,7 +25,6 @@ features, per-task and summary leave-one-out numbers) and the table printed at t
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 
@@ -33,6 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from gnnjax import data as data_lib
+from gnnjax import files
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import study
 from gnnjax.design import workers as workers_lib
@@ -181,10 +181,8 @@ def analyze(task_names: list[str], db: str) -> dict:
             "embedding_tau": loo.embedding_tau.tolist(), "summary": summary,
             "paper": PAPER_LOO}
   path = os.path.join(FLAGS.out_dir, "task_space.json")
-  with open(path, "w") as f:
-    json.dump(record, f, indent=1)
-  with open(os.path.join(FLAGS.out_dir, "task_space.md"), "w") as f:
-    f.write(table + "\n")
+  files.write_json_atomic(path, record, indent=1)
+  files.write_atomic(os.path.join(FLAGS.out_dir, "task_space.md"), table + "\n")
   print(f"wrote {heatmap}, {path}")
   return record
 

@@ -126,7 +126,8 @@ def run_one(dataset_name: str, block: str, depth: int, seed: int, settings: dict
       "best_epoch": result.best_epoch,
       "best_val": result.best.get("val", {}).get(metric),
       "test_at_best_val": result.best.get("test", {}).get(metric),
-      "num_params": reference.count_params(result.state.params), "seconds": round(result.seconds, 2),
+      "num_params": reference.count_params(result.state.params),
+      "seconds": round(result.seconds, 2),
       "history": [{k: v for k, v in h.items()
                    if k in ("epoch", "epoch_loss", "train_loss", f"val_{metric}",
                             f"test_{metric}")} for h in result.history],

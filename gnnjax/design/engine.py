@@ -54,9 +54,10 @@ Memory. `estimate_member_bytes` is an upper bound of a member's bytes in a train
 above XLA's memory analysis). If the whole group fits MEMORY_FRACTION of the smallest device's
 limit by it, the group is one chunk (on CPU, whose devices report no limit, half the host's
 RAM is the limit: a group is one chunk and no probe is compiled); otherwise the engine compiles
-a step with one member per device and sizes chunks from XLA's `memory_analysis()`. `max_parallel` overrides both. A chunk
-that still runs out of memory is split in two; a single member that does not fit is trained
-alone with loop.fit (`reference.train_design`, unpadded), else reported 'failed'.
+a step with one member per device and sizes chunks from XLA's `memory_analysis()`.
+`max_parallel` overrides both. A chunk that still runs out of memory is split in two; a
+single member that does not fit is trained alone with loop.fit (`reference.train_design`,
+unpadded), else reported 'failed'.
 
 Measured (2026-11-21, one H200, jax 0.11.2): 32 designs sampled from GRAPHGYM_ROUND1 (batch
 32, 40 epochs, eval every 20) on GraphGym's smallworld clustering/pagerank task (256 graphs,
