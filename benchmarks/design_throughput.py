@@ -72,6 +72,9 @@ flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs 
                   "aggregation in programs of their own (auto: the engine's default).")
 flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off"], "skipconcat designs in "
                   "programs of their own (auto: the engine's default, CPU only).")
+flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off"], "Designs with more than "
+                  "engine.SHALLOW_LAYERS_MP message-passing layers in programs of their own "
+                  "(auto: the engine's default).")
 flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
                    "that finishes past this many seconds and report the designs trained by "
                    "then (a time-limited job still reports; every group's compilation, "
@@ -135,7 +138,8 @@ def run_gnnjax(designs, dataset, devices) -> dict:
                                   scan_layers=_tristate(FLAGS.scan_layers),
                                   block_aggregation=_tristate(FLAGS.block_aggregation),
                                   split_aggregations=_tristate(FLAGS.split_aggregations),
-                                  split_stages=_tristate(FLAGS.split_stages))
+                                  split_stages=_tristate(FLAGS.split_stages),
+                                  split_depths=_tristate(FLAGS.split_depths))
   for result in stream:
     results.append(result)
     chunk_members = sum(chunks[c]["members"] for c in finished)
@@ -469,7 +473,7 @@ def main(argv):
              "task": dataset.name,
              "scan_layers": FLAGS.scan_layers, "block_aggregation": FLAGS.block_aggregation,
              "split_aggregations": FLAGS.split_aggregations,
-             "split_stages": FLAGS.split_stages,
+             "split_stages": FLAGS.split_stages, "split_depths": FLAGS.split_depths,
              "num_graphs": len(dataset.graphs), "device_counts": counts,
              "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],

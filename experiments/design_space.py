@@ -115,6 +115,10 @@ flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message
 flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off"], "Population programs of "
                   "their own for skipconcat designs, whose stage buffer is (layers_mp + 1) x "
                   "wider: cheaper steps for the others, more compilations (auto: on CPU).")
+flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off"], "Population programs of "
+                  "their own for designs with more than 4 message-passing layers, so shallower "
+                  "ones do not run the deep ones' layers as identities: cheaper steps, more "
+                  "compilations (auto: off).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "
@@ -192,7 +196,8 @@ def _trainer_and_kwargs():
   kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
             "progress": study.engine_progress(),
             "scan_layers": _AUTO_ON_OFF[FLAGS.scan_layers],
-            "split_stages": _AUTO_ON_OFF[FLAGS.split_stages]}
+            "split_stages": _AUTO_ON_OFF[FLAGS.split_stages],
+            "split_depths": _AUTO_ON_OFF[FLAGS.split_depths]}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs

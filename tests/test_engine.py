@@ -305,6 +305,26 @@ def test_split_groups_compile_up_front_once_each_and_match(with_diverging, node_
     assert_same_trial(results[index], _result(with_diverging[0], index, 1))
 
 
+def test_deep_designs_get_their_own_programs_with_split_depths(node_data):
+  deep = BASE.replace(layers_mp=engine.SHALLOW_LAYERS_MP + 1, stage_type="skipsum")
+  members = engine._resolve_members([DESIGNS[0], deep], node_data, [1])
+  assert [engine._group_key(m, False, False, True)[-1] for m in members] == [False, True]
+  # Two programs, each only as deep as its designs; the same results as one program (which
+  # the population-vs-alone tests compare with each design trained alone).
+  programs = set()
+  split = engine.train_population(
+      [DESIGNS[0], deep], node_data, [1], eval_every=2, split_aggregations=False,
+      split_stages=False, split_depths=True,
+      progress=lambda done, total, info: programs.add(info["program"]))
+  assert sorted(p.layout.layers_mp for p in programs) == [DESIGNS[0].layers_mp,
+                                                          engine.SHALLOW_LAYERS_MP + 1]
+  together = engine.train_population(
+      [DESIGNS[0], deep], node_data, [1], eval_every=2, split_aggregations=False,
+      split_stages=False, split_depths=False)
+  for got, want in zip(split, together):
+    assert_same_trial(got, want)
+
+
 def test_skipconcat_designs_get_their_own_programs_with_split_stages(with_diverging, node_data):
   members = engine._resolve_members(DESIGNS, node_data, [1])
   assert {engine._group_key(m, False, True)[-1] for m in members} == {False, True}

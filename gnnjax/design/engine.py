@@ -30,7 +30,8 @@ aggregation also form groups of their own (`split_aggregations_by_default`): a m
 every aggregation present in its program, and max/min scatter [E, D] messages where add and
 mean, on small graphs, are one matmul against per-graph dense blocks (`block_nodes_for`,
 `gnnjax.nn.blocks`). On CPU, skipconcat designs, whose stage buffer is (l_mp + 1) d wide,
-form programs of their own too (`split_stages_by_default`). The message-passing layers of a
+form programs of their own too (`split_stages_by_default`); with `split_depths`, so do designs
+deeper than SHALLOW_LAYERS_MP message-passing layers. The message-passing layers of a
 GeneralConv program run as one `lax.scan`
 (`scan_layers_by_default`; `superset.Layout.scan_mp`): fewer ops to compile (measured on CPU
 and GPU in those functions' docstrings). A group has one layout
@@ -149,13 +150,15 @@ class _Member:
   model: graphgym.GraphGymGNN
 
 
-def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = False
-               ) -> tuple:
+def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = False,
+               split_depths: bool = False) -> tuple:
   key = superset.conv_key(member.resolved) + (member.resolved.batch_size,)
   if split_aggregations:  # max/min scatter apart from the sum that add and mean share
     key += (member.resolved.aggregation in EXTREMAL_AGGREGATIONS,)
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
     key += (member.resolved.stage_type == "skipconcat",)
+  if split_depths:  # shallow designs apart from deep ones, which the scan would make them run
+    key += (member.resolved.layers_mp > SHALLOW_LAYERS_MP,)
   return key
 
 
@@ -206,6 +209,20 @@ def split_stages_by_default(devices: Sequence[jax.Device]) -> bool:
   (the default `experiments.design_space` run on the 2-core CPU: 3 m 33 s -> 2 m 34 s, 6 -> 9
   programs, compiled in 33.1 -> 36.8 s); one program on accelerators until measured there."""
   return _all_cpu(devices)
+
+
+# With split_depths, designs with at most this many message-passing layers form programs apart
+# from deeper ones (GraphGym's spaces draw l_mp from 2, 4, 6, 8).
+SHALLOW_LAYERS_MP = 4
+
+
+def split_depths_by_default(devices: Sequence[jax.Device]) -> bool:
+  """The depth policy: off until measured. Every member of a program runs the program's
+  deepest message-passing stack (layers past a design's count are identities, but they are
+  computed), so splitting l_mp <= SHALLOW_LAYERS_MP from deeper designs roughly halves the
+  shallow ones' work, for twice the programs to compile."""
+  del devices
+  return False
 
 
 def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
@@ -931,6 +948,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      checkpoint_every: int = 50,
                      split_aggregations: bool | None = None,
                      split_stages: bool | None = None,
+                     split_depths: bool | None = None,
                      precompile: bool = True,
                      scan_layers: bool | None = None,
                      block_aggregation: bool | None = None) -> list[trial_lib.TrialResult]:
@@ -962,6 +980,9 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     split_stages: give skipconcat designs their own programs, so the others do not carry its
       (l_mp + 1) d wide stage buffer (more compilations; default: `split_stages_by_default`,
       on CPU only).
+    split_depths: give designs with more than SHALLOW_LAYERS_MP message-passing layers
+      programs apart from shallower ones, which would otherwise compute the deep ones' layers
+      as identities (more compilations; default: `split_depths_by_default`, off).
     precompile: compile the programs of all groups up front, concurrently in threads (with
       more than one group), instead of one after another as their chunks start.
     scan_layers: run GeneralConv message-passing layers as one `lax.scan` (default:
@@ -979,7 +1000,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       designs, dataset, seeds, eval_every=eval_every, max_parallel=max_parallel,
       devices=devices, progress=progress, checkpoint_dir=checkpoint_dir,
       checkpoint_every=checkpoint_every, split_aggregations=split_aggregations,
-      split_stages=split_stages,
+      split_stages=split_stages, split_depths=split_depths,
       precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation):
     results[index] = result
   return results
@@ -1001,7 +1022,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            devices: Sequence[jax.Device] | None = None, progress: ProgressFn | None = None,
            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
            split_aggregations: bool | None = None, split_stages: bool | None = None,
-           precompile: bool = True,
+           split_depths: bool | None = None, precompile: bool = True,
            scan_layers: bool | None = None, block_aggregation: bool | None = None
            ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
@@ -1045,9 +1066,11 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     block_aggregation = block_aggregation_by_default(devices)
   if split_stages is None:
     split_stages = split_stages_by_default(devices)
+  if split_depths is None:
+    split_depths = split_depths_by_default(devices)
   by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
   for member in members_left:
-    by_key[_group_key(member, split_aggregations, split_stages)].append(member)
+    by_key[_group_key(member, split_aggregations, split_stages, split_depths)].append(member)
   for group_members in by_key.values():
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
