@@ -70,11 +70,12 @@ flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean 
                   "default).")
 flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max "
                   "aggregation in programs of their own (auto: the engine's default).")
-flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off"], "skipconcat designs in "
-                  "programs of their own (auto: the engine's default, CPU only).")
-flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off"], "Designs with more than "
-                  "engine.SHALLOW_LAYERS_MP message-passing layers in programs of their own "
-                  "(auto: the engine's default).")
+flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off", "adaptive"], "skipconcat "
+                  "designs in programs of their own; adaptive: where both parts keep "
+                  "engine.MIN_MEMBERS_TO_SPLIT designs (auto: the engine's default).")
+flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off", "adaptive"], "Designs with "
+                  "more than engine.SHALLOW_LAYERS_MP message-passing layers in programs of "
+                  "their own; adaptive as for --split_stages (auto: the engine's default).")
 flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
                    "that finishes past this many seconds and report the designs trained by "
                    "then (a time-limited job still reports; every group's compilation, "
@@ -161,8 +162,8 @@ def run_gnnjax(designs, dataset, devices) -> dict:
           "statuses": dict(collections.Counter(r.status for r in results)), "chunks": chunks}
 
 
-def _tristate(value: str) -> bool | None:
-  return {"auto": None, "on": True, "off": False}[value]
+def _tristate(value: str) -> bool | str | None:
+  return {"auto": None, "on": True, "off": False, "adaptive": engine.ADAPTIVE}[value]
 
 
 def bytes_per_member_step(layout, budget) -> int:

@@ -71,6 +71,7 @@ from gnnjax.data import sources
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import checkpoints
+from gnnjax.design import engine
 from gnnjax.design import hosts as hosts_lib
 from gnnjax.design import spaces, study
 from gnnjax.design import workers as workers_lib
@@ -112,13 +113,15 @@ flags.DEFINE_enum("trainer", "population", ["population", "sequential"],
                   "reference.train_design one trial at a time.")
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
                   "layers of GeneralConv population programs as one lax.scan (auto: on).")
-flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off"], "Population programs of "
-                  "their own for skipconcat designs, whose stage buffer is (layers_mp + 1) x "
-                  "wider: cheaper steps for the others, more compilations (auto: on CPU).")
-flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off"], "Population programs of "
-                  "their own for designs with more than 4 message-passing layers, so shallower "
-                  "ones do not run the deep ones' layers as identities: cheaper steps, more "
-                  "compilations (auto: off).")
+flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off", "adaptive"], "Population "
+                  "programs of their own for skipconcat designs, whose stage buffer is "
+                  "(layers_mp + 1) x wider: cheaper steps for the others, more compilations; "
+                  "adaptive: only where both parts keep engine.MIN_MEMBERS_TO_SPLIT designs "
+                  "(auto: on on CPU, adaptive elsewhere).")
+flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off", "adaptive"], "Population "
+                  "programs of their own for designs with more than 4 message-passing layers, "
+                  "so shallower ones do not run the deep ones' layers as identities; adaptive "
+                  "as for --split_stages (auto: on on CPU, adaptive elsewhere).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "
@@ -187,7 +190,8 @@ def checkpoint_dir() -> str | None:
   return FLAGS.checkpoint_dir or os.path.join(FLAGS.out_dir, "checkpoints")
 
 
-_AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # enum flag -> engine keyword
+# enum flag -> engine keyword
+_AUTO_ON_OFF = {"auto": None, "on": True, "off": False, "adaptive": engine.ADAPTIVE}
 
 
 def _trainer_and_kwargs():

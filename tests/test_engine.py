@@ -288,7 +288,8 @@ def test_memory_estimate_bounds_xla_and_sets_chunks(node_data, monkeypatch):
 def test_cpu_groups_split_extremal_aggregations(node_data):
   members = engine._resolve_members(DESIGNS, node_data, [1])
   assert engine.split_aggregations_by_default(jax.devices("cpu"))
-  assert engine.split_stages_by_default(jax.devices("cpu"))
+  assert engine.split_stages_by_default(jax.devices("cpu")) is True
+  assert engine.split_depths_by_default(jax.devices("cpu")) is True
   keys = {engine._group_key(m, True) for m in members}
   assert keys == {("generalconv", 1, 4, False), ("generalconv", 1, 4, True)}
   assert {engine._group_key(m, False) for m in members} == {("generalconv", 1, 4)}
@@ -303,6 +304,33 @@ def test_split_groups_compile_up_front_once_each_and_match(with_diverging, node_
   assert traces == {"init": 2, "train_step": 2, "predict": 2}
   for index in range(2):
     assert_same_trial(results[index], _result(with_diverging[0], index, 1))
+
+
+def test_adaptive_splits_only_where_every_part_fills_min_members(node_data):
+  stack, concat = BASE, BASE.replace(stage_type="skipconcat")
+  deep = BASE.replace(layers_mp=engine.SHALLOW_LAYERS_MP + 2)
+  designs = [stack] * 3 + [concat] * 2 + [deep] * 3  # seeds make them distinct trials
+  members = engine._resolve_members(designs, node_data, [1])
+
+  def sizes(stages, depths, min_members):
+    groups = engine._group_members(members, False, stages, depths, min_members)
+    assert sorted(m.index for g in groups for m in g) == list(range(len(members)))  # a partition
+    for group in groups:  # members keep their order within a group
+      assert [m.index for m in group] == sorted(m.index for m in group)
+    return sorted(len(g) for g in groups)
+
+  adaptive = engine.ADAPTIVE
+  assert sizes(False, False, 1) == [8]
+  assert sizes(True, True, 99) == [2, 3, 3]  # forced splits ignore min_members
+  # skipconcat: 2 of 8; l_mp > 4: 3 of the 6 others.
+  assert sizes(adaptive, adaptive, 2) == [2, 3, 3]
+  # At 3: no stage split (2 skipconcat members), then the depth split of all 8 (3 deep).
+  assert sizes(adaptive, adaptive, 3) == [3, 5]
+  assert sizes(False, adaptive, 3) == [3, 5]
+  assert sizes(adaptive, False, 2) == [2, 6]
+  assert sizes(adaptive, adaptive, 4) == [8]
+  assert sizes(True, adaptive, 3) == [2, 3, 3]  # stages forced, then the 6 split at 3 each
+  assert sizes(True, adaptive, 4) == [2, 6]
 
 
 def test_deep_designs_get_their_own_programs_with_split_depths(node_data):

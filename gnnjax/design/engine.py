@@ -30,8 +30,10 @@ aggregation also form groups of their own (`split_aggregations_by_default`): a m
 every aggregation present in its program, and max/min scatter [E, D] messages where add and
 mean, on small graphs, are one matmul against per-graph dense blocks (`block_nodes_for`,
 `gnnjax.nn.blocks`). On CPU, skipconcat designs, whose stage buffer is (l_mp + 1) d wide,
-form programs of their own too (`split_stages_by_default`); with `split_depths`, so do designs
-deeper than SHALLOW_LAYERS_MP message-passing layers. The message-passing layers of a
+form programs of their own too (`split_stages_by_default`), and so do designs deeper than
+SHALLOW_LAYERS_MP message-passing layers (`split_depths_by_default`); on accelerators both
+splits happen only where both parts keep MIN_MEMBERS_TO_SPLIT members (a step's fixed cost
+would otherwise eat the saving). The message-passing layers of a
 GeneralConv program run as one `lax.scan`
 (`scan_layers_by_default`; `superset.Layout.scan_mp`): fewer ops to compile (measured on CPU
 and GPU in those functions' docstrings). A group has one layout
@@ -158,8 +160,53 @@ def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = F
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
     key += (member.resolved.stage_type == "skipconcat",)
   if split_depths:  # shallow designs apart from deep ones, which the scan would make them run
-    key += (member.resolved.layers_mp > SHALLOW_LAYERS_MP,)
+    key += (_is_deep(member),)
   return key
+
+
+def _is_skipconcat(member: _Member) -> bool:
+  return member.resolved.stage_type == "skipconcat"
+
+
+def _is_deep(member: _Member) -> bool:
+  return member.resolved.layers_mp > SHALLOW_LAYERS_MP
+
+
+# A split policy: True (always), False (never) or ADAPTIVE: split a group only where every part
+# keeps at least MIN_MEMBERS_TO_SPLIT members. Measured on one H200 (2026-12-02): a population
+# step costs ~3 ms however few its members (a 1-member chunk: 3.05 ms) plus 0.4-1.1 ms per
+# member, and programs cost compilation: splitting 128 designs 23 ways (chunks of 1-14) doubled
+# it (106 -> 205 s) and left small chunks at 7-26x their floor, while the members' own step
+# time fell 2-3x. So a split pays only where its parts fill chunks.
+ADAPTIVE = "adaptive"
+MIN_MEMBERS_TO_SPLIT = 32
+
+
+def _group_members(members: Sequence[_Member], split_aggregations: bool,
+                   split_stages: bool | str, split_depths: bool | str,
+                   min_members: int = MIN_MEMBERS_TO_SPLIT) -> list[list[_Member]]:
+  """Members grouped into programs, in first-seen order: by `_group_key` with the forced
+  (True) splits, then each ADAPTIVE split (stages first: skipconcat's buffer is the larger
+  padding) applied to a group only where each of its parts has at least `min_members`."""
+  by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
+  for member in members:
+    by_key[_group_key(member, split_aggregations, split_stages is True,
+                      split_depths is True)].append(member)
+  groups = list(by_key.values())
+  for policy, part_of in ((split_stages, _is_skipconcat), (split_depths, _is_deep)):
+    if policy != ADAPTIVE:
+      continue
+    refined = []
+    for group in groups:
+      parts: dict[bool, list[_Member]] = collections.defaultdict(list)
+      for member in group:
+        parts[part_of(member)].append(member)
+      if len(parts) > 1 and min(len(p) for p in parts.values()) >= min_members:
+        refined.extend(parts.values())
+      else:
+        refined.append(group)
+    groups = refined
+  return groups
 
 
 def _all_cpu(devices: Sequence[jax.Device]) -> bool:
@@ -204,11 +251,13 @@ def block_nodes_for(dataset: ds.GraphDataset, budget: tuple[int, int, int]) -> i
   return largest
 
 
-def split_stages_by_default(devices: Sequence[jax.Device]) -> bool:
+def split_stages_by_default(devices: Sequence[jax.Device]) -> bool | str:
   """The stage policy: skipconcat designs get their own programs on CPU, where it was measured
   (the default `experiments.design_space` run on the 2-core CPU: 3 m 33 s -> 2 m 34 s, 6 -> 9
-  programs, compiled in 33.1 -> 36.8 s); one program on accelerators until measured there."""
-  return _all_cpu(devices)
+  programs, compiled in 33.1 -> 36.8 s); on accelerators ADAPTIVE (see MIN_MEMBERS_TO_SPLIT):
+  no split for the 128-design benchmark's groups of 8-32, a split for populations whose parts
+  fill chunks."""
+  return True if _all_cpu(devices) else ADAPTIVE
 
 
 # With split_depths, designs with at most this many message-passing layers form programs apart
@@ -216,13 +265,15 @@ def split_stages_by_default(devices: Sequence[jax.Device]) -> bool:
 SHALLOW_LAYERS_MP = 4
 
 
-def split_depths_by_default(devices: Sequence[jax.Device]) -> bool:
-  """The depth policy: off until measured. Every member of a program runs the program's
-  deepest message-passing stack (layers past a design's count are identities, but they are
-  computed), so splitting l_mp <= SHALLOW_LAYERS_MP from deeper designs roughly halves the
-  shallow ones' work, for twice the programs to compile."""
-  del devices
-  return False
+def split_depths_by_default(devices: Sequence[jax.Device]) -> bool | str:
+  """The depth policy. Every member of a program runs the program's deepest message-passing
+  stack (layers past a design's count are identities, but they are computed), so splitting
+  l_mp <= SHALLOW_LAYERS_MP from deeper designs roughly halves the shallow ones' work, for
+  more programs to compile. On CPU always, where it was measured (the default
+  `experiments.design_space` run on a 2-core CPU, 2026-12-02: 296 -> 274 s, 9 -> 12 programs
+  compiled in 26 -> 65 s, the same rank tables); on accelerators ADAPTIVE (see
+  MIN_MEMBERS_TO_SPLIT)."""
+  return True if _all_cpu(devices) else ADAPTIVE
 
 
 def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
@@ -947,8 +998,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      checkpoint_dir: str | os.PathLike | None = None,
                      checkpoint_every: int = 50,
                      split_aggregations: bool | None = None,
-                     split_stages: bool | None = None,
-                     split_depths: bool | None = None,
+                     split_stages: bool | str | None = None,
+                     split_depths: bool | str | None = None,
                      precompile: bool = True,
                      scan_layers: bool | None = None,
                      block_aggregation: bool | None = None) -> list[trial_lib.TrialResult]:
@@ -978,11 +1029,12 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     split_aggregations: give designs with max/min aggregation their own programs (default:
       `split_aggregations_by_default`: on).
     split_stages: give skipconcat designs their own programs, so the others do not carry its
-      (l_mp + 1) d wide stage buffer (more compilations; default: `split_stages_by_default`,
-      on CPU only).
-    split_depths: give designs with more than SHALLOW_LAYERS_MP message-passing layers
-      programs apart from shallower ones, which would otherwise compute the deep ones' layers
-      as identities (more compilations; default: `split_depths_by_default`, off).
+      (l_mp + 1) d wide stage buffer (more compilations): True, False, or ADAPTIVE (only
+      where both parts keep MIN_MEMBERS_TO_SPLIT members); default: `split_stages_by_default`
+      (CPU: True; accelerators: ADAPTIVE).
+    split_depths: the same for designs with more than SHALLOW_LAYERS_MP message-passing layers
+      apart from shallower ones, which would otherwise compute the deep ones' layers as
+      identities; default: `split_depths_by_default` (CPU: True; accelerators: ADAPTIVE).
     precompile: compile the programs of all groups up front, concurrently in threads (with
       more than one group), instead of one after another as their chunks start.
     scan_layers: run GeneralConv message-passing layers as one `lax.scan` (default:
@@ -1021,8 +1073,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            eval_every: int = 20, max_parallel: int | None = None,
            devices: Sequence[jax.Device] | None = None, progress: ProgressFn | None = None,
            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
-           split_aggregations: bool | None = None, split_stages: bool | None = None,
-           split_depths: bool | None = None, precompile: bool = True,
+           split_aggregations: bool | None = None, split_stages: bool | str | None = None,
+           split_depths: bool | str | None = None, precompile: bool = True,
            scan_layers: bool | None = None, block_aggregation: bool | None = None
            ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
@@ -1068,10 +1120,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     split_stages = split_stages_by_default(devices)
   if split_depths is None:
     split_depths = split_depths_by_default(devices)
-  by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
-  for member in members_left:
-    by_key[_group_key(member, split_aggregations, split_stages, split_depths)].append(member)
-  for group_members in by_key.values():
+  for group_members in _group_members(members_left, split_aggregations, split_stages,
+                                      split_depths):
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
                    block_aggregation=block_aggregation)
