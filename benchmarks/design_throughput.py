@@ -76,6 +76,8 @@ flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off", "adaptive"], "sk
 flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off", "adaptive"], "Designs with "
                   "more than engine.SHALLOW_LAYERS_MP message-passing layers in programs of "
                   "their own; adaptive as for --split_stages (auto: the engine's default).")
+flags.DEFINE_enum("epoch_scan", "auto", ["auto", "on", "off"], "Block-only programs train "
+                  "an epoch per call, a lax.scan over its steps (auto: the engine's default).")
 flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
                    "that finishes past this many seconds and report the designs trained by "
                    "then (a time-limited job still reports; every group's compilation, "
@@ -140,7 +142,8 @@ def run_gnnjax(designs, dataset, devices) -> dict:
                                   block_aggregation=_tristate(FLAGS.block_aggregation),
                                   split_aggregations=_tristate(FLAGS.split_aggregations),
                                   split_stages=_tristate(FLAGS.split_stages),
-                                  split_depths=_tristate(FLAGS.split_depths))
+                                  split_depths=_tristate(FLAGS.split_depths),
+                                  epoch_scan=_tristate(FLAGS.epoch_scan))
   for result in stream:
     results.append(result)
     chunk_members = sum(chunks[c]["members"] for c in finished)
@@ -475,6 +478,7 @@ def main(argv):
              "scan_layers": FLAGS.scan_layers, "block_aggregation": FLAGS.block_aggregation,
              "split_aggregations": FLAGS.split_aggregations,
              "split_stages": FLAGS.split_stages, "split_depths": FLAGS.split_depths,
+             "epoch_scan": FLAGS.epoch_scan,
              "num_graphs": len(dataset.graphs), "device_counts": counts,
              "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],

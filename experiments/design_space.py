@@ -122,6 +122,10 @@ flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off", "adaptive"], "Po
                   "programs of their own for designs with more than 4 message-passing layers, "
                   "so shallower ones do not run the deep ones' layers as identities; adaptive "
                   "as for --split_stages (auto: on on CPU, adaptive elsewhere).")
+flags.DEFINE_enum("epoch_scan", "auto", ["auto", "on", "off"], "Population programs that "
+                  "aggregate only by per-graph blocks train a whole epoch per jitted call (a "
+                  "lax.scan over its steps) instead of one call per step (auto: the engine's "
+                  "default).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "
@@ -201,7 +205,8 @@ def _trainer_and_kwargs():
             "progress": study.engine_progress(),
             "scan_layers": _AUTO_ON_OFF[FLAGS.scan_layers],
             "split_stages": _AUTO_ON_OFF[FLAGS.split_stages],
-            "split_depths": _AUTO_ON_OFF[FLAGS.split_depths]}
+            "split_depths": _AUTO_ON_OFF[FLAGS.split_depths],
+            "epoch_scan": _AUTO_ON_OFF[FLAGS.epoch_scan]}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs

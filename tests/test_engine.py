@@ -562,6 +562,35 @@ def test_block_only_programs_use_one_batch_shape_and_match_alone():
   assert traces["train_step"] > 1
 
 
+def test_epoch_scan_trains_an_epoch_per_call_and_matches_steps():
+  """With epoch_scan, a block-only program trains each epoch as one scanned call: the same
+  results as one call per step and as the design trained alone (ragged graphs, so the batches
+  are padded to one shape); a max program, whose batches keep the ladder, still steps."""
+  data = ragged_dataset()
+  designs = [BASE.replace(batch_size=3, dropout=0.3),
+             BASE.replace(batch_size=3, aggregation="mean", stage_type="skipsum",
+                          optimizer="sgd", learning_rate=0.05)]
+  scanned, traces = _traces(lambda: engine.train_population(designs, data, [1], eval_every=2,
+                                                            epoch_scan=True))
+  assert traces == {"init": 1, "train_epoch": 1, "predict": 1}
+  stepped = engine.train_population(designs, data, [1], eval_every=2, epoch_scan=False)
+  for got, want in zip(scanned, stepped):
+    assert_same_trial(got, want)
+  assert_same_trial(scanned[1], reference.train_design(designs[1], data, 1, eval_every=2))
+  _, traces = _traces(lambda: engine.train_population(
+      [BASE.replace(batch_size=3, aggregation="max")], data, [1], eval_every=2,
+      epoch_scan=True))
+  assert "train_epoch" not in traces and traces["train_step"] > 1
+
+
+def test_stack_steps_rejects_mixed_shapes():
+  streams = engine._SeedStreams(ragged_dataset(), [1], 3)
+  with pytest.raises(ValueError, match="one shape"):
+    engine._stack_steps(list(streams.train_batches(0)))
+  stacked = engine._stack_steps(list(streams.one_shape().train_batches(0)))
+  assert stacked.senders.shape[0] == streams.steps_per_epoch
+
+
 def test_blocks_only_layouts(node_data):
   data, _ = reference.split_for_seed(node_data, 1, 4)
   resolve = lambda d: graphgym.build_model(d, data)[1]

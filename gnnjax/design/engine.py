@@ -29,7 +29,8 @@ type decides which modules exist and the batch size the steps per epoch. Designs
 aggregation also form groups of their own (`split_aggregations_by_default`): a member computes
 every aggregation present in its program, and max/min scatter [E, D] messages where add and
 mean, on small graphs, are one matmul against per-graph dense blocks (`block_nodes_for`,
-`gnnjax.nn.blocks`). On CPU, skipconcat designs, whose stage buffer is (l_mp + 1) d wide,
+`gnnjax.nn.blocks`); such block-only programs pad every batch to one shape, and can train an
+epoch per jitted call (`epoch_scan`, a `lax.scan` over its steps). On CPU, skipconcat designs, whose stage buffer is (l_mp + 1) d wide,
 form programs of their own too (`split_stages_by_default`), and so do designs deeper than
 SHALLOW_LAYERS_MP message-passing layers (`split_depths_by_default`); on accelerators both
 splits happen only where both parts keep MIN_MEMBERS_TO_SPLIT members (a step's fixed cost
@@ -276,6 +277,16 @@ def split_depths_by_default(devices: Sequence[jax.Device]) -> bool | str:
   return True if _all_cpu(devices) else ADAPTIVE
 
 
+def epoch_scan_by_default(devices: Sequence[jax.Device]) -> bool:
+  """The epoch policy: one jitted call per epoch (a scan over its steps) for programs whose
+  batches all have one shape, against a GPU step's ~3 ms of fixed cost (if that is host
+  dispatch, the scan removes it). Off: on a 2-core CPU it did not pay (the default
+  `experiments.design_space` run 274 -> 282 s, the same rank tables); not yet measured on a
+  GPU (`benchmarks.design_throughput --epoch_scan=on`)."""
+  del devices
+  return False
+
+
 def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
   """The block policy: per-graph dense add/mean aggregation wherever the data allows
   (`block_nodes_for`). Measured on the smallworld task: 2-core CPU, 8 round-1 designs x 6
@@ -417,6 +428,14 @@ def _stack(graphs: Sequence[jraph.GraphsTuple], at_least: tuple[int, int] = (0, 
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *padded)
 
 
+def _stack_steps(batches: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
+  """[steps, ...] stack of an epoch's batches, which must share one shape."""
+  shapes = {str(jax.tree.map(np.shape, b)) for b in batches}
+  if len(shapes) != 1:
+    raise ValueError(f"an epoch scan needs batches of one shape, got {len(shapes)} shapes")
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
 class _SeedStreams:
   """The pipelines of the reference protocol for each seed of a batch-size group."""
 
@@ -532,8 +551,8 @@ def _optimizer_update(program: _Program, grads, opt_state, params, spec, step):
   return optax.apply_updates(params, updates), new_state
 
 
-def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
-                     replicated: jax.sharding.Sharding) -> Callable:
+def _member_step_fn(program: _Program) -> Callable:
+  """One member's training step: (state, mask, spec, batches, step, active) -> (state, loss)."""
   layout = program.layout
 
   def member_step(state, mask, spec, batches, step, active):
@@ -555,14 +574,43 @@ def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
     new_state = dict(state, params=params, batch_stats=stats, opt=opt)
     return _tree_where(active, new_state, state), loss
 
+  return member_step
+
+
+def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
+                     replicated: jax.sharding.Sharding) -> Callable:
+  population_step = jax.vmap(_member_step_fn(program), in_axes=(0, 0, 0, None, None, 0))
+
   def train_step(state, mask, spec, batches, step, active):
     TRACE_COUNTS["train_step"] += 1
-    return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, 0))(
-        state, mask, spec, batches, step, active)
+    return population_step(state, mask, spec, batches, step, active)
 
   return jax.jit(train_step, donate_argnums=0,
                  in_shardings=(pop, pop, pop, replicated, replicated, pop),
                  out_shardings=(pop, pop))
+
+
+def _make_train_epoch(program: _Program, pop: jax.sharding.Sharding,
+                      replicated: jax.sharding.Sharding) -> Callable:
+  """A whole epoch as one call: `lax.scan` of the population step over the epoch's batches
+  stacked on a leading [steps] axis (every batch of the epoch has one shape). Returns the
+  state and the [steps, size] losses; step k of the epoch is global step first_step + k."""
+  population_step = jax.vmap(_member_step_fn(program), in_axes=(0, 0, 0, None, None, 0))
+
+  def train_epoch(state, mask, spec, epoch_batches, first_step, active):
+    TRACE_COUNTS["train_epoch"] += 1
+
+    def body(state, inputs):
+      batches, offset = inputs
+      return population_step(state, mask, spec, batches, first_step + offset, active)
+
+    steps = jax.tree.leaves(epoch_batches)[0].shape[0]
+    return jax.lax.scan(body, state, (epoch_batches, jnp.arange(steps, dtype=jnp.int32)))
+
+  return jax.jit(train_epoch, donate_argnums=0,
+                 in_shardings=(pop, pop, pop, replicated, replicated, pop),
+                 out_shardings=(pop, jax.sharding.NamedSharding(
+                     pop.mesh, jax.sharding.PartitionSpec(None, POP_AXIS))))
 
 
 def _tree_where_masked(mask, new, old):
@@ -597,6 +645,7 @@ def _make_init(program: _Program, pop: jax.sharding.Sharding) -> Callable:
 class _Functions:
   init: Callable
   train_step: Callable
+  train_epoch: Callable
   predict: Callable
 
 
@@ -607,6 +656,7 @@ def _compiled(program: _Program, mesh: jax.sharding.Mesh) -> _Functions:
   pop = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(POP_AXIS))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return _Functions(_make_init(program, pop), _make_train_step(program, pop, replicated),
+                    _make_train_epoch(program, pop, replicated),
                     _make_predict(program, pop, replicated))
 
 
@@ -719,10 +769,12 @@ class _Group:
   def __init__(self, members: list[_Member], dataset: ds.GraphDataset, streams: _SeedStreams,
                mesh: jax.sharding.Mesh, max_parallel: int | None,
                saved: tuple[_Program, int] | None = None, scan_layers: bool = False,
-               block_aggregation: bool = False):
+               block_aggregation: bool = False, epoch_scan: bool = False):
     """`saved`: (program, padded size) of a checkpointed chunk holding exactly `members` in
-    this order; the group is then that one chunk, with the saved program."""
+    this order; the group is then that one chunk, with the saved program. `epoch_scan`: train
+    an epoch per call where every batch has one shape (block-only programs)."""
     self.members = members
+    self.epoch_scan = epoch_scan
     self.streams = streams
     self.mesh = mesh
     self.num_devices = mesh.devices.size
@@ -732,6 +784,7 @@ class _Group:
       self.streams = _streams_for_layout(streams, self.program.layout)
       self.functions = _compiled(self.program, mesh)
       self.chunks = [list(members)]
+      self.epoch_scan = epoch_scan and self.program.layout.blocks_only
       return
     designs = [m.resolved for m in members]
     dim_in = self.streams.splits[0].num_node_features
@@ -744,6 +797,7 @@ class _Group:
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)
     self.functions = _compiled(self.program, mesh)
+    self.epoch_scan = epoch_scan and layout.blocks_only  # one-shape streams (see above)
     self.chunks = _plan_chunks(members, max_parallel or self._capacity(dataset))
     # Padded with frozen copies to a multiple of the device count, the same for every chunk.
     self.size = self.round_up(max(len(c) for c in self.chunks))
@@ -847,9 +901,14 @@ class _ChunkRun:
         shapes[str(jax.tree.map(lambda a: a.shape, abstract))] = abstract
       return shapes.values()
 
-    for abstract in distinct(self.streams.train_batches(0)):
-      self.functions.train_step.lower(state, mask, spec, abstract, step, active).compile()
+    if self.group.epoch_scan:
+      epoch_batches = replicated(_stack_steps(list(self.streams.train_batches(0))))
+      self.functions.train_epoch.lower(state, mask, spec, epoch_batches, step, active).compile()
       compiled += 1
+    else:
+      for abstract in distinct(self.streams.train_batches(0)):
+        self.functions.train_step.lower(state, mask, spec, abstract, step, active).compile()
+        compiled += 1
     for abstract in distinct(batch for batch, _ in self.streams.eval_batches()):
       self.functions.predict.lower(state["params"], state["batch_stats"], spec,
                                    abstract).compile()
@@ -892,13 +951,20 @@ class _ChunkRun:
       if not active.any():
         break
       active_on_device = jax.device_put(active, self.pop)
-      step_losses = []
-      for batch in self.streams.train_batches(epoch):
-        state, loss = self.functions.train_step(state, mask, spec,
-                                                jax.device_put(batch, self.replicated),
-                                                np.int32(step), active_on_device)
-        step_losses.append(loss)
-        step += 1
+      if self.group.epoch_scan:  # one call for the epoch's steps
+        epoch_batches = _stack_steps(list(self.streams.train_batches(epoch)))
+        state, step_losses = self.functions.train_epoch(
+            state, mask, spec, jax.device_put(epoch_batches, self.replicated), np.int32(step),
+            active_on_device)
+        step += self.streams.steps_per_epoch
+      else:
+        step_losses = []
+        for batch in self.streams.train_batches(epoch):
+          state, loss = self.functions.train_step(state, mask, spec,
+                                                  jax.device_put(batch, self.replicated),
+                                                  np.int32(step), active_on_device)
+          step_losses.append(loss)
+          step += 1
       epoch_losses = np.asarray(jax.device_get(step_losses), np.float32)  # [steps, size]
       to_evaluate = self._after_epoch(epoch, active, epoch_losses, diverged)
       if to_evaluate:
@@ -1002,7 +1068,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      split_depths: bool | str | None = None,
                      precompile: bool = True,
                      scan_layers: bool | None = None,
-                     block_aggregation: bool | None = None) -> list[trial_lib.TrialResult]:
+                     block_aggregation: bool | None = None,
+                     epoch_scan: bool | None = None) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
 
   Args:
@@ -1042,6 +1109,10 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     block_aggregation: aggregate add/mean over dense per-graph blocks where the graphs are
       small (`block_nodes_for`; default: `block_aggregation_by_default`); the same results up
       to float reassociation.
+    epoch_scan: where every batch of an epoch has one shape (programs that aggregate by
+      blocks only), train a whole epoch per jitted call, a `lax.scan` over its steps, instead
+      of one call per step (default: `epoch_scan_by_default`); the same results up to float
+      reassociation.
 
   Returns:
     One TrialResult per (design, seed), designs outer and seeds inner, as
@@ -1053,7 +1124,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       devices=devices, progress=progress, checkpoint_dir=checkpoint_dir,
       checkpoint_every=checkpoint_every, split_aggregations=split_aggregations,
       split_stages=split_stages, split_depths=split_depths,
-      precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation):
+      precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation,
+      epoch_scan=epoch_scan):
     results[index] = result
   return results
 
@@ -1075,8 +1147,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
            split_aggregations: bool | None = None, split_stages: bool | str | None = None,
            split_depths: bool | str | None = None, precompile: bool = True,
-           scan_layers: bool | None = None, block_aggregation: bool | None = None
-           ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+           scan_layers: bool | None = None, block_aggregation: bool | None = None,
+           epoch_scan: bool | None = None) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
   an unknown keyword is a TypeError here, as it would be there)."""
   if eval_every < 1:
@@ -1102,12 +1174,15 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
       streams[batch_size] = _SeedStreams(dataset, seeds, batch_size)
     return streams[batch_size]
 
+  if epoch_scan is None:
+    epoch_scan = epoch_scan_by_default(devices)
   pending = []  # (group, chunk, padded size, checkpoint or None)
   fingerprint = None
   if checkpoint_dir is not None:
     fingerprint = checkpoints_lib.dataset_fingerprint(dataset)
     pending, members_left = _resumable_chunks(members, dataset, streams_for, mesh,
-                                              checkpoint_dir, fingerprint, eval_every)
+                                              checkpoint_dir, fingerprint, eval_every,
+                                              epoch_scan)
   else:
     members_left = members
   if split_aggregations is None:
@@ -1124,7 +1199,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
                                       split_depths):
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
-                   block_aggregation=block_aggregation)
+                   block_aggregation=block_aggregation, epoch_scan=epoch_scan)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 
   if precompile:
@@ -1217,7 +1292,8 @@ def _program_from_json(payload: Mapping[str, Any]) -> _Program:
 
 def _resumable_chunks(members: list[_Member], dataset: ds.GraphDataset,
                       streams_for: Callable[[int], _SeedStreams], mesh: jax.sharding.Mesh,
-                      checkpoint_dir: str | os.PathLike, fingerprint: str, eval_every: int):
+                      checkpoint_dir: str | os.PathLike, fingerprint: str, eval_every: int,
+                      epoch_scan: bool = False):
   """Chunks saved by an earlier call whose members are all asked for again, rebuilt with their
   saved programs: ([(group, chunk, size, checkpoint)], the members they do not cover)."""
   by_key = {(m.design.design_id, m.seed): m for m in members}
@@ -1233,7 +1309,8 @@ def _resumable_chunks(members: list[_Member], dataset: ds.GraphDataset,
     streams = streams_for(chunk[0].resolved.batch_size)
     if program.steps_per_epoch != streams.steps_per_epoch:
       continue
-    group = _Group(chunk, dataset, streams, mesh, None, saved=(program, description["size"]))
+    group = _Group(chunk, dataset, streams, mesh, None, saved=(program, description["size"]),
+                   epoch_scan=epoch_scan)
     chunks.append((group, chunk, group.size, checkpoint))
     taken.update(id(m) for m in chunk)
   return chunks, [m for m in members if id(m) not in taken]
