@@ -30,17 +30,17 @@ aggregation also form groups of their own (`split_aggregations_by_default`): a m
 every aggregation present in its program, and max/min scatter [E, D] messages where add and
 mean, on small graphs, are one matmul against per-graph dense blocks (`block_nodes_for`,
 `gnnjax.nn.blocks`); such block-only programs pad every batch to one shape, and can train an
-epoch per jitted call (`epoch_scan`, a `lax.scan` over its steps). On CPU, skipconcat designs, whose stage buffer is (l_mp + 1) d wide,
-form programs of their own too (`split_stages_by_default`), and so do designs deeper than
-SHALLOW_LAYERS_MP message-passing layers (`split_depths_by_default`); on accelerators both
-splits happen only where both parts keep MIN_MEMBERS_TO_SPLIT members (a step's fixed cost
-would otherwise eat the saving). The message-passing layers of a
-GeneralConv program run as one `lax.scan`
+epoch per jitted call (`epoch_scan`, a `lax.scan` over its steps). On CPU, skipconcat designs,
+whose stage buffer is (l_mp + 1) d wide, form programs of their own too
+(`split_stages_by_default`), and so do designs deeper than SHALLOW_LAYERS_MP message-passing
+layers (`split_depths_by_default`); on accelerators both splits happen only where both parts
+keep MIN_MEMBERS_TO_SPLIT members (a step's fixed cost would otherwise eat the saving). The
+message-passing layers of a GeneralConv program run as one `lax.scan`
 (`scan_layers_by_default`; `superset.Layout.scan_mp`): fewer ops to compile (measured on CPU
-and GPU in those functions' docstrings). A group has one layout
-and one padded chunk size, so it compiles once (per batch shape of the budget ladder: a handful)
-however many designs and chunks it has. Chunks are filled in order of (epochs, width), so a
-chunk's members finish at similar epochs.
+and GPU in those functions' docstrings). A group has one layout and one padded chunk size, so
+it compiles once (per batch shape of the budget ladder: a handful) however many designs and
+chunks it has. Chunks are filled in order of (epochs, width), so a chunk's members finish at
+similar epochs.
 
 Devices. The population axis of every per-member array is sharded over the devices
 (`NamedSharding(make_mesh((n,), ('pop',)), P('pop'))`); batches are replicated. A chunk is padded
