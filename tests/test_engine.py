@@ -577,10 +577,11 @@ def test_epoch_scan_trains_an_epoch_per_call_and_matches_steps():
   for got, want in zip(scanned, stepped):
     assert_same_trial(got, want)
   assert_same_trial(scanned[1], reference.train_design(designs[1], data, 1, eval_every=2))
+  # (A max design of its own: an earlier test's would hit the jit caches.)
   _, traces = _traces(lambda: engine.train_population(
-      [BASE.replace(batch_size=3, aggregation="max")], data, [1], eval_every=2,
-      epoch_scan=True))
-  assert "train_epoch" not in traces and traces["train_step"] > 1
+      [BASE.replace(batch_size=3, aggregation="max", activation="swish")], data, [1],
+      eval_every=2, epoch_scan=True))
+  assert "train_epoch" not in traces and traces.get("train_step", 0) > 1
 
 
 def test_stack_steps_rejects_mixed_shapes():
