@@ -160,6 +160,19 @@ def test_tpe_densities_match_a_hand_computation():
   np.testing.assert_allclose(g0, np.array([2, 1, 1, 1]) / 5.0)
 
 
+def test_tpe_scores_choices_both_densities_rule_out_as_worst():
+  # Dimension 0: choice 0 has zero probability under both densities (0/0); choice 1 is
+  # neutral; dimension 1 is neutral. The 0/0 candidate must lose, not win argmax as a NaN.
+  densities = [(np.array([0.0, 1.0]), np.array([0.0, 1.0])), (np.array([1.0]), np.array([1.0]))]
+  scores = tpe.log_ratio_scores(densities, [(0, 0), (1, 0)])
+  np.testing.assert_array_equal(scores, [-np.inf, 0.0])
+  assert int(np.argmax(scores)) == 1
+  # g > 0 = b is the best a candidate can score; g = 0 < b the worst.
+  densities = [(np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.5, 0.5]))]
+  np.testing.assert_array_equal(tpe.log_ratio_scores(densities, [(0,), (1,), (2,)]),
+                                [np.inf, 0.0, -np.inf])
+
+
 def test_tpe_and_evolution_never_leave_the_prior_support():
   prior = Prior(SMALL, {**Prior.uniform(SMALL).probs, "layers_mp": [0, 0, 0, 1.0]})
   evaluate = matching_objective(SMALL, SMALL.design_at(0))  # optimum has layers_mp = 2

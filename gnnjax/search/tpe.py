@@ -86,6 +86,19 @@ def categorical_densities(choices: Sequence[int], values: Sequence[float], size:
   return out[0], out[1]
 
 
+def log_ratio_scores(densities: Sequence[tuple[np.ndarray, np.ndarray]],
+                     candidates: Sequence[Vector]) -> np.ndarray:
+  """TPE's acquisition, sum_w log p_good(c_w) - log p_bad(c_w), per candidate [n].
+
+  A choice both densities give zero probability (a prior with zeros and no observation there)
+  scores -inf, as one only the good density rules out does: 0/0 would be NaN, and argmax
+  returns the first NaN, which would pick exactly the candidates the good model rules out."""
+  c = np.asarray(candidates, np.int64).reshape(len(candidates), -1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    scores = sum(np.log(g[c[:, w]]) - np.log(b[c[:, w]]) for w, (g, b) in enumerate(densities))
+  return np.where(np.isnan(scores), -np.inf, scores)
+
+
 class TPESearcher(Searcher):
   """Categorical TPE whose warm-up and pseudo-counts come from the prior.
 
@@ -146,10 +159,7 @@ class TPESearcher(Searcher):
                                       self.proposed)
         if not candidates:
           return None
-        c = np.array(candidates)
-        scores = sum(np.log(g[c[:, w]]) - np.log(b[c[:, w]])
-                     for w, (g, b) in enumerate(densities))
-        return candidates[int(np.argmax(scores))]
+        return candidates[int(np.argmax(log_ratio_scores(densities, candidates)))]
       for _ in range(50):
         vector = []
         for good, bad in densities:
