@@ -165,6 +165,11 @@ def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = F
   return key
 
 
+# With split_depths, designs with at most this many message-passing layers form programs apart
+# from deeper ones (GraphGym's spaces draw l_mp from 2, 4, 6, 8).
+SHALLOW_LAYERS_MP = 4
+
+
 def _is_skipconcat(member: _Member) -> bool:
   return member.resolved.stage_type == "skipconcat"
 
@@ -259,11 +264,6 @@ def split_stages_by_default(devices: Sequence[jax.Device]) -> bool | str:
   no split for the 128-design benchmark's groups of 8-32, a split for populations whose parts
   fill chunks."""
   return True if _all_cpu(devices) else ADAPTIVE
-
-
-# With split_depths, designs with at most this many message-passing layers form programs apart
-# from deeper ones (GraphGym's spaces draw l_mp from 2, 4, 6, 8).
-SHALLOW_LAYERS_MP = 4
 
 
 def split_depths_by_default(devices: Sequence[jax.Device]) -> bool | str:
