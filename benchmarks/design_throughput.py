@@ -98,6 +98,11 @@ TARGET_RATIO = 30.0
 TARGET_SCALING = 1.8  # "about 2x one GPU"
 
 
+# The engine's auto|on|off(|adaptive) policies, each a flag of the same name.
+POLICY_FLAGS = ("scan_layers", "block_aggregation", "split_aggregations", "split_stages",
+                "split_depths", "epoch_scan")
+
+
 def sample_designs() -> list:
   space = spaces.get_space(FLAGS.space)
   designs = space.sample(FLAGS.sample_seed, FLAGS.num_designs)
@@ -135,15 +140,10 @@ def run_gnnjax(designs, dataset, devices) -> dict:
 
   start = time.perf_counter()
   results = []
+  policies = {name: engine.policy_from_flag(getattr(FLAGS, name)) for name in POLICY_FLAGS}
   stream = engine.iter_population(designs, dataset, [1], eval_every=FLAGS.eval_every,
                                   max_parallel=FLAGS.max_parallel, devices=devices,
-                                  progress=progress,
-                                  scan_layers=_tristate(FLAGS.scan_layers),
-                                  block_aggregation=_tristate(FLAGS.block_aggregation),
-                                  split_aggregations=_tristate(FLAGS.split_aggregations),
-                                  split_stages=_tristate(FLAGS.split_stages),
-                                  split_depths=_tristate(FLAGS.split_depths),
-                                  epoch_scan=_tristate(FLAGS.epoch_scan))
+                                  progress=progress, **policies)
   for result in stream:
     results.append(result)
     chunk_members = sum(chunks[c]["members"] for c in finished)
@@ -163,10 +163,6 @@ def run_gnnjax(designs, dataset, devices) -> dict:
           "first_epoch_s": first_epoch_done[0] - start if first_epoch_done else math.nan,
           "steady_s": sum(c["steady_s"] for c in chunks.values()),
           "statuses": dict(collections.Counter(r.status for r in results)), "chunks": chunks}
-
-
-def _tristate(value: str) -> bool | str | None:
-  return {"auto": None, "on": True, "off": False, "adaptive": engine.ADAPTIVE}[value]
 
 
 def bytes_per_member_step(layout, budget) -> int:
@@ -475,10 +471,7 @@ def main(argv):
         for p in pyg]])
   metrics = {"num_designs": n, "num_designs_asked": len(designs), "epochs": FLAGS.epochs,
              "task": dataset.name,
-             "scan_layers": FLAGS.scan_layers, "block_aggregation": FLAGS.block_aggregation,
-             "split_aggregations": FLAGS.split_aggregations,
-             "split_stages": FLAGS.split_stages, "split_depths": FLAGS.split_depths,
-             "epoch_scan": FLAGS.epoch_scan,
+             **{name: getattr(FLAGS, name) for name in POLICY_FLAGS},
              "num_graphs": len(dataset.graphs), "device_counts": counts,
              "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],

@@ -194,19 +194,15 @@ def checkpoint_dir() -> str | None:
   return FLAGS.checkpoint_dir or os.path.join(FLAGS.out_dir, "checkpoints")
 
 
-# enum flag -> engine keyword
-_AUTO_ON_OFF = {"auto": None, "on": True, "off": False, "adaptive": engine.ADAPTIVE}
-
-
 def _trainer_and_kwargs():
   if FLAGS.trainer == "sequential":
     return study.sequential_trainer, {"eval_every": FLAGS.eval_every}
   kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
             "progress": study.engine_progress(),
-            "scan_layers": _AUTO_ON_OFF[FLAGS.scan_layers],
-            "split_stages": _AUTO_ON_OFF[FLAGS.split_stages],
-            "split_depths": _AUTO_ON_OFF[FLAGS.split_depths],
-            "epoch_scan": _AUTO_ON_OFF[FLAGS.epoch_scan]}
+            "scan_layers": engine.policy_from_flag(FLAGS.scan_layers),
+            "split_stages": engine.policy_from_flag(FLAGS.split_stages),
+            "split_depths": engine.policy_from_flag(FLAGS.split_depths),
+            "epoch_scan": engine.policy_from_flag(FLAGS.epoch_scan)}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs

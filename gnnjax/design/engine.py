@@ -159,7 +159,7 @@ def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = F
   if split_aggregations:  # max/min scatter apart from the sum that add and mean share
     key += (member.resolved.aggregation in EXTREMAL_AGGREGATIONS,)
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
-    key += (member.resolved.stage_type == "skipconcat",)
+    key += (_is_skipconcat(member),)
   if split_depths:  # shallow designs apart from deep ones, which the scan would make them run
     key += (_is_deep(member),)
   return key
@@ -213,6 +213,12 @@ def _group_members(members: Sequence[_Member], split_aggregations: bool,
         refined.append(group)
     groups = refined
   return groups
+
+
+def policy_from_flag(value: str) -> bool | str | None:
+  """The engine keyword of an auto|on|off|adaptive command-line flag (auto: None, the
+  engine's default policy)."""
+  return {"auto": None, "on": True, "off": False, ADAPTIVE: ADAPTIVE}[value]
 
 
 def _all_cpu(devices: Sequence[jax.Device]) -> bool:
@@ -551,8 +557,10 @@ def _optimizer_update(program: _Program, grads, opt_state, params, spec, step):
   return optax.apply_updates(params, updates), new_state
 
 
-def _member_step_fn(program: _Program) -> Callable:
-  """One member's training step: (state, mask, spec, batches, step, active) -> (state, loss)."""
+def _population_step_fn(program: _Program) -> Callable:
+  """The training step of every member at once, (state, mask, spec, batches, step, active) ->
+  (state, loss [size]): one member's step vmapped over the population axis (batches and step
+  are shared)."""
   layout = program.layout
 
   def member_step(state, mask, spec, batches, step, active):
@@ -574,12 +582,12 @@ def _member_step_fn(program: _Program) -> Callable:
     new_state = dict(state, params=params, batch_stats=stats, opt=opt)
     return _tree_where(active, new_state, state), loss
 
-  return member_step
+  return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, 0))
 
 
 def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
                      replicated: jax.sharding.Sharding) -> Callable:
-  population_step = jax.vmap(_member_step_fn(program), in_axes=(0, 0, 0, None, None, 0))
+  population_step = _population_step_fn(program)
 
   def train_step(state, mask, spec, batches, step, active):
     TRACE_COUNTS["train_step"] += 1
@@ -595,7 +603,7 @@ def _make_train_epoch(program: _Program, pop: jax.sharding.Sharding,
   """A whole epoch as one call: `lax.scan` of the population step over the epoch's batches
   stacked on a leading [steps] axis (every batch of the epoch has one shape). Returns the
   state and the [steps, size] losses; step k of the epoch is global step first_step + k."""
-  population_step = jax.vmap(_member_step_fn(program), in_axes=(0, 0, 0, None, None, 0))
+  population_step = _population_step_fn(program)
 
   def train_epoch(state, mask, spec, epoch_batches, first_step, active):
     TRACE_COUNTS["train_epoch"] += 1
@@ -774,7 +782,6 @@ class _Group:
     this order; the group is then that one chunk, with the saved program. `epoch_scan`: train
     an epoch per call where every batch has one shape (block-only programs)."""
     self.members = members
-    self.epoch_scan = epoch_scan
     self.streams = streams
     self.mesh = mesh
     self.num_devices = mesh.devices.size

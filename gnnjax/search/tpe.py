@@ -153,19 +153,19 @@ class TPESearcher(Searcher):
     return out
 
   def _propose(self, densities: list[tuple[np.ndarray, np.ndarray]]) -> Vector | None:
-    with np.errstate(divide="ignore"):
-      if self.pool is not None:
-        candidates = self.pool.sample(self.rng, [g for g, _ in densities], self.n_ei_candidates,
-                                      self.proposed)
-        if not candidates:
-          return None
-        return candidates[int(np.argmax(log_ratio_scores(densities, candidates)))]
-      for _ in range(50):
-        vector = []
-        for good, bad in densities:
-          samples = self.rng.choice(good.size, self.n_ei_candidates, p=good)
-          vector.append(int(samples[np.argmax(np.log(good[samples]) - np.log(bad[samples]))]))
-        if tuple(vector) not in self.proposed:
-          return tuple(vector)
+    if self.pool is not None:
+      candidates = self.pool.sample(self.rng, [g for g, _ in densities], self.n_ei_candidates,
+                                    self.proposed)
+      if not candidates:
+        return None
+      return candidates[int(np.argmax(log_ratio_scores(densities, candidates)))]
+    for _ in range(50):
+      vector = []
+      for good, bad in densities:  # dimensions are independent: the best choice per dimension
+        samples = self.rng.choice(good.size, self.n_ei_candidates, p=good)
+        scores = log_ratio_scores([(good, bad)], samples[:, None])
+        vector.append(int(samples[np.argmax(scores)]))
+      if tuple(vector) not in self.proposed:
+        return tuple(vector)
     drawn = self._draw(1)  # the model keeps proposing known designs: fall back on the prior
     return drawn[0] if drawn else None
