@@ -199,6 +199,23 @@ def iterate_batches(packed: PackedGraphs, batch_size: int, ladder: Sequence[Budg
     indices: restrict to these graphs (e.g. a split).
     drop_last: drop a final partial batch.
   """
+  for chunk, budget in _planned_batches(packed, batch_size, ladder, rng, indices, drop_last):
+    yield packed.gather(chunk, budget)
+
+
+def iterate_budgets(packed: PackedGraphs, batch_size: int, ladder: Sequence[Budget] | None = None,
+                    rng: np.random.Generator | None = None, indices: Sequence[int] | None = None,
+                    drop_last: bool = False) -> Iterator[Budget]:
+  """The budget of each batch `iterate_batches` yields with the same arguments, without
+  gathering the batches (e.g. to compile every batch shape of a run before it starts)."""
+  for _, budget in _planned_batches(packed, batch_size, ladder, rng, indices, drop_last):
+    yield budget
+
+
+def _planned_batches(packed: PackedGraphs, batch_size: int, ladder: Sequence[Budget] | None,
+                     rng: np.random.Generator | None, indices: Sequence[int] | None,
+                     drop_last: bool) -> Iterator[tuple[np.ndarray, Budget]]:
+  """(graph indices, budget) of each batch: the one plan behind iterate_batches/_budgets."""
   ladder = ladder or budget_ladder(packed, batch_size)
   order = np.arange(len(packed)) if indices is None else np.asarray(indices, np.int64)
   if rng is not None:
@@ -207,8 +224,8 @@ def iterate_batches(packed: PackedGraphs, batch_size: int, ladder: Sequence[Budg
     chunk = order[start:start + batch_size]
     if drop_last and len(chunk) < batch_size:
       break
-    budget = fit_budget(ladder, int(packed.n_node[chunk].sum()), int(packed.n_edge[chunk].sum()))
-    yield packed.gather(chunk, budget)
+    yield chunk, fit_budget(ladder, int(packed.n_node[chunk].sum()),
+                            int(packed.n_edge[chunk].sum()))
 
 
 def pad_single_graph(graph: jraph.GraphsTuple, node_multiple: int = 8,

@@ -584,6 +584,37 @@ def test_epoch_scan_trains_an_epoch_per_call_and_matches_steps():
   assert "train_epoch" not in traces and traces.get("train_step", 0) > 1
 
 
+def test_precompile_covers_every_batch_shape_of_every_epoch():
+  """Programs compile, before the run, a train step for every batch shape any epoch will use
+  (`_SeedStreams.train_shapes`, from the pipelines' budgets without building batches), so no
+  epoch stalls on a new shape: the run adds no trace."""
+  data = ragged_dataset(num_graphs=16, seed=3)
+  streams = engine._SeedStreams(data, [1, 2], 3)
+  epochs = 6
+  built = {(b.nodes["x"].shape[1], b.senders.shape[1])
+           for e in range(epochs) for b in streams.train_batches(e)}
+  assert streams.train_shapes(epochs) == built
+  assert len(built) > len({(b.nodes["x"].shape[1], b.senders.shape[1])
+                           for b in streams.train_batches(0)})  # epoch 0 alone misses some
+  assert streams.one_shape().train_shapes(epochs) == {streams.largest_budget()[:2]}
+  # Two programs (max apart from add), so the engine precompiles; the max one keeps the ladder.
+  designs = [BASE.replace(batch_size=3, epochs=epochs, activation="prelu"),
+             BASE.replace(batch_size=3, epochs=epochs, aggregation="max", batch_norm=False)]
+  calls = []
+  original = engine._ChunkRun.run
+
+  def run_and_count(self, *args, **kwargs):
+    calls.append(dict(engine.TRACE_COUNTS))
+    return original(self, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(engine._ChunkRun, "run", run_and_count)
+    _, traces = _traces(lambda: engine.train_population(designs, data, [1, 2], eval_every=3,
+                                                        split_aggregations=True))
+  assert traces["train_step"] == 1 + len(built)  # the block-only program: one shape
+  assert calls[0].get("train_step") == engine.TRACE_COUNTS["train_step"]  # all before the run
+
+
 def test_stack_steps_rejects_mixed_shapes():
   streams = engine._SeedStreams(ragged_dataset(), [1], 3)
   with pytest.raises(ValueError, match="one shape"):

@@ -55,6 +55,19 @@ def test_ladder_is_short_and_every_batch_fits(graphs):
   assert shapes <= {(b.n_node, b.n_edge, b.n_graph) for b in ladder}
 
 
+def test_iterate_budgets_plans_the_batches_iterate_batches_builds(graphs):
+  packed = batching.PackedGraphs.from_graphs(graphs)
+  ladder = batching.budget_ladder(packed, batch_size=3)
+  for epoch in range(5):
+    for drop_last in (False, True):
+      args = dict(rng=np.random.default_rng(epoch), indices=range(1, len(graphs)),
+                  drop_last=drop_last)
+      built = [(b.nodes["x"].shape[0], b.senders.shape[0], b.n_node.shape[0])
+               for b in batching.iterate_batches(packed, 3, ladder, **args)]
+      args["rng"] = np.random.default_rng(epoch)
+      assert [tuple(b) for b in batching.iterate_budgets(packed, 3, ladder, **args)] == built
+
+
 def test_iterate_batches_covers_each_graph_once(graphs):
   packed = batching.PackedGraphs.from_graphs(graphs)
   seen = []

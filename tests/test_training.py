@@ -76,6 +76,23 @@ def test_multitask_loss_matches_hu_et_al_definition():
   assert int(count) == mask.sum()
 
 
+def test_train_budgets_are_the_shapes_of_train_batches():
+  graph_data = toy_graph_dataset()
+  node_data = ds.GraphDataset("toy/node", [ds.make_graph(
+      g.senders, g.receivers, int(g.n_node[0]),
+      {"x": g.nodes["x"], "y": np.zeros(int(g.n_node[0]), np.int32),
+       "train_mask": np.ones(int(g.n_node[0]), bool)}) for g in graph_data.graphs],
+      ds.NODE, ds.MULTICLASS, 2)
+  pipes = [pipeline.GraphTaskPipeline(graph_data, toy_splits(len(graph_data)), 5, seed=2),
+           pipeline.NodeTaskPipeline(node_data, 5, seed=2),
+           pipeline.NodeTaskPipeline(node_data, None, seed=2)]  # one full batch
+  for pipe in pipes:
+    for epoch in range(4):
+      built = [(b.nodes["x"].shape[0], b.senders.shape[0], b.n_node.shape[0])
+               for b in pipe.train_batches(epoch)]
+      assert [tuple(b) for b in pipe.train_budgets(epoch)] == built
+
+
 def _fit(data, tmp_path=None, epochs=8, seed=0, **fit_kwargs):
   pipe = pipeline.GraphTaskPipeline(data, toy_splits(len(data)), batch_size=8, seed=seed)
   model = BaselineGNN("gin", 2, ds.GRAPH, hidden=16, num_layers=3, dropout=0.2)

@@ -434,6 +434,19 @@ def _stack(graphs: Sequence[jraph.GraphsTuple], at_least: tuple[int, int] = (0, 
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *padded)
 
 
+def _abstract_batch(example: jraph.GraphsTuple, n_node: int, n_edge: int) -> jraph.GraphsTuple:
+  """`example`, a stacked batch of ShapeDtypeStructs ([S, ...] leaves), with n_node node and
+  n_edge edge slots (graph slots unchanged)."""
+  def resized(tree, size):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((a.shape[0], size) + a.shape[2:],
+                                                       a.dtype, sharding=a.sharding), tree)
+
+  return example._replace(nodes=resized(example.nodes, n_node),
+                          edges=resized(example.edges, n_edge),
+                          senders=resized(example.senders, n_edge),
+                          receivers=resized(example.receivers, n_edge))
+
+
 def _stack_steps(batches: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
   """[steps, ...] stack of an epoch's batches, which must share one shape."""
   shapes = {str(jax.tree.map(np.shape, b)) for b in batches}
@@ -482,6 +495,16 @@ class _SeedStreams:
   def train_batches(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
     for batches in zip(*(p.train_batches(epoch) for p in self.pipelines), strict=True):
       yield _stack(batches, self.pad_to)
+
+  def train_shapes(self, epochs: int) -> set[tuple[int, int]]:
+    """(n_node, n_edge) of every stacked training batch of epochs 0..epochs-1, from the
+    pipelines' budgets (no batch is built): the train-step shapes a run will compile."""
+    shapes = set()
+    for epoch in range(epochs):
+      for budgets in zip(*(p.train_budgets(epoch) for p in self.pipelines), strict=True):
+        shapes.add((max([self.pad_to[0]] + [b.n_node for b in budgets]),
+                    max([self.pad_to[1]] + [b.n_edge for b in budgets])))
+    return shapes
 
   def eval_batches(self) -> list[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
     """(stacked batch, splits it scores) covering every split once, as loop.evaluate."""
@@ -872,8 +895,8 @@ class _ChunkRun:
     return state, mask, put(specs)
 
   def precompile(self) -> int:
-    """Compiles the chunk's init, train step (for the batch shapes of the first epoch) and
-    predict (every eval batch shape) from abstract arguments, filling the jit caches the run
+    """Compiles the chunk's init, train step (every batch shape of its epochs) and predict
+    (every eval batch shape) from abstract arguments, filling the jit caches the run
     then hits. Thread-safe, so the engine compiles every group's programs concurrently (XLA's
     backend compile releases the GIL). Returns the number of programs compiled."""
     layout, member = self.program.layout, self.members[0]
@@ -912,8 +935,11 @@ class _ChunkRun:
       epoch_batches = replicated(_stack_steps(list(self.streams.train_batches(0))))
       self.functions.train_epoch.lower(state, mask, spec, epoch_batches, step, active).compile()
       compiled += 1
-    else:
-      for abstract in distinct(self.streams.train_batches(0)):
+    else:  # every shape of every epoch: a shape first met mid-run would stall it to compile
+      example = replicated(next(iter(self.streams.train_batches(0))))
+      epochs = max(m.resolved.epochs for m in self.members)
+      for n_node, n_edge in sorted(self.streams.train_shapes(epochs)):
+        abstract = _abstract_batch(example, n_node, n_edge)
         self.functions.train_step.lower(state, mask, spec, abstract, step, active).compile()
         compiled += 1
     for abstract in distinct(batch for batch, _ in self.streams.eval_batches()):

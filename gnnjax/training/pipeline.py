@@ -54,6 +54,12 @@ class GraphTaskPipeline:
     return batching.iterate_batches(self.packed, self.batch_size, self.ladder, rng=rng,
                                     indices=self.splits["train"])
 
+  def train_budgets(self, epoch: int) -> Iterator[batching.Budget]:
+    """The budget (padded shape) of each of `train_batches(epoch)`, without building them."""
+    rng = np.random.default_rng((self.seed, epoch))
+    return batching.iterate_budgets(self.packed, self.batch_size, self.ladder, rng=rng,
+                                    indices=self.splits["train"])
+
   def eval_batches(self) -> Iterator[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
     """(batch, splits it scores) pairs covering every split once."""
     for split, idx in self.splits.items():
@@ -107,6 +113,13 @@ class NodeTaskPipeline:
       return iter([self._full])
     rng = np.random.default_rng((self.seed, epoch))
     return batching.iterate_batches(self.packed, self.batch_size, self.ladder, rng=rng)
+
+  def train_budgets(self, epoch: int) -> Iterator[batching.Budget]:
+    """The budget (padded shape) of each of `train_batches(epoch)`, without building them."""
+    if self._full is not None:
+      return iter([self.ladder[-1]])
+    rng = np.random.default_rng((self.seed, epoch))
+    return batching.iterate_budgets(self.packed, self.batch_size, self.ladder, rng=rng)
 
   def eval_batches(self) -> Iterator[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
     batches = ([self._full] if self._full is not None else
