@@ -78,6 +78,10 @@ flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off", "adaptive"], "De
                   "their own; adaptive as for --split_stages (auto: the engine's default).")
 flags.DEFINE_enum("epoch_scan", "auto", ["auto", "on", "off"], "Block-only programs train "
                   "an epoch per call, a lax.scan over its steps (auto: the engine's default).")
+flags.DEFINE_enum("precompile", "auto", ["auto", "on", "off", "overlap"], "Compile every "
+                  "group's programs before training (on), in background threads while the "
+                  "first chunks train (overlap), or as each chunk starts (off); auto: the "
+                  "engine's default.")
 flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
                    "that finishes past this many seconds and report the designs trained by "
                    "then (a time-limited job still reports; every group's compilation, "
@@ -100,7 +104,7 @@ TARGET_SCALING = 1.8  # "about 2x one GPU"
 
 # The engine's auto|on|off(|adaptive) policies, each a flag of the same name.
 POLICY_FLAGS = ("scan_layers", "block_aggregation", "split_aggregations", "split_stages",
-                "split_depths", "epoch_scan")
+                "split_depths", "epoch_scan", "precompile")
 
 
 def sample_designs() -> list:

@@ -126,6 +126,10 @@ flags.DEFINE_enum("epoch_scan", "auto", ["auto", "on", "off"], "Population progr
                   "aggregate only by per-graph blocks train a whole epoch per jitted call (a "
                   "lax.scan over its steps) instead of one call per step (auto: the engine's "
                   "default).")
+flags.DEFINE_enum("precompile", "auto", ["auto", "on", "off", "overlap"], "Compile every "
+                  "population program before training (on), in background threads while the "
+                  "first chunks train (overlap), or as each chunk starts (off) (auto: on on "
+                  "CPU, overlap elsewhere).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "
@@ -202,7 +206,8 @@ def _trainer_and_kwargs():
             "scan_layers": engine.policy_from_flag(FLAGS.scan_layers),
             "split_stages": engine.policy_from_flag(FLAGS.split_stages),
             "split_depths": engine.policy_from_flag(FLAGS.split_depths),
-            "epoch_scan": engine.policy_from_flag(FLAGS.epoch_scan)}
+            "epoch_scan": engine.policy_from_flag(FLAGS.epoch_scan),
+            "precompile": engine.policy_from_flag(FLAGS.precompile)}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs

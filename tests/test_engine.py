@@ -615,6 +615,25 @@ def test_precompile_covers_every_batch_shape_of_every_epoch():
   assert calls[0].get("train_step") == engine.TRACE_COUNTS["train_step"]  # all before the run
 
 
+def test_overlapped_compilation_matches_compiling_first(node_data):
+  """precompile=OVERLAP compiles the programs in background threads while chunks train, each
+  chunk waiting for its own: one trace per function and the results of up-front compilation
+  (the first test's programs, which hit the jit caches, so new designs here)."""
+  designs = [BASE.replace(activation="swish", l2norm=False),
+             BASE.replace(aggregation="max", dropout=0.2)]
+  up_front, traces = _traces(lambda: engine.train_population(
+      designs, node_data, [1, 2], eval_every=2, precompile=True))
+  assert traces["init"] == 2 and traces["predict"] == 2
+  engine._compiled.cache_clear()  # new jitted functions: this run compiles again
+  overlapped, traces = _traces(lambda: engine.train_population(
+      designs, node_data, [1, 2], eval_every=2, precompile=engine.OVERLAP))
+  assert traces["init"] == 2 and traces["predict"] == 2
+  for got, want in zip(overlapped, up_front):
+    assert_same_trial(got, want)
+  assert engine.precompile_by_default(jax.devices("cpu")) is True
+  assert engine.policy_from_flag("overlap") == engine.OVERLAP
+
+
 def test_stack_steps_rejects_mixed_shapes():
   streams = engine._SeedStreams(ragged_dataset(), [1], 3)
   with pytest.raises(ValueError, match="one shape"):

@@ -186,6 +186,7 @@ def _is_deep(member: _Member) -> bool:
 # time fell 2-3x. So a split pays only where its parts fill chunks.
 ADAPTIVE = "adaptive"
 MIN_MEMBERS_TO_SPLIT = 32
+OVERLAP = "overlap"  # a precompile policy: compile in the background while chunks train
 
 
 def _group_members(members: Sequence[_Member], split_aggregations: bool,
@@ -216,9 +217,9 @@ def _group_members(members: Sequence[_Member], split_aggregations: bool,
 
 
 def policy_from_flag(value: str) -> bool | str | None:
-  """The engine keyword of an auto|on|off|adaptive command-line flag (auto: None, the
+  """The engine keyword of an auto|on|off|adaptive|overlap command-line flag (auto: None, the
   engine's default policy)."""
-  return {"auto": None, "on": True, "off": False, ADAPTIVE: ADAPTIVE}[value]
+  return {"auto": None, "on": True, "off": False, ADAPTIVE: ADAPTIVE, OVERLAP: OVERLAP}[value]
 
 
 def _all_cpu(devices: Sequence[jax.Device]) -> bool:
@@ -291,6 +292,14 @@ def epoch_scan_by_default(devices: Sequence[jax.Device]) -> bool:
   GPU (`benchmarks.design_throughput --epoch_scan=on`)."""
   del devices
   return False
+
+
+def precompile_by_default(devices: Sequence[jax.Device]) -> bool | str:
+  """The compilation policy. On accelerators OVERLAP: programs compile in background threads
+  while the first chunks train (the device would otherwise idle through every group's
+  compilation; XLA's backend compile releases the GIL). On CPU, True (all before training):
+  compilation and training would share the same few cores."""
+  return True if _all_cpu(devices) else OVERLAP
 
 
 def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
@@ -1099,7 +1108,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      split_aggregations: bool | None = None,
                      split_stages: bool | str | None = None,
                      split_depths: bool | str | None = None,
-                     precompile: bool = True,
+                     precompile: bool | str | None = None,
                      scan_layers: bool | None = None,
                      block_aggregation: bool | None = None,
                      epoch_scan: bool | None = None) -> list[trial_lib.TrialResult]:
@@ -1135,8 +1144,11 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     split_depths: the same for designs with more than SHALLOW_LAYERS_MP message-passing layers
       apart from shallower ones, which would otherwise compute the deep ones' layers as
       identities; default: `split_depths_by_default` (CPU: True; accelerators: ADAPTIVE).
-    precompile: compile the programs of all groups up front, concurrently in threads (with
-      more than one group), instead of one after another as their chunks start.
+    precompile: True: compile the programs of all groups (every batch shape their epochs
+      use) concurrently in threads before training starts; OVERLAP: the same compilations
+      in background threads while training runs, each chunk waiting only for its own
+      program; False: each program compiles when its chunk first calls it (default:
+      `precompile_by_default`). Only with more than one group.
     scan_layers: run GeneralConv message-passing layers as one `lax.scan` (default:
       `scan_layers_by_default`: on); the same results up to float reassociation.
     block_aggregation: aggregate add/mean over dense per-graph blocks where the graphs are
@@ -1179,7 +1191,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            devices: Sequence[jax.Device] | None = None, progress: ProgressFn | None = None,
            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
            split_aggregations: bool | None = None, split_stages: bool | str | None = None,
-           split_depths: bool | str | None = None, precompile: bool = True,
+           split_depths: bool | str | None = None, precompile: bool | str | None = None,
            scan_layers: bool | None = None, block_aggregation: bool | None = None,
            epoch_scan: bool | None = None) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
@@ -1235,12 +1247,30 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
                    block_aggregation=block_aggregation, epoch_scan=epoch_scan)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 
-  if precompile:
-    _precompile_all(pending, dataset, eval_every)
+  if precompile is None:
+    precompile = precompile_by_default(devices)
+  compiling = (_precompile_all(pending, dataset, eval_every, wait=precompile is True)
+               if precompile else {})
+  try:
+    yield from _run_chunks(pending, members, dataset, eval_every, progress, checkpoint_dir,
+                           checkpoint_every, fingerprint, compiling)
+  finally:
+    for future in compiling.values():
+      future.cancel()  # the rest, if the caller stopped early (compilations under way finish)
+
+
+def _run_chunks(pending: list, members: list[_Member], dataset: ds.GraphDataset,
+                eval_every: int, progress: ProgressFn | None,
+                checkpoint_dir: str | os.PathLike | None, checkpoint_every: int,
+                fingerprint: str | None, compiling: Mapping[tuple[int, int], Any]
+                ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+  """Trains the pending (group, chunk, size, checkpoint) in order (see `_train`)."""
   done, started, chunk_index = 0, time.time(), 0
   while pending:
     group, chunk, size, checkpoint = pending.pop(0)
     chunk_index += 1
+    if (id(group), size) in compiling:
+      _wait_for_compilation(compiling[id(group), size])
     if checkpoint_dir is not None and checkpoint is None:
       checkpoint = checkpoints_lib.ChunkCheckpoint(checkpoint_dir, _describe(
           dataset, fingerprint, eval_every, chunk, group, size))
@@ -1281,27 +1311,45 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
       checkpoint.remove()  # after the caller has taken (committed) every result
 
 
-def _precompile_all(pending: list, dataset: ds.GraphDataset, eval_every: int) -> None:
-  """Compiles the programs of every distinct (group, padded size) at once, in threads (one
-  compilation per group is otherwise paid chunk after chunk). A failure is only logged: the
-  chunk then compiles (or fails) when it runs."""
-  runs, seen = [], set()
+def _precompile_all(pending: list, dataset: ds.GraphDataset, eval_every: int, wait: bool
+                    ) -> dict[tuple[int, int], concurrent.futures.Future]:
+  """Compiles the programs of every distinct (group, padded size) in threads, in run order
+  (one compilation per group is otherwise paid chunk after chunk): with `wait`, all before
+  returning; else in the background. Returns the future of each (id(group), size)."""
+  runs = {}
   for group, chunk, size, _ in pending:
-    if (id(group), size) not in seen:
-      seen.add((id(group), size))
-      runs.append(_ChunkRun(group, chunk, dataset, eval_every, size))
+    if (id(group), size) not in runs:
+      runs[id(group), size] = _ChunkRun(group, chunk, dataset, eval_every, size)
   if len(runs) < 2:
-    return  # nothing to overlap
+    return {}  # nothing to overlap
   started = time.time()
-  with concurrent.futures.ThreadPoolExecutor(min(len(runs), os.cpu_count() or 1)) as pool:
-    futures = [pool.submit(run.precompile) for run in runs]
-    for future in futures:
-      try:
-        future.result()
-      except Exception as error:  # pylint: disable=broad-except
-        logging.warning("precompiling a population program failed (%s); it compiles when it "
-                        "runs", str(error)[:500])
-  logging.info("compiled %d population programs in %.1f s", len(runs), time.time() - started)
+
+  def compile_one(run: _ChunkRun) -> None:
+    programs = run.precompile()
+    logging.info("compiled %d programs of a %d-member chunk at %.1f s", programs, run.size,
+                 time.time() - started)
+
+  pool = concurrent.futures.ThreadPoolExecutor(min(len(runs), os.cpu_count() or 1),
+                                               thread_name_prefix="gnnjax-compile")
+  futures = {key: pool.submit(compile_one, run) for key, run in runs.items()}
+  pool.shutdown(wait=False)  # the threads end with their work
+  if wait:
+    for future in futures.values():
+      _wait_for_compilation(future)
+    logging.info("compiled %d population programs in %.1f s", len(runs), time.time() - started)
+  return futures
+
+
+def _wait_for_compilation(future: concurrent.futures.Future) -> None:
+  """Waits for a program's precompilation. A failure is only logged: the chunk then compiles
+  (or fails) when it runs."""
+  try:
+    future.result()
+  except concurrent.futures.CancelledError:
+    pass
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning("precompiling a population program failed (%s); it compiles when it runs",
+                    str(error)[:500])
 
 
 def _json_design(design: Design) -> dict[str, Any]:
