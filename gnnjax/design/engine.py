@@ -187,6 +187,7 @@ def _is_deep(member: _Member) -> bool:
 ADAPTIVE = "adaptive"
 MIN_MEMBERS_TO_SPLIT = 32
 OVERLAP = "overlap"  # a precompile policy: compile in the background while chunks train
+OVERLAP_THREADS = 2  # compilation threads with OVERLAP
 
 
 def _group_members(members: Sequence[_Member], split_aggregations: bool,
@@ -1329,8 +1330,10 @@ def _precompile_all(pending: list, dataset: ds.GraphDataset, eval_every: int, wa
     logging.info("compiled %d programs of a %d-member chunk at %.1f s", programs, run.size,
                  time.time() - started)
 
-  pool = concurrent.futures.ThreadPoolExecutor(min(len(runs), os.cpu_count() or 1),
-                                               thread_name_prefix="gnnjax-compile")
+  # In the background, few threads in run order: the first chunk's program, wanted first, does
+  # not share the GIL (tracing) and the device (XLA's autotuning) with every other group's.
+  threads = min(len(runs), os.cpu_count() or 1, len(runs) if wait else OVERLAP_THREADS)
+  pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="gnnjax-compile")
   futures = {key: pool.submit(compile_one, run) for key, run in runs.items()}
   pool.shutdown(wait=False)  # the threads end with their work
   if wait:
