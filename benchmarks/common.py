@@ -69,6 +69,7 @@ def write_results(name: str, metrics: dict, targets: dict, out_dir: str | os.Pat
             "date": datetime.date.today().isoformat(), "commit": commit(), **(provenance or {}),
             "metrics": metrics, "targets": targets}
   path = out / "results" / f"{name}.json"
+  path.parent.mkdir(parents=True, exist_ok=True)  # names may hold folders (ab/<name>)
   path.write_text(json.dumps(record, indent=1) + "\n")
   met = ", ".join(f"{k}: {'met' if v['met'] else 'NOT met'}" for k, v in targets.items())
   with open(out / "RESULTS.md", "a") as f:

@@ -128,8 +128,8 @@ flags.DEFINE_enum("epoch_scan", "auto", ["auto", "on", "off"], "Population progr
                   "default).")
 flags.DEFINE_enum("precompile", "auto", ["auto", "on", "off", "overlap"], "Compile every "
                   "population program before training (on), in background threads while the "
-                  "first chunks train (overlap), or as each chunk starts (off) (auto: on on "
-                  "CPU, overlap elsewhere).")
+                  "first chunks train (overlap), or as each chunk starts (off) (auto: the "
+                  "engine's default, on).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "

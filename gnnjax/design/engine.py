@@ -296,11 +296,14 @@ def epoch_scan_by_default(devices: Sequence[jax.Device]) -> bool:
 
 
 def precompile_by_default(devices: Sequence[jax.Device]) -> bool | str:
-  """The compilation policy. On accelerators OVERLAP: programs compile in background threads
-  while the first chunks train (the device would otherwise idle through every group's
-  compilation; XLA's backend compile releases the GIL). On CPU, True (all before training):
-  compilation and training would share the same few cores."""
-  return True if _all_cpu(devices) else OVERLAP
+  """The compilation policy: True (every program, all at once in threads, before training)
+  on every platform. OVERLAP (in the background, OVERLAP_THREADS at a time, while the first
+  chunks train) did not pay on one H200 (2026-12-02, the 128-design benchmark): the first
+  chunk started at 50 s instead of 83 s, but the background tracing (GIL) and autotuning
+  slowed the chunks training meanwhile by 5-12 s each, so the run took 245 s against 238 s.
+  On CPU, compilation and training would share the same few cores."""
+  del devices
+  return True
 
 
 def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:

@@ -9,7 +9,8 @@ instead of a gather of E messages and a scatter back onto N nodes. On an acceler
 matmul costs 2 G M^2 D flops and moves only the [N, D] node states, where the scatter moves
 (and atomically adds) an [E, D] message array; for small, dense graphs (GraphGym's synthetic
 tasks: M = 64, about 11 edges per node) that is the cheaper side. Nodes go to their blocks
-and back by gathers (graph g's nodes are contiguous in a jraph batch).
+and back by gathers (graph g's nodes are contiguous in a jraph batch), in both the forward
+and the backward pass (each move's transpose is the other move).
 
 The structure (`graph_blocks`) depends only on the batch, so under `jax.vmap` over a
 population of models sharing the batch it is built once, and the matmul runs for every member
@@ -83,17 +84,64 @@ def graph_blocks(graph: jraph.GraphsTuple, max_nodes: int) -> GraphBlocks:
 
 def to_blocks(blocks: GraphBlocks, values: Array) -> Array:
   """[N, ...] node values -> [G, M, ...] per-graph blocks (zeros where a graph has no node)."""
-  gathered = values[blocks.node_index]
-  return jnp.where(blocks.present.reshape(blocks.present.shape + (1,) * (values.ndim - 1)),
-                   gathered, 0)
+  return _to_blocks(blocks.node_index, blocks.present, blocks.block_row, values)
 
 
 def from_blocks(blocks: GraphBlocks, values: Array) -> Array:
   """[G, M, ...] per-graph blocks -> [N, ...] node values (zeros for padding nodes)."""
-  g, m = blocks.present.shape
+  return _from_blocks(blocks.node_index, blocks.present, blocks.block_row, values)
+
+
+# The two moves are transposes of each other: every present block slot holds exactly one
+# real node and every real node (local index < M) one slot, so each direction's vector-Jacobian
+# product is the other direction's gather. Autodiff of a gather would scatter-add instead
+# (atomics, the largest kernel of a population step on the H200).
+
+
+def _gather_to_blocks(node_index, present, values):
+  gathered = values[node_index]
+  return jnp.where(present.reshape(present.shape + (1,) * (values.ndim - 1)), gathered, 0)
+
+
+def _gather_from_blocks(block_row, present, values):
+  g, m = present.shape
   flat = values.reshape((g * m,) + values.shape[2:])
   flat = jnp.concatenate([flat, jnp.zeros((1,) + flat.shape[1:], flat.dtype)])
-  return flat[blocks.block_row]
+  return flat[block_row]
+
+
+@jax.custom_vjp
+def _to_blocks(node_index, present, block_row, values):
+  return _gather_to_blocks(node_index, present, values)
+
+
+def _to_blocks_fwd(node_index, present, block_row, values):
+  return _gather_to_blocks(node_index, present, values), (node_index, present, block_row)
+
+
+def _to_blocks_bwd(residuals, cotangent):
+  node_index, present, block_row = residuals
+  return None, None, None, _gather_from_blocks(block_row, present, cotangent)
+
+
+_to_blocks.defvjp(_to_blocks_fwd, _to_blocks_bwd)
+
+
+@jax.custom_vjp
+def _from_blocks(node_index, present, block_row, values):
+  return _gather_from_blocks(block_row, present, values)
+
+
+def _from_blocks_fwd(node_index, present, block_row, values):
+  return _gather_from_blocks(block_row, present, values), (node_index, present, block_row)
+
+
+def _from_blocks_bwd(residuals, cotangent):
+  node_index, present, block_row = residuals
+  return None, None, None, _gather_to_blocks(node_index, present, cotangent)
+
+
+_from_blocks.defvjp(_from_blocks_fwd, _from_blocks_bwd)
 
 
 def block_sum(blocks: GraphBlocks, values: Array) -> Array:
