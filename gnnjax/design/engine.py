@@ -287,10 +287,12 @@ def split_depths_by_default(devices: Sequence[jax.Device]) -> bool | str:
 
 def epoch_scan_by_default(devices: Sequence[jax.Device]) -> bool:
   """The epoch policy: one jitted call per epoch (a scan over its steps) for programs whose
-  batches all have one shape, against a GPU step's ~3 ms of fixed cost (if that is host
-  dispatch, the scan removes it). Off: on a 2-core CPU it did not pay (the default
-  `experiments.design_space` run 274 -> 282 s, the same rank tables); not yet measured on a
-  GPU (`benchmarks.design_throughput --epoch_scan=on`)."""
+  batches all have one shape, against a GPU step's ~3 ms of fixed cost, had that been host
+  dispatch. Off everywhere, as measured: on a 2-core CPU the default
+  `experiments.design_space` run went 274 -> 282 s (the same rank tables); on one H200
+  (2026-12-02, the 128-design benchmark) steps were 5-8% slower (a 32-member chunk 33.7 ->
+  36.0 ms): a profile shows the device busy for the whole step, so there is no dispatch gap
+  to close."""
   del devices
   return False
 
