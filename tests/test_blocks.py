@@ -88,8 +88,9 @@ def test_block_moves_differentiate_as_plain_gathers():
   b = jnp.asarray(rng.normal(size=(2,) + blocks.present.shape + (3,)), jnp.float32)
   wx = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
   wb = jnp.asarray(rng.normal(size=b.shape), jnp.float32)
-  plain_to = lambda v: blocks_lib._gather_to_blocks(blocks.node_index, blocks.present, v)
-  plain_from = lambda v: blocks_lib._gather_from_blocks(blocks.block_row, blocks.present, v)
+  indices = (blocks.node_index, blocks.present, blocks.block_row)
+  plain_to = lambda v: blocks_lib._gather_to_blocks(*indices, v)
+  plain_from = lambda v: blocks_lib._gather_from_blocks(*indices, v)
   cases = [(lambda v: blocks_lib.to_blocks(blocks, v), plain_to, x, wb),
            (lambda v: blocks_lib.from_blocks(blocks, v), plain_from, b, wx)]
   for move, plain, values, weights in cases:

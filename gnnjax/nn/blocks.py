@@ -98,50 +98,31 @@ def from_blocks(blocks: GraphBlocks, values: Array) -> Array:
 # (atomics, the largest kernel of a population step on the H200).
 
 
-def _gather_to_blocks(node_index, present, values):
+def _gather_to_blocks(node_index, present, block_row, values):
+  del block_row
   gathered = values[node_index]
   return jnp.where(present.reshape(present.shape + (1,) * (values.ndim - 1)), gathered, 0)
 
 
-def _gather_from_blocks(block_row, present, values):
+def _gather_from_blocks(node_index, present, block_row, values):
+  del node_index
   g, m = present.shape
   flat = values.reshape((g * m,) + values.shape[2:])
   flat = jnp.concatenate([flat, jnp.zeros((1,) + flat.shape[1:], flat.dtype)])
   return flat[block_row]
 
 
-@jax.custom_vjp
-def _to_blocks(node_index, present, block_row, values):
-  return _gather_to_blocks(node_index, present, values)
+def _with_transpose(move, transpose):
+  """`move`(node_index, present, block_row, values) whose VJP is `transpose` of the same
+  index arrays (which get no cotangent)."""
+  moved = jax.custom_vjp(move)
+  moved.defvjp(lambda *args: (move(*args), args[:3]),
+               lambda indices, cotangent: (None, None, None, transpose(*indices, cotangent)))
+  return moved
 
 
-def _to_blocks_fwd(node_index, present, block_row, values):
-  return _gather_to_blocks(node_index, present, values), (node_index, present, block_row)
-
-
-def _to_blocks_bwd(residuals, cotangent):
-  node_index, present, block_row = residuals
-  return None, None, None, _gather_from_blocks(block_row, present, cotangent)
-
-
-_to_blocks.defvjp(_to_blocks_fwd, _to_blocks_bwd)
-
-
-@jax.custom_vjp
-def _from_blocks(node_index, present, block_row, values):
-  return _gather_from_blocks(block_row, present, values)
-
-
-def _from_blocks_fwd(node_index, present, block_row, values):
-  return _gather_from_blocks(block_row, present, values), (node_index, present, block_row)
-
-
-def _from_blocks_bwd(residuals, cotangent):
-  node_index, present, block_row = residuals
-  return None, None, None, _gather_to_blocks(node_index, present, cotangent)
-
-
-_from_blocks.defvjp(_from_blocks_fwd, _from_blocks_bwd)
+_to_blocks = _with_transpose(_gather_to_blocks, _gather_from_blocks)
+_from_blocks = _with_transpose(_gather_from_blocks, _gather_to_blocks)
 
 
 def block_sum(blocks: GraphBlocks, values: Array) -> Array:
