@@ -104,6 +104,28 @@ def test_round_trip_and_wal(tmp_path):
   connection.close()
 
 
+def test_reading_a_bank_leaves_its_file_unchanged(tmp_path):
+  """Opening and querying an existing bank writes nothing (a shipped bank stays as committed),
+  and a bank of a newer schema is refused."""
+  path = tmp_path / "bank.sqlite"
+  design = designs_sample(1)[0]
+  with bank_lib.Bank(path) as bank:
+    bank.add(fake_result(design, 1))
+  connection = sqlite3.connect(path)
+  connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+  connection.close()
+  before = path.read_bytes()
+  with bank_lib.Bank(path) as bank:
+    assert len(bank) == 1 and bank.tasks() == [TASK]
+    bank.curves(TASK, "val", "accuracy")
+  assert path.read_bytes() == before
+  connection = sqlite3.connect(path)
+  connection.execute(f"PRAGMA user_version = {bank_lib.SCHEMA_VERSION + 1}")
+  connection.close()
+  with pytest.raises(ValueError, match="newer than"):
+    bank_lib.Bank(path)
+
+
 def test_non_finite_values_and_replace(tmp_path):
   design = designs_sample(1)[0]
   diverged = fake_result(design, 1, status="diverged")

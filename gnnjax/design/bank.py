@@ -247,15 +247,22 @@ class Bank:
     self._create_schema()
 
   def _create_schema(self) -> None:
+    if self._schema_version() == SCHEMA_VERSION:
+      return  # nothing to write: reading a bank leaves its file as it was (e.g. a shipped one)
     with self._transaction():
-      version = self._db.execute("PRAGMA user_version").fetchone()[0]
-      if version > SCHEMA_VERSION:
-        raise ValueError(f"{self.path}: bank schema version {version} is newer than this "
-                         f"gnnjax's ({SCHEMA_VERSION})")
+      if self._schema_version() == SCHEMA_VERSION:  # another process made it meanwhile
+        return
       for statement in _SCHEMA.split(";"):
         if statement.strip():
           self._db.execute(statement)
       self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+  def _schema_version(self) -> int:
+    version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+      raise ValueError(f"{self.path}: bank schema version {version} is newer than this "
+                       f"gnnjax's ({SCHEMA_VERSION})")
+    return version
 
   @contextlib.contextmanager
   def _transaction(self) -> Iterator[None]:
