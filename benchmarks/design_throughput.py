@@ -102,7 +102,7 @@ TARGET_RATIO = 30.0
 TARGET_SCALING = 1.8  # "about 2x one GPU"
 
 
-# The engine's auto|on|off(|adaptive) policies, each a flag of the same name.
+# The engine's auto|on|off(|adaptive|overlap) policies, each a flag of the same name.
 POLICY_FLAGS = ("scan_layers", "block_aggregation", "split_aggregations", "split_stages",
                 "split_depths", "epoch_scan", "precompile")
 

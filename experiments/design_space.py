@@ -198,16 +198,16 @@ def checkpoint_dir() -> str | None:
   return FLAGS.checkpoint_dir or os.path.join(FLAGS.out_dir, "checkpoints")
 
 
+# The engine's auto|on|off(|adaptive|overlap) policies, each a flag of the same name.
+POLICY_FLAGS = ("scan_layers", "split_stages", "split_depths", "epoch_scan", "precompile")
+
+
 def _trainer_and_kwargs():
   if FLAGS.trainer == "sequential":
     return study.sequential_trainer, {"eval_every": FLAGS.eval_every}
   kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
             "progress": study.engine_progress(),
-            "scan_layers": engine.policy_from_flag(FLAGS.scan_layers),
-            "split_stages": engine.policy_from_flag(FLAGS.split_stages),
-            "split_depths": engine.policy_from_flag(FLAGS.split_depths),
-            "epoch_scan": engine.policy_from_flag(FLAGS.epoch_scan),
-            "precompile": engine.policy_from_flag(FLAGS.precompile)}
+            **{name: engine.policy_from_flag(getattr(FLAGS, name)) for name in POLICY_FLAGS}}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs

@@ -514,6 +514,8 @@ class _SeedStreams:
   def train_shapes(self, epochs: int) -> set[tuple[int, int]]:
     """(n_node, n_edge) of every stacked training batch of epochs 0..epochs-1, from the
     pipelines' budgets (no batch is built): the train-step shapes a run will compile."""
+    if self.pad_to == self.largest_budget()[:2]:  # one_shape(): all padded to the top rung
+      return {self.pad_to}
     shapes = set()
     for epoch in range(epochs):
       for budgets in zip(*(p.train_budgets(epoch) for p in self.pipelines), strict=True):
@@ -1258,19 +1260,20 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
   compiling = (_precompile_all(pending, dataset, eval_every, wait=precompile is True)
                if precompile else {})
   try:
-    yield from _run_chunks(pending, members, dataset, eval_every, progress, checkpoint_dir,
-                           checkpoint_every, fingerprint, compiling)
+    yield from _run_chunks(pending, len(members), dataset, eval_every, progress,
+                           checkpoint_dir, checkpoint_every, fingerprint, compiling)
   finally:
     for future in compiling.values():
       future.cancel()  # the rest, if the caller stopped early (compilations under way finish)
 
 
-def _run_chunks(pending: list, members: list[_Member], dataset: ds.GraphDataset,
+def _run_chunks(pending: list, total: int, dataset: ds.GraphDataset,
                 eval_every: int, progress: ProgressFn | None,
                 checkpoint_dir: str | os.PathLike | None, checkpoint_every: int,
                 fingerprint: str | None, compiling: Mapping[tuple[int, int], Any]
                 ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
-  """Trains the pending (group, chunk, size, checkpoint) in order (see `_train`)."""
+  """Trains the pending (group, chunk, size, checkpoint) in order, `total` trials in all
+  (see `_train`)."""
   done, started, chunk_index = 0, time.time(), 0
   while pending:
     group, chunk, size, checkpoint = pending.pop(0)
@@ -1288,7 +1291,7 @@ def _run_chunks(pending: list, members: list[_Member], dataset: ds.GraphDataset,
 
     def on_epoch(epoch: int, epochs: int) -> None:
       if progress is not None:
-        progress(done, len(members), {**info, "epoch": epoch + 1, "epochs": epochs,
+        progress(done, total, {**info, "epoch": epoch + 1, "epochs": epochs,
                                       "seconds": time.time() - started})
 
     try:
@@ -1310,7 +1313,7 @@ def _run_chunks(pending: list, members: list[_Member], dataset: ds.GraphDataset,
       chunk_results = [_train_alone(chunk[0], dataset, eval_every)]
     done += len(chunk)
     if progress is not None:
-      progress(done, len(members), {**info, "seconds": time.time() - started})
+      progress(done, total, {**info, "seconds": time.time() - started})
     for member, result in zip(chunk, chunk_results):
       yield member.index, result
     if checkpoint is not None:
@@ -1337,7 +1340,9 @@ def _precompile_all(pending: list, dataset: ds.GraphDataset, eval_every: int, wa
 
   # In the background, few threads in run order: the first chunk's program, wanted first, does
   # not share the GIL (tracing) and the device (XLA's autotuning) with every other group's.
-  threads = min(len(runs), os.cpu_count() or 1, len(runs) if wait else OVERLAP_THREADS)
+  threads = min(len(runs), os.cpu_count() or 1)
+  if not wait:
+    threads = min(threads, OVERLAP_THREADS)
   pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="gnnjax-compile")
   futures = {key: pool.submit(compile_one, run) for key, run in runs.items()}
   pool.shutdown(wait=False)  # the threads end with their work
