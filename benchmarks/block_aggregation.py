@@ -1,0 +1,132 @@
+r"""The population engine's per-graph block aggregation, two ways, on one batch of a GraphGym task.
+
+    python -m benchmarks.block_aggregation --data_dir=../shared/datasets --out_dir=benchmarks
+
+A "step" is what one message-passing layer of K population members costs in training: each
+member's own linear layer [N, D] -> [N, D], the sum over incoming edges, a scalar loss, and the
+gradient with respect to every member's weights and input, under `jax.vmap` over the members
+(as in `gnnjax.design.engine`). The aggregation runs three ways:
+
+- `member_batched`: `gnnjax.nn.blocks.block_sum`, whose matmul keeps the member axis a batch
+  dimension (`blocks.block_matmul`: the shared [G, M, M] adjacency is broadcast to [K, G, M, M]).
+- `shared`: the same gathers to and from the blocks, but the matmul is a plain einsum against
+  the shared adjacency, which vmap batches with the member axis as a free dimension (XLA then
+  transposes the [K, G, M, D] activations around each matmul); gnnjax before this benchmark.
+- `scatter`: gather the messages and segment-sum them onto the receivers (no blocks).
+
+Every variant's output is checked against `scatter` before it is timed. Ratios are
+shared / member_batched (above 1: the member-batched matmul is faster).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from gnnjax import batching
+from gnnjax import data as data_lib
+from gnnjax import graph as graph_lib
+from gnnjax.nn import aggregate as agg_lib
+from gnnjax.nn import blocks as blocks_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Data root with graphgym_synthetic/ (default: the "
+                    "generated task, no files needed).")
+flags.DEFINE_string("task", "smallworld/clustering/onehot", "Graph task whose first batch is "
+                    "used (with --data_dir; otherwise generated/<task>).")
+flags.DEFINE_integer("batch_size", 32, "Graphs per batch (GraphGym's protocol: 32).")
+flags.DEFINE_list("members", ["8", "32"], "Population sizes K.")
+flags.DEFINE_list("widths", ["64", "256"], "Hidden widths D.")
+flags.DEFINE_integer("iters", 20, "Timed iterations per measurement (median reported).")
+flags.DEFINE_string("out_dir", "benchmarks", "Where results/block_aggregation.json and "
+                    "RESULTS.md go.")
+
+
+def first_batch():
+  name = FLAGS.task if FLAGS.data_dir else f"generated/{FLAGS.task}"
+  dataset = data_lib.load_dataset(name, FLAGS.data_dir)
+  packed = batching.PackedGraphs.from_graphs(dataset.graphs)
+  batch = next(batching.iterate_batches(packed, FLAGS.batch_size))
+  max_nodes = int(np.max(packed.n_node))
+  return batch, max_nodes
+
+
+def shared_block_sum(blocks, values):
+  summed = jnp.einsum("gij,gjd->gid", blocks.adjacency, blocks_lib.to_blocks(blocks, values),
+                      precision=jax.lax.Precision.HIGHEST)
+  return blocks_lib.from_blocks(blocks, summed)
+
+
+def scatter_sum(graph, values):
+  return agg_lib.segment_sum(values[graph.senders], graph.receivers, values.shape[0],
+                             graph_lib.edge_mask(graph))
+
+
+def make_step(aggregate, graph, max_nodes):
+  """jit(vmap over members of grad of one layer's loss) for one aggregation variant."""
+
+  def member_loss(weight, x):
+    blocks = blocks_lib.graph_blocks(graph, max_nodes)  # unbatched: built once
+    h = x @ weight
+    out = aggregate(graph, blocks, h)
+    return jnp.sum(jnp.tanh(out))
+
+  grads = jax.vmap(jax.value_and_grad(member_loss, argnums=(0, 1)))
+  return jax.jit(grads)
+
+
+VARIANTS = {
+    "member_batched": lambda graph, blocks, h: blocks_lib.block_sum(blocks, h),
+    "shared": lambda graph, blocks, h: shared_block_sum(blocks, h),
+    "scatter": lambda graph, blocks, h: scatter_sum(graph, h),
+}
+
+
+def main(argv):
+  del argv
+  graph, max_nodes = first_batch()
+  graph = jax.device_put(graph)
+  n = int(graph_lib.num_nodes(graph))
+  print(f"device: {common.device_description()}")
+  print(f"batch: {int(np.asarray(graph.n_node).shape[0])} graph slots, {n} nodes, "
+        f"{int(graph.senders.shape[0])} edges, blocks of M = {max_nodes} nodes")
+  rows, metrics = [], {}
+  header = f"{'K':>4} {'D':>5} " + " ".join(f"{v:>15}" for v in VARIANTS) + f" {'shared/mb':>10}"
+  print(header)
+  for k, d in itertools.product([int(k) for k in FLAGS.members],
+                                [int(d) for d in FLAGS.widths]):
+    rng = np.random.default_rng(k * 1000 + d)
+    weight = jnp.asarray(rng.normal(size=(k, d, d)) / np.sqrt(d), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(k, n, d)), jnp.float32)
+    times, results = {}, {}
+    for name, aggregate in VARIANTS.items():
+      step = make_step(aggregate, graph, max_nodes)
+      results[name] = jax.block_until_ready(step(weight, x))
+      times[name] = common.time_call(lambda: step(weight, x), jax.block_until_ready,
+                                     iters=FLAGS.iters)
+    for name in ("member_batched", "shared"):  # same function, same gradients
+      for got, want in zip(jax.tree.leaves(results[name]), jax.tree.leaves(results["scatter"])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-3)
+    ratio = times["shared"] / times["member_batched"]
+    print(f"{k:>4} {d:>5} " + " ".join(f"{times[v]:>12.3f} ms" for v in VARIANTS)
+          + f" {ratio:>9.2f}x")
+    metrics[f"K{k}_D{d}"] = {**{f"{v}_ms": times[v] for v in VARIANTS},
+                             "shared_over_member_batched": ratio}
+    rows.append(f"| {k} | {d} | " + " | ".join(f"{times[v]:.3f}" for v in VARIANTS)
+                + f" | {ratio:.2f}x |")
+  table = ("| K | D | member_batched ms | shared ms | scatter ms | shared / member_batched |\n"
+           "|---|---|---|---|---|---|\n" + "\n".join(rows))
+  notes = (f"Task {FLAGS.task}, first batch of {FLAGS.batch_size} graphs ({n} padded nodes, "
+           f"M = {max_nodes}); one layer's forward and backward per step, vmapped over K "
+           "members; median of " + str(FLAGS.iters) + " steps.")
+  path = common.write_results("block_aggregation", metrics, {}, FLAGS.out_dir, table, notes)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
