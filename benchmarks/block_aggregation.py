@@ -7,15 +7,20 @@ member's own linear layer [N, D] -> [N, D], the sum over incoming edges, a scala
 gradient with respect to every member's weights and input, under `jax.vmap` over the members
 (as in `gnnjax.design.engine`). The aggregation runs three ways:
 
-- `member_batched`: `gnnjax.nn.blocks.block_sum`, whose matmul keeps the member axis a batch
-  dimension (`blocks.block_matmul`: the shared [G, M, M] adjacency is broadcast to [K, G, M, M]).
-- `shared`: the same gathers to and from the blocks, but the matmul is a plain einsum against
-  the shared adjacency, which vmap batches with the member axis as a free dimension (XLA then
-  transposes the [K, G, M, D] activations around each matmul); gnnjax before this benchmark.
+- `shared`: `gnnjax.nn.blocks.block_sum`, what the engine runs: gathers to and from the
+  blocks around an einsum against the shared [G, M, M] adjacency, which vmap batches with the
+  member axis as a free dimension of the matmul.
+- `member_batched`: the same gathers, but the matmul keeps the member axis a batch dimension:
+  under vmap, a `jax.custom_batching.custom_vmap` rule broadcasts the adjacency to
+  [K, G, M, M] and runs one [K * G]-batched matmul (a `jax.custom_vjp` makes the backward pass
+  the same matmul against the transposed adjacency). This is the A/B of the hypothesis, from an
+  H200 profile, that XLA's transposes of the [K, G, M, D] activations around the shared-
+  adjacency matmul are a large part of a population step; it is not in the library, because
+  it measured no faster (RESULTS.md, 2026-12-02).
 - `scatter`: gather the messages and segment-sum them onto the receivers (no blocks).
 
-Every variant's output is checked against `scatter` before it is timed. Ratios are
-shared / member_batched (above 1: the member-batched matmul is faster).
+Every variant's output and gradients are checked against `scatter` before they are timed.
+Ratios are shared / member_batched (above 1: the member-batched matmul is faster).
 """
 
 from __future__ import annotations
@@ -56,9 +61,44 @@ def first_batch():
   return batch, max_nodes
 
 
-def shared_block_sum(blocks, values):
-  summed = jnp.einsum("gij,gjd->gid", blocks.adjacency, blocks_lib.to_blocks(blocks, values),
-                      precision=jax.lax.Precision.HIGHEST)
+def _plain_matmul(adjacency, values):
+  return jnp.einsum("gij,gjd->gid", adjacency, values, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_batching.custom_vmap
+def _member_batched_matmul(adjacency, values):
+  return _plain_matmul(adjacency, values)
+
+
+@_member_batched_matmul.def_vmap
+def _member_batched_rule(axis_size, in_batched, adjacency, values):
+  # Broadcast whichever operand is unbatched, fold the vmapped axis into the graph axis, and
+  # recurse, so that an enclosing vmap gets the same rule.
+  adjacency_batched, values_batched = in_batched
+  if not adjacency_batched:
+    adjacency = jnp.broadcast_to(adjacency, (axis_size,) + adjacency.shape)
+  if not values_batched:
+    values = jnp.broadcast_to(values, (axis_size,) + values.shape)
+  k, g, m = adjacency.shape[:3]
+  out = _member_batched_matmul(adjacency.reshape(k * g, m, m),
+                               values.reshape((k * g,) + values.shape[2:]))
+  return out.reshape(values.shape[:3] + out.shape[2:]), True
+
+
+@jax.custom_vjp
+def member_batched_matmul(adjacency, values):
+  """[G, M, M] x [G, M, D] -> [G, M, D]; under vmap the member axis is a batch dimension."""
+  return _member_batched_matmul(adjacency, values)
+
+
+member_batched_matmul.defvjp(
+    lambda adjacency, values: (_member_batched_matmul(adjacency, values), adjacency),
+    lambda adjacency, cotangent: (
+        None, _member_batched_matmul(jnp.swapaxes(adjacency, -1, -2), cotangent)))
+
+
+def member_batched_block_sum(blocks, values):
+  summed = member_batched_matmul(blocks.adjacency, blocks_lib.to_blocks(blocks, values))
   return blocks_lib.from_blocks(blocks, summed)
 
 
@@ -72,7 +112,7 @@ def make_step(aggregate, graph, max_nodes):
 
   def member_loss(weight, x):
     blocks = blocks_lib.graph_blocks(graph, max_nodes)  # unbatched: built once
-    h = x @ weight
+    h = jnp.matmul(x, weight, precision=jax.lax.Precision.HIGHEST)  # no TF32: exact checks
     out = aggregate(graph, blocks, h)
     return jnp.sum(jnp.tanh(out))
 
@@ -81,8 +121,8 @@ def make_step(aggregate, graph, max_nodes):
 
 
 VARIANTS = {
-    "member_batched": lambda graph, blocks, h: blocks_lib.block_sum(blocks, h),
-    "shared": lambda graph, blocks, h: shared_block_sum(blocks, h),
+    "member_batched": lambda graph, blocks, h: member_batched_block_sum(blocks, h),
+    "shared": lambda graph, blocks, h: blocks_lib.block_sum(blocks, h),
     "scatter": lambda graph, blocks, h: scatter_sum(graph, h),
 }
 

@@ -127,57 +127,13 @@ _from_blocks = _with_transpose(_gather_from_blocks, _gather_to_blocks)
 
 def block_sum(blocks: GraphBlocks, values: Array) -> Array:
   """[N, D] -> [N, D]: per node, the sum of `values` over its incoming real edges (with
-  multiplicity); what `aggregate.segment_sum(values[senders], receivers, N, edge_mask)` gives."""
-  return from_blocks(blocks, block_matmul(blocks.adjacency, to_blocks(blocks, values)))
+  multiplicity); what `aggregate.segment_sum(values[senders], receivers, N, edge_mask)` gives.
 
-
-def _plain_matmul(adjacency: Array, values: Array) -> Array:
-  # HIGHEST: on GPUs the default would round to TF32, and these flops are few next to the
-  # layer's own matmul.
-  return jnp.einsum("gij,gjd->gid", adjacency, values, precision=jax.lax.Precision.HIGHEST)
-
-
-@jax.custom_batching.custom_vmap
-def _member_batched_matmul(adjacency: Array, values: Array) -> Array:
-  return _plain_matmul(adjacency, values)
-
-
-@_member_batched_matmul.def_vmap
-def _member_batched_matmul_rule(axis_size, in_batched, adjacency, values):
-  # Under vmap over K population members the adjacency is shared (unbatched) and the values
-  # are [K, G, M, D]. Plain batching makes K a free dimension of the matmul, and XLA then
-  # transposes the whole [K, G, M, D] activation into [G, M, K, D] and back around every
-  # aggregation. Broadcasting the small [G, M, M] adjacency to [K, G, M, M] instead makes K a
-  # batch dimension like G: one [K * G]-batched matmul, no activation transposes. The call
-  # recurses so that an enclosing vmap gets the same rule.
-  adjacency_batched, values_batched = in_batched
-  if not adjacency_batched:
-    adjacency = jnp.broadcast_to(adjacency, (axis_size,) + adjacency.shape)
-  if not values_batched:
-    values = jnp.broadcast_to(values, (axis_size,) + values.shape)
-  k, g, m = adjacency.shape[:3]
-  out = _member_batched_matmul(adjacency.reshape(k * g, m, m),
-                               values.reshape((k * g,) + values.shape[2:]))
-  return out.reshape(values.shape[:3] + out.shape[2:]), True
-
-
-@jax.custom_vjp
-def block_matmul(adjacency: Array, values: Array) -> Array:
-  """[G, M, M] x [G, M, D] -> [G, M, D], one matmul per graph block; `adjacency` gets no
-  gradient (it is a function of the batch). Under `jax.vmap` (population members) it stays
-  one batched matmul with the member axis as a batch dimension, in both passes."""
-  return _member_batched_matmul(adjacency, values)
-
-
-def _block_matmul_fwd(adjacency, values):
-  return _member_batched_matmul(adjacency, values), adjacency
-
-
-def _block_matmul_bwd(adjacency, cotangent):
-  return None, _member_batched_matmul(jnp.swapaxes(adjacency, -1, -2), cotangent)
-
-
-block_matmul.defvjp(_block_matmul_fwd, _block_matmul_bwd)
+  The matmul runs at HIGHEST precision: on GPUs the default would round to TF32, and its
+  flops are few next to the layer's own matmul."""
+  summed = jnp.einsum("gij,gjd->gid", blocks.adjacency, to_blocks(blocks, values),
+                      precision=jax.lax.Precision.HIGHEST)
+  return from_blocks(blocks, summed)
 
 
 def block_count(blocks: GraphBlocks) -> Array:
