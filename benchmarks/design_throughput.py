@@ -46,6 +46,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import common
+from experiments import engine_flags
 from gnnjax import data as data_lib
 from gnnjax.data import dataset as ds
 from gnnjax.design import engine, reference, spaces
@@ -63,25 +64,6 @@ flags.DEFINE_integer("epochs", 100, "Epochs of every design (0: the design's own
                      "PyG reference of 3,300 designs per GPU-hour is at 100 epochs).")
 flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs (GraphGym: 20).")
 flags.DEFINE_integer("max_parallel", None, "Members per chunk (default: the engine's choice).")
-flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Message-passing layers of "
-                  "GeneralConv programs as one lax.scan (auto: the engine's default, on).")
-flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean aggregation "
-                  "as dense per-graph matmuls where the graphs are small (auto: the engine's "
-                  "default).")
-flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max "
-                  "aggregation in programs of their own (auto: the engine's default).")
-flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off", "adaptive"], "skipconcat "
-                  "designs in programs of their own; adaptive: where both parts keep "
-                  "engine.MIN_MEMBERS_TO_SPLIT designs (auto: the engine's default).")
-flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off", "adaptive"], "Designs with "
-                  "more than engine.SHALLOW_LAYERS_MP message-passing layers in programs of "
-                  "their own; adaptive as for --split_stages (auto: the engine's default).")
-flags.DEFINE_enum("epoch_scan", "auto", ["auto", "on", "off"], "Block-only programs train "
-                  "an epoch per call, a lax.scan over its steps (auto: the engine's default).")
-flags.DEFINE_enum("precompile", "auto", ["auto", "on", "off", "overlap"], "Compile every "
-                  "group's programs before training (on), in background threads while the "
-                  "first chunks train (overlap), or as each chunk starts (off); auto: the "
-                  "engine's default.")
 flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the first chunk "
                    "that finishes past this many seconds and report the designs trained by "
                    "then (a time-limited job still reports; every group's compilation, "
@@ -100,11 +82,6 @@ flags.DEFINE_string("out_dir", "benchmarks", "Where results/design_throughput.js
 
 TARGET_RATIO = 30.0
 TARGET_SCALING = 1.8  # "about 2x one GPU"
-
-
-# The engine's auto|on|off(|adaptive|overlap) policies, each a flag of the same name.
-POLICY_FLAGS = ("scan_layers", "block_aggregation", "split_aggregations", "split_stages",
-                "split_depths", "epoch_scan", "precompile")
 
 
 def sample_designs() -> list:
@@ -144,7 +121,7 @@ def run_gnnjax(designs, dataset, devices) -> dict:
 
   start = time.perf_counter()
   results = []
-  policies = {name: engine.policy_from_flag(getattr(FLAGS, name)) for name in POLICY_FLAGS}
+  policies = engine_flags.engine_policies()
   stream = engine.iter_population(designs, dataset, [1], eval_every=FLAGS.eval_every,
                                   max_parallel=FLAGS.max_parallel, devices=devices,
                                   progress=progress, **policies)
@@ -475,7 +452,7 @@ def main(argv):
         for p in pyg]])
   metrics = {"num_designs": n, "num_designs_asked": len(designs), "epochs": FLAGS.epochs,
              "task": dataset.name,
-             **{name: getattr(FLAGS, name) for name in POLICY_FLAGS},
+             **engine_flags.flag_values(),
              "num_graphs": len(dataset.graphs), "device_counts": counts,
              "gnnjax_wall_s": ours["wall_s"],
              "gnnjax_first_epoch_s": ours["first_epoch_s"], "gnnjax_steady_s": ours["steady_s"],

@@ -75,6 +75,7 @@ from gnnjax.design import engine
 from gnnjax.design import hosts as hosts_lib
 from gnnjax.design import spaces, study
 from gnnjax.design import workers as workers_lib
+from experiments import engine_flags
 from gnnjax.training import protocols
 
 FLAGS = flags.FLAGS
@@ -111,25 +112,6 @@ flags.DEFINE_integer("population_size", study.DEFAULT_POPULATION_SIZE, "Designs 
 flags.DEFINE_enum("trainer", "population", ["population", "sequential"],
                   "population: engine.train_population (batched designs); sequential: "
                   "reference.train_design one trial at a time.")
-flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
-                  "layers of GeneralConv population programs as one lax.scan (auto: on).")
-flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off", "adaptive"], "Population "
-                  "programs of their own for skipconcat designs, whose stage buffer is "
-                  "(layers_mp + 1) x wider: cheaper steps for the others, more compilations; "
-                  "adaptive: only where both parts keep engine.MIN_MEMBERS_TO_SPLIT designs "
-                  "(auto: on on CPU, adaptive elsewhere).")
-flags.DEFINE_enum("split_depths", "auto", ["auto", "on", "off", "adaptive"], "Population "
-                  "programs of their own for designs with more than 4 message-passing layers, "
-                  "so shallower ones do not run the deep ones' layers as identities; adaptive "
-                  "as for --split_stages (auto: on on CPU, adaptive elsewhere).")
-flags.DEFINE_enum("epoch_scan", "auto", ["auto", "on", "off"], "Population programs that "
-                  "aggregate only by per-graph blocks train a whole epoch per jitted call (a "
-                  "lax.scan over its steps) instead of one call per step (auto: the engine's "
-                  "default).")
-flags.DEFINE_enum("precompile", "auto", ["auto", "on", "off", "overlap"], "Compile every "
-                  "population program before training (on), in background threads while the "
-                  "first chunks train (overlap), or as each chunk starts (off) (auto: the "
-                  "engine's default, on).")
 flags.DEFINE_bool("distributed", False, "Several hosts on one study: call "
                   "jax.distributed.initialize (cluster settings detected, or the three flags "
                   "below); host k trains every n-th (task, design) into its own bank shard, and "
@@ -198,16 +180,12 @@ def checkpoint_dir() -> str | None:
   return FLAGS.checkpoint_dir or os.path.join(FLAGS.out_dir, "checkpoints")
 
 
-# The engine's auto|on|off(|adaptive|overlap) policies, each a flag of the same name.
-POLICY_FLAGS = ("scan_layers", "split_stages", "split_depths", "epoch_scan", "precompile")
-
-
 def _trainer_and_kwargs():
   if FLAGS.trainer == "sequential":
     return study.sequential_trainer, {"eval_every": FLAGS.eval_every}
   kwargs = {"eval_every": FLAGS.eval_every, "max_parallel": FLAGS.max_parallel,
             "progress": study.engine_progress(),
-            **{name: engine.policy_from_flag(getattr(FLAGS, name)) for name in POLICY_FLAGS}}
+            **engine_flags.engine_policies()}
   if checkpoint_dir():
     kwargs.update(checkpoint_dir=checkpoint_dir(), checkpoint_every=FLAGS.checkpoint_every)
   return None, kwargs
@@ -295,9 +273,10 @@ def run_on_hosts(space: spaces.DesignSpace, db: str, task_names: list[str]) -> i
 def worker_argv(task: str, out_dir: str, db: str) -> list[str]:
   """The command of the worker running `task` alone: this module with --tasks=task,
   --workers=1, out_dir (its checkpoints go under it unless --checkpoint_dir), the shared db and
-  every other flag of this module at its current value."""
+  every other flag of this module and of `engine_flags` at its current value."""
   module = FLAGS.find_module_defining_flag("tasks")  # __name__, or sys.argv[0] under -m
-  forwarded = workers_lib.flag_arguments(FLAGS, module, exclude=_PER_CHILD_FLAGS)
+  forwarded = (workers_lib.flag_arguments(FLAGS, module, exclude=_PER_CHILD_FLAGS)
+               + workers_lib.flag_arguments(FLAGS, engine_flags.__name__))
   if __spec__ is not None and __spec__.name:
     command = [sys.executable, "-m", __spec__.name]
   else:  # run as a script

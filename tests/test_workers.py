@@ -6,6 +6,7 @@ two CPU worker processes into one bank, then again with a task that cannot load.
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import os
@@ -221,6 +222,21 @@ def test_design_space_with_two_workers(tmp_path):
   assert f"analysing the 1 of 2 tasks complete in the bank: {TASKS[0]}" in failed.stdout
   with open(out / "ranks.json") as f:
     assert json.load(f)["batch_norm"]["num_setups"] == 1
+
+
+def test_worker_command_forwards_the_engine_policy_flags():
+  # In a child process: parsing the global absl FLAGS here would leak into other tests.
+  code = ("from absl import flags; from experiments import design_space; "
+          "flags.FLAGS(['prog', '--tasks=a,b', '--precompile=off', '--split_depths=adaptive', "
+          "'--epochs_override=7']); print(repr(design_space.worker_argv('a', 'out/a', 'b.db')))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  argv = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+  assert "--tasks=a" in argv and "--tasks=a,b" not in argv
+  for flag in ("--precompile=off", "--split_depths=adaptive", "--scan_layers=auto",
+               "--epochs_override=7"):
+    assert flag in argv, (flag, argv)
 
 
 def test_flag_arguments_recreate_the_flag_values():
