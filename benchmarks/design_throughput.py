@@ -391,7 +391,7 @@ def main(argv):
   ours = runs[counts[0]]
   n = ours["designs"]
   ours_per_hour, steady_per_hour = ours["designs_per_hour"], ours["steady_designs_per_hour"]
-  rows, floor_ratio = ours["rows"], ours["floor_ratio"]
+  floor_ratio = ours["floor_ratio"]
 
   pyg, pyg_per_hour = [], math.nan
   torch = None

@@ -66,16 +66,15 @@ import sys
 import jax
 from absl import app, flags
 
+from experiments import engine_flags
 from gnnjax import data as data_lib
 from gnnjax.data import sources
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import checkpoints
-from gnnjax.design import engine
 from gnnjax.design import hosts as hosts_lib
 from gnnjax.design import spaces, study
 from gnnjax.design import workers as workers_lib
-from experiments import engine_flags
 from gnnjax.training import protocols
 
 FLAGS = flags.FLAGS
