@@ -127,6 +127,25 @@ VARIANTS = {
 }
 
 
+def measure(graph, max_nodes: int, k: int, d: int) -> dict[str, float]:
+  """Median ms per step of every variant at K members and width D, after checking that each
+  gives the scatter's outputs and gradients."""
+  n = int(graph_lib.num_nodes(graph))
+  rng = np.random.default_rng(k * 1000 + d)
+  weight = jnp.asarray(rng.normal(size=(k, d, d)) / np.sqrt(d), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(k, n, d)), jnp.float32)
+  times, results = {}, {}
+  for name, aggregate in VARIANTS.items():
+    step = make_step(aggregate, graph, max_nodes)
+    results[name] = jax.block_until_ready(step(weight, x))
+    times[name] = common.time_call(lambda: step(weight, x), jax.block_until_ready,
+                                   iters=FLAGS.iters)
+  for name in ("member_batched", "shared"):  # same function, same gradients
+    for got, want in zip(jax.tree.leaves(results[name]), jax.tree.leaves(results["scatter"])):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-3)
+  return times
+
+
 def main(argv):
   del argv
   graph, max_nodes = first_batch()
@@ -135,23 +154,17 @@ def main(argv):
   print(f"device: {common.device_description()}")
   print(f"batch: {int(np.asarray(graph.n_node).shape[0])} graph slots, {n} nodes, "
         f"{int(graph.senders.shape[0])} edges, blocks of M = {max_nodes} nodes")
-  rows, metrics = [], {}
-  header = f"{'K':>4} {'D':>5} " + " ".join(f"{v:>15}" for v in VARIANTS) + f" {'shared/mb':>10}"
-  print(header)
-  for k, d in itertools.product([int(k) for k in FLAGS.members],
-                                [int(d) for d in FLAGS.widths]):
-    rng = np.random.default_rng(k * 1000 + d)
-    weight = jnp.asarray(rng.normal(size=(k, d, d)) / np.sqrt(d), jnp.float32)
-    x = jnp.asarray(rng.normal(size=(k, n, d)), jnp.float32)
-    times, results = {}, {}
-    for name, aggregate in VARIANTS.items():
-      step = make_step(aggregate, graph, max_nodes)
-      results[name] = jax.block_until_ready(step(weight, x))
-      times[name] = common.time_call(lambda: step(weight, x), jax.block_until_ready,
-                                     iters=FLAGS.iters)
-    for name in ("member_batched", "shared"):  # same function, same gradients
-      for got, want in zip(jax.tree.leaves(results[name]), jax.tree.leaves(results["scatter"])):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-3)
+  print(f"{'K':>4} {'D':>5} " + " ".join(f"{v:>15}" for v in VARIANTS) + f" {'shared/mb':>10}")
+  rows, metrics, stopped = [], {}, ""
+  configs = list(itertools.product([int(k) for k in FLAGS.members],
+                                   [int(d) for d in FLAGS.widths]))
+  for k, d in configs:
+    try:
+      times = measure(graph, max_nodes, k, d)
+    except KeyboardInterrupt:  # a time-limited job (timeout -s INT) keeps what it measured
+      stopped = f" Interrupted at K = {k}, D = {d}: {len(rows)} of {len(configs)} measured."
+      print(stopped.strip())
+      break
     ratio = times["shared"] / times["member_batched"]
     print(f"{k:>4} {d:>5} " + " ".join(f"{times[v]:>12.3f} ms" for v in VARIANTS)
           + f" {ratio:>9.2f}x")
@@ -163,7 +176,7 @@ def main(argv):
            "|---|---|---|---|---|---|\n" + "\n".join(rows))
   notes = (f"Task {FLAGS.task}, first batch of {FLAGS.batch_size} graphs ({n} padded nodes, "
            f"M = {max_nodes}); one layer's forward and backward per step, vmapped over K "
-           "members; median of " + str(FLAGS.iters) + " steps.")
+           f"members; median of {FLAGS.iters} steps.{stopped}")
   path = common.write_results("block_aggregation", metrics, {}, FLAGS.out_dir, table, notes)
   print(f"wrote {path}")
 

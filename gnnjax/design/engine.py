@@ -514,7 +514,7 @@ class _SeedStreams:
   def train_shapes(self, epochs: int) -> set[tuple[int, int]]:
     """(n_node, n_edge) of every stacked training batch of epochs 0..epochs-1, from the
     pipelines' budgets (no batch is built): the train-step shapes a run will compile."""
-    if self.pad_to == self.largest_budget()[:2]:  # one_shape(): all padded to the top rung
+    if self._one_shape is self:  # the one_shape() copy: every batch padded to the top rung
       return {self.pad_to}
     shapes = set()
     for epoch in range(epochs):
