@@ -62,6 +62,8 @@ flags.DEFINE_string("data_dir", None, "Local data root laid out like shared/data
 flags.DEFINE_integer("num_graphs", 64, "Graphs per generated/ synthetic task.")
 flags.DEFINE_string("space", "autotransfer", "Design space: a built-in name "
                     f"({', '.join(sorted(spaces.SPACES))}) or a space JSON file.")
+flags.DEFINE_list("fix", [], "Pin dimensions of --space, as field=value pairs (the same "
+                  "--fix that experiments.design_space filled the bank with, e.g. epochs=50).")
 flags.DEFINE_enum("algorithm", "tpe", sorted(ALGORITHMS), "search mode: search algorithm.")
 flags.DEFINE_enum("prior", "transferred", ["transferred", "uniform"], "search mode: start from "
                   "the transferred prior or the uniform one.")
@@ -135,12 +137,6 @@ def print_nearest(distances: Mapping[str, float], transfer: prior_lib.Transfer |
 
 # ----------------------------------------------------------------------------------------------
 # Modes.
-
-
-def _load_space(name_or_path: str) -> spaces.DesignSpace:
-  if name_or_path not in spaces.SPACES and os.path.exists(name_or_path):
-    return spaces.load_space(name_or_path)
-  return spaces.get_space(name_or_path)
 
 
 def _loader(name: str):
@@ -293,7 +289,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
 
 def main(argv):
   del argv
-  space = _load_space(FLAGS.space)
+  space = spaces.resolve_space(FLAGS.space, FLAGS.fix)
   with bank_lib.Bank(FLAGS.db) as bank:
     if FLAGS.mode == "study":
       run_study_mode(bank, space)

@@ -59,7 +59,6 @@ and analyses. --out_dir and --db must be on a file system all hosts see:
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 
@@ -82,11 +81,18 @@ flags.DEFINE_string("space", "graphgym_round1", "Design space: a built-in name "
                     f"({', '.join(sorted(spaces.SPACES))}) or a path to a space JSON file.")
 flags.DEFINE_list("fix", [], "Pin dimensions of --space to one value, as field=value pairs "
                   "(e.g. batch_size=32: one program per task instead of one per batch size). "
-                  "Values are JSON (true, 0.01, \"relu\") or plain strings.")
+                  "Values are JSON (true, 0.01, \"relu\") or plain strings, and need not be "
+                  "among the dimension's choices (epochs=50).")
 flags.DEFINE_list("tasks", [data_lib.DEFAULT_DATASET], "Comma-separated dataset names "
                   "(see gnnjax.data). The default is generated on the fly and needs no files.")
-flags.DEFINE_integer("num_designs", 3, "Base designs (setups) per studied dimension and task. "
-                     "GraphGym used about 3 per task over 32 tasks (96 per dimension).")
+flags.DEFINE_enum("plan", "controlled", list(study.PLANS), "controlled: GraphGym's controlled "
+                  "random search over --dims, ranked; random: --num_designs designs drawn "
+                  "uniformly from --space for every task (a task-model bank's pool for "
+                  "experiments.autotransfer; --dims unused, no rank tables).")
+flags.DEFINE_integer("num_designs", 3, "controlled: base designs (setups) per studied dimension "
+                     "and task (GraphGym used about 3 per task over 32 tasks, 96 per dimension); "
+                     "random: designs per task. Both keep the earlier designs of a smaller "
+                     "--num_designs as a prefix, so a bank grows without retraining.")
 flags.DEFINE_list("dims", ["batch_norm", "activation", "aggregation", "stage_type"],
                   "Dimensions to study (default: 4 of round 1's 12, 2+3+3+3 = 11 configs per "
                   "base design).")
@@ -141,32 +147,6 @@ flags.DEFINE_list("worker_devices", None, "GPU ids the workers are pinned to, wo
 _PER_CHILD_FLAGS = ("tasks", "workers", "worker_devices", "out_dir", "db", "checkpoint_dir")
 
 
-def load_space(name_or_path: str) -> spaces.DesignSpace:
-  """A built-in space by name, else a space JSON file."""
-  if name_or_path not in spaces.SPACES and os.path.exists(name_or_path):
-    return spaces.load_space(name_or_path)
-  return spaces.get_space(name_or_path)
-
-
-def pin_dimensions(space: spaces.DesignSpace, pairs: list[str]) -> spaces.DesignSpace:
-  """`space` with each 'field=value' of `pairs` removed from its dimensions and fixed."""
-  if not pairs:
-    return space
-  pinned = {}
-  for pair in pairs:
-    field, sep, text = pair.partition("=")
-    if not sep or not field:
-      raise ValueError(f"--fix takes field=value pairs, got {pair!r}")
-    try:
-      pinned[field] = json.loads(text)
-    except ValueError:
-      pinned[field] = text
-  dims = {name: choices for name, choices in space.dims.items() if name not in pinned}
-  fixed = {**space.fixed, **pinned}
-  label = ",".join(f"{k}={v}" for k, v in pinned.items())
-  return spaces.DesignSpace(dims, fixed, name=f"{space.name}[{label}]")
-
-
 def _task_loader(name: str):
   # Deferred: a resumed study whose trials are all in the bank loads no data.
   return functools.partial(data_lib.load_dataset, name, FLAGS.data_dir,
@@ -210,7 +190,7 @@ def run_and_report(space: spaces.DesignSpace, db: str, task_names: list[str]) ->
     result = study.run_study(
         bank, space, tasks, FLAGS.dims, FLAGS.num_designs, protocols.parse_seeds(FLAGS.seeds),
         plan_seed=FLAGS.plan_seed, max_epochs=FLAGS.epochs_override or None, trainer=trainer,
-        population_size=FLAGS.population_size, **trainer_kwargs)
+        population_size=FLAGS.population_size, search=FLAGS.plan, **trainer_kwargs)
     designs = study.plan_designs(result.plan)
     complete = not bank.missing([key for task in tasks for key in study.trial_keys(
         task, designs, protocols.parse_seeds(FLAGS.seeds))])
@@ -219,6 +199,9 @@ def run_and_report(space: spaces.DesignSpace, db: str, task_names: list[str]) ->
   for table in result.tables.values():
     print()
     print(analysis.format_table(table))
+  if FLAGS.plan == "random":
+    print()
+    print(study.format_pools(result.results))
   print()
   for path in study.save_study(result, FLAGS.out_dir):
     print(f"wrote {path}")
@@ -250,7 +233,7 @@ def run_on_hosts(space: spaces.DesignSpace, db: str, task_names: list[str]) -> i
         FLAGS.num_designs, protocols.parse_seeds(FLAGS.seeds), plan_seed=FLAGS.plan_seed,
         max_epochs=FLAGS.epochs_override or None, trainer=trainer,
         population_size=FLAGS.population_size, host=(index, count), analyze=False,
-        **trainer_kwargs)
+        search=FLAGS.plan, **trainer_kwargs)
   hosts_lib.mark_done(markers, index, count)
   if index != 0:
     print(f"host {index} of {count} done; host 0 merges the shards and analyses")
@@ -287,10 +270,15 @@ def worker_argv(task: str, out_dir: str, db: str) -> list[str]:
   return command + own + forwarded
 
 
+def the_plan(space: spaces.DesignSpace) -> list[study.PlanRow]:
+  """The plan the flags describe (the same in every worker and host)."""
+  return study.make_plan(space, FLAGS.plan, FLAGS.dims, FLAGS.num_designs, FLAGS.plan_seed,
+                         FLAGS.epochs_override or None)
+
+
 def _complete_tasks(space: spaces.DesignSpace, db: str, task_names: list[str]) -> list[str]:
   """The tasks whose planned trials are all in the bank (reads the bank; trains nothing)."""
-  plan = study.cap_epochs(study.controlled_random_search(
-      space, FLAGS.dims, FLAGS.num_designs, FLAGS.plan_seed), FLAGS.epochs_override or None)
+  plan = the_plan(space)
   keys = functools.partial(study.trial_keys, designs=study.plan_designs(plan),
                            seeds=protocols.parse_seeds(FLAGS.seeds))
   with bank_lib.Bank(db) as bank:
@@ -305,7 +293,7 @@ def run_workers(space: spaces.DesignSpace, db: str, task_names: list[str]) -> in
   any) and the status is 1.
   """
   # Fail here, once, on a bad --dims / --seeds / space rather than in every worker.
-  study.controlled_random_search(space, FLAGS.dims, FLAGS.num_designs, FLAGS.plan_seed)
+  the_plan(space)
   protocols.parse_seeds(FLAGS.seeds)
   db, out_dir = os.path.abspath(db), os.path.abspath(FLAGS.out_dir)
   devices = (workers_lib.accelerator_ids() if FLAGS.worker_devices is None
@@ -341,7 +329,7 @@ def main(argv):
   if FLAGS.workers < 1:
     raise app.UsageError(f"--workers must be >= 1, got {FLAGS.workers}")
   enable_compilation_cache()  # config only: no device is initialised here
-  space = pin_dimensions(load_space(FLAGS.space), FLAGS.fix)
+  space = spaces.resolve_space(FLAGS.space, FLAGS.fix)
   db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
   task_names = list(dict.fromkeys(FLAGS.tasks))
   if FLAGS.distributed:

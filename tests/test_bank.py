@@ -429,21 +429,88 @@ def test_design_space_cli_help():
   assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr  # absl: 1
   for flag in ("--space", "--tasks", "--num_designs", "--dims", "--seeds", "--epochs_override",
                "--db", "--out_dir", "--data_dir", "--max_parallel", "--trainer", "--fix",
-               "--checkpoint_every", "--checkpoint_dir", "--compilation_cache_dir"):
+               "--checkpoint_every", "--checkpoint_dir", "--compilation_cache_dir", "--plan"):
     assert flag in out.stdout
 
 
 def test_pinned_dimensions():
-  from experiments import design_space
-  space = design_space.pin_dimensions(spaces.GRAPHGYM_ROUND1, ["batch_size=32", "epochs=100",
-                                                              "activation=prelu"])
+  space = spaces.pin_dimensions(spaces.GRAPHGYM_ROUND1, ["batch_size=32", "epochs=100",
+                                                         "activation=prelu"])
   assert not {"batch_size", "epochs", "activation"} & set(space.dim_names)
   assert (space.fixed["batch_size"], space.fixed["epochs"]) == (32, 100)
   assert space.fixed["activation"] == "prelu"
   assert space.size == spaces.GRAPHGYM_ROUND1.size // 27
-  assert design_space.pin_dimensions(spaces.GRAPHGYM_ROUND1, []) is spaces.GRAPHGYM_ROUND1
+  assert spaces.pin_dimensions(spaces.GRAPHGYM_ROUND1, []) is spaces.GRAPHGYM_ROUND1
   with pytest.raises(ValueError, match="field=value"):
-    design_space.pin_dimensions(spaces.GRAPHGYM_ROUND1, ["batch_size"])
+    spaces.pin_dimensions(spaces.GRAPHGYM_ROUND1, ["batch_size"])
+
+
+def test_resolve_space_pins_outside_the_choices(tmp_path):
+  # AutoTransfer's epochs are 200-1600; a bank trained at 50 epochs is a space of its own, and
+  # the experiment that fills the bank and the one that searches it must agree on it.
+  space = spaces.resolve_space("autotransfer", ["epochs=50"])
+  assert space.name == "autotransfer[epochs=50]" and "epochs" not in space.dims
+  assert space.size == spaces.AUTOTRANSFER.size // 3
+  design = space.design_at(7)
+  assert design.epochs == 50 and design in space and design not in spaces.AUTOTRANSFER
+  assert design.replace(epochs=200) in spaces.AUTOTRANSFER
+  assert spaces.resolve_space("graphgym_round1") is spaces.GRAPHGYM_ROUND1
+  spaces.AUTOTRANSFER.save(tmp_path / "space.json")
+  from_file = spaces.resolve_space(str(tmp_path / "space.json"), ["epochs=50"])
+  assert from_file.size == space.size and design in from_file
+  with pytest.raises(ValueError, match="unknown design space 'nope'"):
+    spaces.resolve_space("nope")
+
+
+def test_random_plan_is_uniform_distinct_and_prefix_stable():
+  space = spaces.resolve_space("autotransfer", ["epochs=50"])
+  plan = study.random_plan(space, 40, seed=3)
+  designs = [row.design for row in plan]
+  assert len({d.design_id for d in designs}) == 40 and all(d in space for d in designs)
+  assert [row.setup_id for row in plan] == list(range(40))
+  assert {row.dim for row in plan} == {study.RANDOM_DIM}
+  assert [r.design for r in study.random_plan(space, 15, seed=3)] == designs[:15]
+  assert study.random_plan(space, 15, seed=4)[0].design != designs[0]
+  # Uniform: every conv choice turns up about equally often among many draws.
+  many = study.random_plan(space, 2100, seed=0)
+  convs = {}
+  for row in many:
+    label = (row.design.conv_type, row.design.heads)
+    convs[label] = convs.get(label, 0) + 1
+  assert len(convs) == 7 and min(convs.values()) > 2100 / 7 * 0.8
+  small = spaces.DesignSpace({"layers_mp": [2, 4, 6]})
+  assert len(study.random_plan(small, 3)) == 3
+  with pytest.raises(ValueError, match="cannot draw 4 distinct designs"):
+    study.random_plan(small, 4)
+  assert study.make_plan(space, "random", None, 5, 3) == plan[:5]
+  capped = study.make_plan(spaces.AUTOTRANSFER, "random", None, 5, 3, max_epochs=60)
+  assert all(row.design.epochs == 60 for row in capped)
+  with pytest.raises(ValueError, match="unknown plan 'grid'"):
+    study.make_plan(space, "grid")
+
+
+def test_run_study_random_plan_fills_pools(tmp_path):
+  space = spaces.pin_dimensions(spaces.GRAPHGYM_ROUND1, ["epochs=40"])
+  trainer = FakeTrainer()
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    result = study.run_study(bank, space, {"task_a": "A", "task_b": "B"}, ["batch_norm"], 6,
+                             seeds=[1], trainer=trainer, print_fn=None, search="random")
+    assert result.tables == {} and len(result.plan) == 6
+    assert len(trainer.trained) == len(bank) == 12 == len(result.results)
+    grown = FakeTrainer()  # more designs, same seed: only the new ones train
+    study.run_study(bank, space, {"task_a": "A"}, None, 9, seeds=[1], trainer=grown,
+                    print_fn=None, search="random")
+    assert len(grown.trained) == 3
+    summary = study.format_pools(bank.query())
+  lines = summary.splitlines()
+  assert lines[0].split()[:5] == ["task", "trials", "ok", "diverged", "failed"]
+  task_a = lines[1].split()
+  assert task_a[:5] == ["task_a", "9", "9", "0", "0"]
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    scores = [fake_accuracy(Design.from_dict(r.design), 1) for r in bank.query(task="task_a")]
+  assert float(task_a[5]) == pytest.approx(max(scores), abs=1e-4)
+  paths = study.save_study(result, str(tmp_path / "out"))
+  assert {pathlib.Path(p).name for p in paths} == {"plan.json", "ranks.json"}
 
 
 def test_progress_printers():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -382,3 +383,44 @@ def get_space(name: str) -> DesignSpace:
     return SPACES[name]
   except KeyError:
     raise ValueError(f"unknown design space {name!r}; choose from {sorted(SPACES)}") from None
+
+
+def pin_dimensions(space: DesignSpace, pairs: Sequence[str]) -> DesignSpace:
+  """`space` with each 'field=value' of `pairs` removed from its dimensions and fixed.
+
+  A pinned value need not be one of the dimension's choices (e.g. `epochs=50` in AutoTransfer's
+  space, whose epochs are 200-1600): the result is a smaller space of its own, named after the
+  pins, whose designs are exactly those of the pinned settings.
+
+  Args:
+    space: the space to pin.
+    pairs: 'field=value' strings; values are JSON (true, 0.01, "relu") or plain strings.
+  """
+  if not pairs:
+    return space
+  pinned = {}
+  for pair in pairs:
+    field, sep, text = pair.partition("=")
+    if not sep or not field:
+      raise ValueError(f"pins are field=value pairs, got {pair!r}")
+    try:
+      pinned[field] = json.loads(text)
+    except ValueError:
+      pinned[field] = text
+  dims = {name: choices for name, choices in space.dims.items() if name not in pinned}
+  fixed = {**space.fixed, **pinned}
+  label = ",".join(f"{k}={v}" for k, v in pinned.items())
+  return DesignSpace(dims, fixed, name=f"{space.name}[{label}]")
+
+
+def resolve_space(name_or_path: str, pins: Sequence[str] = ()) -> DesignSpace:
+  """A built-in space by name, else a space JSON file, with `pins` applied (`pin_dimensions`).
+
+  Experiments that must agree on a space (the one that fills the bank and the one that searches
+  it) resolve the same --space and --fix through this function.
+  """
+  if name_or_path not in SPACES and os.path.exists(name_or_path):
+    space = load_space(name_or_path)
+  else:
+    space = get_space(name_or_path)
+  return pin_dimensions(space, pins)

@@ -131,6 +131,46 @@ def controlled_random_search(space: DesignSpace, dims: Sequence[str] | None = No
   return plan
 
 
+RANDOM_DIM = "random"  # PlanRow.dim of a plain random plan's rows
+PLANS = ("controlled", "random")
+
+
+def random_plan(space: DesignSpace, num_designs: int, seed: int = 0) -> list[PlanRow]:
+  """`num_designs` distinct designs drawn uniformly from `space`: a task-model bank's pool.
+
+  A controlled random search's designs come in clusters (one base design with one dimension
+  varied); a bank that searches are replayed on wants designs spread over the whole space, as
+  AutoTransfer's. Drawn one at a time with duplicates redrawn, so asking for more designs with
+  the same seed keeps the earlier ones as a prefix (a bank grows without retraining).
+
+  Returns:
+    Rows (RANDOM_DIM, i, "", design_i), i = 0..num_designs-1.
+  """
+  if not 0 <= num_designs <= space.size:
+    raise ValueError(f"cannot draw {num_designs} distinct designs from space {space.name!r} of "
+                     f"size {space.size}")
+  rng = _dim_rng(seed, RANDOM_DIM)
+  chosen: dict[int, None] = {}
+  while len(chosen) < num_designs:
+    chosen.setdefault(int(rng.integers(space.size)))
+  return [PlanRow(RANDOM_DIM, i, "", space.design_at(index)) for i, index in enumerate(chosen)]
+
+
+def make_plan(space: DesignSpace, search: str = "controlled", dims: Sequence[str] | None = None,
+              num_designs: int = 8, seed: int = 0, max_epochs: int | None = None
+              ) -> list[PlanRow]:
+  """A study's plan: GraphGym's controlled random search over `dims` with `num_designs` base
+  designs each ('controlled'), or `num_designs` designs drawn uniformly ('random', `dims`
+  unused); every design's epochs capped at `max_epochs` (None: unchanged)."""
+  if search == "controlled":
+    plan = controlled_random_search(space, dims, num_designs, seed)
+  elif search == "random":
+    plan = random_plan(space, num_designs, seed)
+  else:
+    raise ValueError(f"unknown plan {search!r}; choose from {PLANS}")
+  return cap_epochs(plan, max_epochs)
+
+
 def cap_epochs(plan: Sequence[PlanRow], max_epochs: int | None) -> list[PlanRow]:
   """The plan with every design's epochs capped at `max_epochs` (None: unchanged).
 
@@ -376,7 +416,7 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
               population_size: int = DEFAULT_POPULATION_SIZE,
               print_fn: Callable[[str], None] | None = print,
               host: tuple[int, int] = (0, 1), analyze: bool = True,
-              **trainer_kwargs: Any) -> StudyResult:
+              search: str = "controlled", **trainer_kwargs: Any) -> StudyResult:
   """Plans a controlled random search, trains what the bank lacks on every task, ranks.
 
   Args:
@@ -395,13 +435,15 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
       (`gnnjax.design.hosts`); the plan is the same on every host.
     analyze: rank the choices (False: train only, `tables` empty; a host's share alone is not
       a study).
+    search: 'controlled' (GraphGym's controlled random search over `dims`, `num_base_designs`
+      setups each) or 'random' (`num_base_designs` designs drawn uniformly, `dims` unused, no
+      rank tables: a bank's pool for transfer studies); see `make_plan`.
     **trainer_kwargs: passed to the trainer.
 
   Returns:
     A StudyResult; `tables[dim]` ranks the choices of dim over tasks x setups.
   """
-  plan = cap_epochs(controlled_random_search(space, dims, num_base_designs, plan_seed),
-                    max_epochs)
+  plan = make_plan(space, search, dims, num_base_designs, plan_seed, max_epochs)
   designs = plan_designs(plan)
   pairs = hosts_lib.share([(task, design) for task in tasks for design in designs], *host)
   by_task = {task: [d for t, d in pairs if t == task] for task in tasks}
@@ -420,9 +462,31 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
     return StudyResult(plan=plan, results=[], tables={})
   wanted = set(all_keys)
   results = [r for task in tasks for r in bank.query(task=task) if r.key in wanted]
-  studied = list(dict.fromkeys(row.dim for row in plan))
+  studied = list(dict.fromkeys(row.dim for row in plan if row.dim != RANDOM_DIM))
   tables = {dim: analysis.rank_table(results, plan, dim) for dim in studied}
   return StudyResult(plan=plan, results=results, tables=tables)
+
+
+def format_pools(results: Sequence[TrialResult], split: str = "val", metric: str = "accuracy"
+                 ) -> str:
+  """A table of each task's pool: trials by status and the spread of the final `split` metric
+  (what a random plan leaves in the bank for transfer studies to draw from)."""
+  by_task: dict[str, list[TrialResult]] = {}
+  for result in results:
+    by_task.setdefault(result.key.task, []).append(result)
+  width = max([len("task")] + [len(t) for t in by_task])
+  lines = [f"{'task':<{width}}  {'trials':>6}  {'ok':>5}  {'diverged':>8}  {'failed':>6}  "
+           f"{split + ' ' + metric + ': best':>22}  {'median':>7}  {'worst':>7}"]
+  for task in sorted(by_task):
+    rows = by_task[task]
+    scores = np.array([analysis.trial_accuracy(r, split, metric) for r in rows], dtype=float)
+    scores = scores[np.isfinite(scores)]
+    spread = (f"{scores.max():>22.4f}  {np.median(scores):>7.4f}  {scores.min():>7.4f}"
+              if scores.size else f"{'-':>22}  {'-':>7}  {'-':>7}")
+    counts = [sum(r.status == status for r in rows) for status in (OK, DIVERGED)]
+    lines.append(f"{task:<{width}}  {len(rows):>6}  {counts[0]:>5}  {counts[1]:>8}  "
+                 f"{len(rows) - sum(counts):>6}  {spread}")
+  return "\n".join(lines)
 
 
 def save_study(result: StudyResult, out_dir: str) -> list[str]:
