@@ -41,8 +41,14 @@ flags.DEFINE_enum("precompile", "auto", ["auto", "on", "off", "overlap"], "Compi
                   "first chunks train (overlap), or as each chunk starts (off) (auto: the "
                   "engine's default, on).")
 
+flags.DEFINE_enum("one_batch_shape", "auto", ["auto", "on", "off", "adaptive"], "Pad every "
+                  "batch of a population program to the largest shape its run uses, so its "
+                  "train step and predict compile once instead of once per rung of the budget "
+                  "ladder; adaptive: only where that adds at most "
+                  "engine.ONE_SHAPE_MAX_PADDING of the node + edge slots (auto: adaptive).")
+
 POLICY_FLAGS = ("scan_layers", "block_aggregation", "split_aggregations", "split_stages",
-                "split_depths", "epoch_scan", "precompile")
+                "split_depths", "epoch_scan", "precompile", "one_batch_shape")
 
 
 def engine_policies() -> dict[str, bool | str | None]:

@@ -558,7 +558,8 @@ def test_block_only_programs_use_one_batch_shape_and_match_alone():
   assert traces == {"init": 1, "train_step": 1, "predict": 1}
   assert_same_trial(results[1], reference.train_design(designs[1], data, 1, eval_every=2))
   _, traces = _traces(lambda: engine.train_population(
-      [BASE.replace(batch_size=3, aggregation="max")], data, [1], eval_every=2))
+      [BASE.replace(batch_size=3, aggregation="max")], data, [1], eval_every=2,
+      one_batch_shape=False))
   assert traces["train_step"] > 1
 
 
@@ -580,7 +581,7 @@ def test_epoch_scan_trains_an_epoch_per_call_and_matches_steps():
   # (A max design of its own: an earlier test's would hit the jit caches.)
   _, traces = _traces(lambda: engine.train_population(
       [BASE.replace(batch_size=3, aggregation="max", activation="swish")], data, [1],
-      eval_every=2, epoch_scan=True))
+      eval_every=2, epoch_scan=True, one_batch_shape=False))
   assert "train_epoch" not in traces and traces.get("train_step", 0) > 1
 
 
@@ -610,9 +611,93 @@ def test_precompile_covers_every_batch_shape_of_every_epoch():
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(engine._ChunkRun, "run", run_and_count)
     _, traces = _traces(lambda: engine.train_population(designs, data, [1, 2], eval_every=3,
-                                                        split_aggregations=True))
+                                                        split_aggregations=True,
+                                                        one_batch_shape=False))
   assert traces["train_step"] == 1 + len(built)  # the block-only program: one shape
   assert calls[0].get("train_step") == engine.TRACE_COUNTS["train_step"]  # all before the run
+
+
+def test_one_batch_shape_pads_to_the_largest_shape_used():
+  """`largest_used_shape` holds every training batch of the run and every evaluation batch;
+  padded to it, the streams have one shape; `padding_overhead` is the slots it adds."""
+  data = ragged_dataset(num_graphs=16, seed=3)
+  streams = engine._SeedStreams(data, [1, 2], 3)
+  epochs = 5
+  built = [(b.nodes["x"].shape[1], b.senders.shape[1])
+           for e in range(epochs) for b in streams.train_batches(e)]
+  evals = [(b.nodes["x"].shape[1], b.senders.shape[1]) for b, _ in streams.eval_batches()]
+  target = streams.largest_used_shape(epochs)
+  assert target == (max(n for n, _ in built + evals), max(e for _, e in built + evals))
+  assert target[0] <= streams.largest_budget()[0] and target[1] <= streams.largest_budget()[1]
+  want = len(built) * sum(target) / sum(n + e for n, e in built) - 1
+  assert streams.padding_overhead(target, epochs) == pytest.approx(want) and want > 0
+  assert streams.padding_overhead((0, 0), epochs) == 0.0
+  padded = streams.padded(target)
+  assert padded is streams.padded(target) and padded.padded((0, 0)) is not padded
+  assert padded.train_shapes(epochs) == {target}
+  assert {(b.nodes["x"].shape[1], b.senders.shape[1])
+          for e in range(epochs) for b in padded.train_batches(e)} == {target}
+  assert {(b.nodes["x"].shape[1], b.senders.shape[1])
+          for b, _ in padded.eval_batches()} == {target}
+  assert engine.one_batch_shape_by_default(jax.devices("cpu")) == engine.ADAPTIVE
+
+
+def test_one_batch_shape_compiles_once_and_matches_the_ladder(monkeypatch):
+  """A scatter (max) program padded to one batch shape compiles one train step and one
+  predict, and trains as on the ladder and as the design alone; ADAPTIVE pads only where the
+  padding stays under ONE_SHAPE_MAX_PADDING."""
+  data = ragged_dataset(num_graphs=16, seed=3)
+  designs = [BASE.replace(batch_size=3, epochs=5, aggregation="max", activation="elu"),
+             BASE.replace(batch_size=3, epochs=5, aggregation="max", stage_type="skipsum",
+                          dropout=0.2)]
+  one, traces = _traces(lambda: engine.train_population(designs, data, [1, 2], eval_every=2,
+                                                        one_batch_shape=True))
+  assert traces == {"init": 1, "train_step": 1, "predict": 1}
+  ladder, traces = _traces(lambda: engine.train_population(designs, data, [1, 2], eval_every=2,
+                                                           one_batch_shape=False))
+  assert traces["train_step"] > 1
+  for got, want in zip(one, ladder):
+    assert_same_trial(got, want)
+  assert_same_trial(one[2], reference.train_design(designs[1], data, 1, eval_every=2))
+  streams = engine._SeedStreams(data, [1, 2], 3)
+  overhead = streams.padding_overhead(streams.largest_used_shape(5), 5)
+  for limit, shapes in ((overhead - 1e-6, lambda n: n > 1), (overhead, lambda n: n == 1)):
+    monkeypatch.setattr(engine, "ONE_SHAPE_MAX_PADDING", limit)
+    engine._compiled.cache_clear()
+    _, traces = _traces(lambda: engine.train_population(
+        designs, data, [1, 2], eval_every=2, one_batch_shape=engine.ADAPTIVE))
+    assert shapes(traces["train_step"]), (limit, traces)
+
+
+def test_a_resumed_chunk_keeps_its_saved_batch_shape(tmp_path):
+  """The manifest records the batch padding, so a chunk resumed under another policy runs on
+  the shapes it was saved with, and ends as an uninterrupted run."""
+  data = ragged_dataset(num_graphs=16, seed=3)
+  designs = [BASE.replace(batch_size=3, epochs=6, aggregation="max", activation="prelu")]
+  whole = engine.train_population(designs, data, [1], eval_every=2, one_batch_shape=True)
+
+  class Stop(Exception):
+    pass
+
+  def stop_at_epoch_5(done, total, info):
+    if info.get("epoch") == 5:
+      raise Stop
+
+  with pytest.raises(Stop):
+    engine.train_population(designs, data, [1], eval_every=2, one_batch_shape=True,
+                            checkpoint_dir=tmp_path, checkpoint_every=2,
+                            progress=stop_at_epoch_5)
+  (chunk,) = os.listdir(tmp_path)
+  with open(tmp_path / chunk / "manifest.json") as f:
+    pad_to = tuple(json.load(f)["pad_to"])
+  assert pad_to == engine._SeedStreams(data, [1], 3).largest_used_shape(6)
+  seen = []
+  resumed, traces = _traces(lambda: engine.train_population(
+      designs, data, [1], eval_every=2, one_batch_shape=False, checkpoint_dir=tmp_path,
+      checkpoint_every=2, progress=lambda d, t, info: seen.append(info)))
+  assert seen[0].get("resumed_at") == 4
+  assert "train_step" not in traces  # the saved shape, compiled by the runs above; no ladder
+  assert_same_trial(resumed[0], whole[0])
 
 
 def test_overlapped_compilation_matches_compiling_first(node_data):

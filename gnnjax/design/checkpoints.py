@@ -106,18 +106,23 @@ def tuples(value: Any) -> Any:
 
 def manifest(*, task: str, fingerprint: str, eval_every: int,
              members: Sequence[tuple[str, int, Mapping[str, Any]]], program: Any, size: int,
-             num_devices: int) -> dict[str, Any]:
+             num_devices: int, pad_to: tuple[int, int] | None = None) -> dict[str, Any]:
   """The description of a chunk that decides whether a checkpoint can resume a request.
 
   Args:
     members: (planned design id, seed, resolved design dict) in the chunk's order.
     program: the engine's `_Program` of the chunk.
+    pad_to: (n_node, n_edge) its batches are padded to at least, so that a resumed chunk
+      runs on the batch shapes it was compiled and saved with.
   """
-  return {"version": FORMAT_VERSION, "task": task, "fingerprint": fingerprint,
-          "eval_every": int(eval_every),
-          "members": [[d, int(s), dict(r)] for d, s, r in members],
-          "program": program_to_json(program), "size": int(size),
-          "num_devices": int(num_devices)}
+  description = {"version": FORMAT_VERSION, "task": task, "fingerprint": fingerprint,
+                 "eval_every": int(eval_every),
+                 "members": [[d, int(s), dict(r)] for d, s, r in members],
+                 "program": program_to_json(program), "size": int(size),
+                 "num_devices": int(num_devices)}
+  if pad_to is not None:
+    description["pad_to"] = [int(pad_to[0]), int(pad_to[1])]
+  return description
 
 
 def chunk_id(description: Mapping[str, Any]) -> str:
