@@ -90,11 +90,16 @@ def sample_base_designs(space: DesignSpace, dim: str, num_base_designs: int, see
   if not 0 <= num_base_designs <= subspace.size:
     raise ValueError(f"cannot draw {num_base_designs} distinct base designs for dimension "
                      f"{dim!r}: space {space.name!r} has {subspace.size} with it pinned")
-  rng = _dim_rng(seed, dim)
+  return _draw_distinct(subspace, num_base_designs, _dim_rng(seed, dim))
+
+
+def _draw_distinct(space: DesignSpace, count: int, rng: np.random.Generator) -> list[Design]:
+  """`count` distinct designs of `space`, drawn one at a time uniformly with duplicates
+  redrawn: the same rng state and a larger count keep the earlier designs as a prefix."""
   chosen: dict[int, None] = {}
-  while len(chosen) < num_base_designs:
-    chosen.setdefault(int(rng.integers(subspace.size)))
-  return [subspace.design_at(index) for index in chosen]
+  while len(chosen) < count:
+    chosen.setdefault(int(rng.integers(space.size)))
+  return [space.design_at(index) for index in chosen]
 
 
 def controlled_random_search(space: DesignSpace, dims: Sequence[str] | None = None,
@@ -149,11 +154,8 @@ def random_plan(space: DesignSpace, num_designs: int, seed: int = 0) -> list[Pla
   if not 0 <= num_designs <= space.size:
     raise ValueError(f"cannot draw {num_designs} distinct designs from space {space.name!r} of "
                      f"size {space.size}")
-  rng = _dim_rng(seed, RANDOM_DIM)
-  chosen: dict[int, None] = {}
-  while len(chosen) < num_designs:
-    chosen.setdefault(int(rng.integers(space.size)))
-  return [PlanRow(RANDOM_DIM, i, "", space.design_at(index)) for i, index in enumerate(chosen)]
+  designs = _draw_distinct(space, num_designs, _dim_rng(seed, RANDOM_DIM))
+  return [PlanRow(RANDOM_DIM, i, "", design) for i, design in enumerate(designs)]
 
 
 def make_plan(space: DesignSpace, search: str = "controlled", dims: Sequence[str] | None = None,
