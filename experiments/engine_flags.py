@@ -15,7 +15,7 @@ from gnnjax.design import engine
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
-                  "layers of GeneralConv population programs as one lax.scan (auto: on).")
+                  "layers of population programs as one lax.scan (auto: on).")
 flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean aggregation "
                   "as dense per-graph matmuls where the graphs are small (auto: the engine's "
                   "default, on).")

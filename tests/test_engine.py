@@ -469,6 +469,63 @@ def test_scanned_and_block_layers_match_the_unrolled_scatter_layers(node_data, t
                                  err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("conv", [("gcn", 1), ("sage", 1), ("gin", 1), ("gat", 2)],
+                         ids=lambda c: f"{c[0]}{c[1]}")
+def test_scanned_layers_of_every_conv_type_match_the_unrolled_layers(node_data, train, conv):
+  """The scan covers GCN, SAGE, GIN and GAT layers too (their kernels' input rows padded and
+  stacked, the rest stacked as is): outputs, batch statistics and gradients as unrolled, for
+  every stage type (skipconcat: layers of different input widths) and layer counts 1-3."""
+  data, _ = reference.split_for_seed(node_data, 1, 4)
+  designs = [graphgym.build_model(d.replace(layers_mp=1 + i % 3, conv_type=conv[0],
+                                            heads=conv[1], conv_variant="release",
+                                            aggregation="add"), data)[1]
+             for i, d in enumerate(DESIGNS)]
+  unrolled = superset.Layout.from_designs(designs, 4, 3, ds.NODE)
+  scanned = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True)
+  assert scanned.scan_mp and not unrolled.scan_mp and scanned.conv == conv
+  assert len(set(unrolled.mp_in_dims)) > 1
+  batch = jax.tree.map(lambda a: np.asarray(a)[0], next(iter(
+      engine._SeedStreams(node_data, [1], 4).train_batches(0))))
+  weights = np.random.default_rng(1).normal(size=(batch.nodes["x"].shape[0], 3))
+
+  def run(layout, params, stats, spec, keys):
+    def loss(p):
+      out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
+      return jnp.sum(out * weights), (out, new)
+    return jax.grad(loss, has_aux=True)(params)
+
+  run_unrolled = jax.jit(functools.partial(run, unrolled))
+  run_scanned = jax.jit(functools.partial(run, scanned))
+  for index, design in enumerate(designs[:5]):
+    model = graphgym.build_model(design, data)[0]
+    spec = superset.design_spec(unrolled, design)
+    init = superset.init_spec(unrolled, *superset.design_variable_shapes(model, 4))
+    params, stats, _ = superset.init_variables(unrolled, init, jax.random.PRNGKey(index))
+    keys = superset.dropout_keys(unrolled, jax.random.PRNGKey(100 + index))
+    want = run_unrolled(params, stats, spec, keys)
+    got = run_scanned(params, stats, spec, keys)
+    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(want[0]))
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                            jax.tree.leaves(got)):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
+                                 atol=1e-6 * max(scale, 1.0),
+                                 err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
+
+
+def test_stack_layer_params_pads_input_rows_only():
+  layers = [{"w": np.ones((3, 2)), "b": np.ones(2), "eps": np.float32(1)},
+            {"w": 2 * np.ones((5, 2)), "b": np.zeros(2), "eps": np.float32(2)}]
+  stacked = superset._stack_layer_params(layers, rows=5)
+  assert stacked["w"].shape == (2, 5, 2) and stacked["b"].shape == (2, 2)
+  np.testing.assert_array_equal(stacked["w"][0, 3:], 0)
+  np.testing.assert_array_equal(stacked["eps"], [1, 2])
+  with pytest.raises(ValueError, match="beyond their input rows"):
+    superset._stack_layer_params([{"w": np.ones((3, 2))}, {"w": np.ones((3, 4))}], rows=3)
+  with pytest.raises(ValueError, match="more than the 4"):
+    superset._stack_layer_params(layers, rows=4)
+
+
 def _identity():
   import optax
   return optax.identity()

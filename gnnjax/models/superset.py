@@ -85,7 +85,7 @@ class Layout:
     stages, activations, aggregations, poolings: the choices present, in spec-code order.
     batch_norms, l2norms: the on/off values present.
     dropout: whether some design has dropout > 0.
-    scan_mp: the message-passing layers run as one `lax.scan` (GeneralConv only).
+    scan_mp: the message-passing layers run as one `lax.scan` (`scan_possible`).
     block_nodes: M > 0: GeneralConv's add and mean aggregations run as dense per-graph
       matmuls (`gnnjax.nn.blocks`) over batches whose graphs have at most M nodes; 0: as a
       scatter over the edges.
@@ -186,10 +186,14 @@ class Layout:
 
 
 def scan_possible(conv: tuple[str, int], layers_mp: int) -> bool:
-  """Whether a layout's message-passing layers can run as a scan: GeneralConv (whose
-  per-layer parameters differ only in their kernels' input rows, which pad exactly) and more
-  than one layer."""
-  return conv[0] == "generalconv" and layers_mp > 1
+  """Whether a layout's message-passing layers can run as a scan: more than one layer. Every
+  conv type qualifies: its layers' parameters differ only in the input rows of the kernels
+  that read the layer input (GeneralConv's and GCN's kernel, SAGE's two, GIN's first MLP
+  layer, GAT's projection; attention vectors, biases and GIN's eps have the same shape in
+  every layer), and zero-padded rows against the stage buffer's zero columns add exact
+  zeros."""
+  del conv
+  return layers_mp > 1
 
 
 def _present(values) -> tuple:
@@ -628,6 +632,29 @@ def _aggregations(kinds: Sequence[str], h: Array, graph: jraph.GraphsTuple,
   return out
 
 
+def _stack_layer_params(layers: Sequence[Params], rows: int) -> Params:
+  """Per-layer parameter trees of one structure stacked into one [L, ...] tree, each leaf
+  zero-padded along its first axis to the largest (input rows: `rows` for the kernels that
+  read the layer input, unchanged for leaves of one shape in every layer).
+
+  Raises:
+    ValueError: leaves that differ in more than their first axis (nothing to pad exactly).
+  """
+  def stack(*leaves):
+    shapes = {np.shape(leaf)[1:] for leaf in leaves}
+    if len(shapes) != 1:
+      raise ValueError(f"cannot scan layers whose parameters differ beyond their input rows: "
+                       f"{sorted({np.shape(leaf) for leaf in leaves})}")
+    first = max(np.shape(leaf)[0] for leaf in leaves) if np.ndim(leaves[0]) else None
+    if first is not None and first > rows:
+      raise ValueError(f"a layer parameter has {first} input rows, more than the {rows} of "
+                       "the widest layer input")
+    pad = lambda a: (a if first is None or a.shape[0] == first
+                     else jnp.pad(a, ((0, first - a.shape[0]),) + ((0, 0),) * (a.ndim - 1)))
+    return jnp.stack([pad(leaf) for leaf in leaves])
+  return jax.tree.map(stack, *layers)
+
+
 def _dense(x: Array, p: Params) -> Array:
   return x @ p["kernel"] + p["bias"]
 
@@ -679,11 +706,14 @@ class _Member:
     return h, stats
 
   def conv(self, name: str, x: Array, graph: jraph.GraphsTuple) -> Array:
-    layer = self.params[name]
+    return self._conv_params({k: v for k, v in self.params[name].items() if k != "bn"}, x,
+                             graph)
+
+  def _conv_params(self, layer: Params, x: Array, graph: jraph.GraphsTuple) -> Array:
+    """A message-passing layer's conv (without its batch norm) from its parameters."""
     if self.layout.conv_type != "generalconv":
       core = _ConvCore(self.layout.conv_template(), self.layout.dim)
-      conv_params = {k: v for k, v in layer.items() if k != "bn"}
-      return core.apply({"params": conv_params}, x, graph, self.train)
+      return core.apply({"params": layer}, x, graph, self.train)
     p = layer["conv"]
     return self._general_conv(x, p["lin"]["kernel"], p["lin_self"]["kernel"]
                               if "lin_self" in p else None, p["bias"], graph)
@@ -734,29 +764,26 @@ class _Member:
     return buffer
 
   def _scanned_stage(self, buffer: Array, graph: jraph.GraphsTuple, mask: Array) -> Array:
-    """The message-passing layers as one `lax.scan` (GeneralConv layouts): XLA compiles the
-    layer once instead of layers_mp times. Layer i's kernels are zero-padded from
-    mp_in_dims[i] to max(mp_in_dims) input rows and stacked; the buffer's columns past a
-    layer's real input width are zero, so the padded rows add exact zeros."""
+    """The message-passing layers as one `lax.scan`: XLA compiles the layer once instead of
+    layers_mp times. Each layer's conv parameters (everything but its batch norm) are
+    zero-padded from mp_in_dims[i] to max(mp_in_dims) input rows and stacked
+    (`_stack_layer_params`); the buffer's columns past a layer's real input width are zero,
+    so the padded rows add exact zeros."""
     layout = self.layout
     names = [f"mp_{i}" for i in range(layout.layers_mp)]
     rows = max(layout.mp_in_dims)
-    pad = lambda k: jnp.pad(k, ((0, rows - k.shape[0]), (0, 0)))
-    convs = [self.params[name]["conv"] for name in names]
     stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-    layers = {"kernel": jnp.stack([pad(c["lin"]["kernel"]) for c in convs]),
-              "bias": jnp.stack([c["bias"] for c in convs]),
+    layers = {"conv": _stack_layer_params(
+                  [{k: v for k, v in self.params[name].items() if k != "bn"} for name in names],
+                  rows),
               "bn": stack([self.params[name]["bn"] for name in names]),
               "stats": stack([self.stats[name]["bn"] for name in names])}
-    if layout.self_weight:
-      layers["self_kernel"] = jnp.stack([pad(c["lin_self"]["kernel"]) for c in convs])
     if layout.dropout and self.train:
       layers["key"] = jnp.stack([self.keys[name] for name in names])
 
     def layer(carry, xs):
       i, p = xs
-      h = self._general_conv(carry[:, :rows], p["kernel"], p.get("self_kernel"), p["bias"],
-                             graph)
+      h = self._conv_params(p["conv"], carry[:, :rows], graph)
       h, stats = self._finish(h, p["bn"], p["stats"], p.get("key"), mask, self.spec["dim"])
       return self._combine(i, carry, h), stats
 
