@@ -420,6 +420,41 @@ def test_init_and_forward_match_the_design_model(node_data, design):
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
+def _assert_layouts_agree(node_data, designs, reference_layout, layout, train, seed, count):
+  """The first `count` designs, each initialised once, give the same outputs, updated batch
+  statistics and parameter gradients (with dropout) under `layout` as under `reference_layout`,
+  on one training batch of `node_data`."""
+  data, _ = reference.split_for_seed(node_data, 1, 4)
+  batch = jax.tree.map(lambda a: np.asarray(a)[0], next(iter(
+      engine._SeedStreams(node_data, [1], 4).train_batches(0))))
+  weights = np.random.default_rng(seed).normal(size=(batch.nodes["x"].shape[0], 3))
+
+  def run(layout, params, stats, spec, keys):
+    def loss(p):
+      out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
+      return jnp.sum(out * weights), (out, new)
+    return jax.grad(loss, has_aux=True)(params)
+
+  run_reference = jax.jit(functools.partial(run, reference_layout))
+  run_layout = jax.jit(functools.partial(run, layout))
+  for index, design in enumerate(designs[:count]):
+    model = graphgym.build_model(design, data)[0]
+    spec = superset.design_spec(reference_layout, design)
+    init = superset.init_spec(reference_layout, *superset.design_variable_shapes(model, 4))
+    params, stats, _ = superset.init_variables(reference_layout, init, jax.random.PRNGKey(index))
+    keys = superset.dropout_keys(reference_layout, jax.random.PRNGKey(100 + index))
+    want = run_reference(params, stats, spec, keys)
+    got = run_layout(params, stats, spec, keys)
+    # Float reassociation only: gradients that cancel to ~0 (a bias before batch norm) differ
+    # by rounding noise of the size of the largest gradient times float32's epsilon.
+    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(want[0]))
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                            jax.tree.leaves(got)):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
+                                 atol=1e-6 * max(scale, 1.0),
+                                 err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("variant", [dict(scan_mp=True), dict(block_nodes=12),
                                      dict(scan_mp=True, block_nodes=12)],
@@ -438,35 +473,8 @@ def test_scanned_and_block_layers_match_the_unrolled_scatter_layers(node_data, t
   assert (scanned.scan_mp, scanned.block_nodes) == (variant.get("scan_mp", False),
                                                     variant.get("block_nodes", 0))
   assert len(set(unrolled.mp_in_dims)) > 1  # skipconcat: the kernels really are padded
-  batch = jax.tree.map(np.asarray, next(iter(
-      engine._SeedStreams(node_data, [1], 4).train_batches(0))))
-  batch = jax.tree.map(lambda a: a[0], batch)
-  weights = np.random.default_rng(0).normal(size=(batch.nodes["x"].shape[0], 3))
-
-  def run(layout, params, stats, spec, keys):
-    def loss(p):
-      out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
-      return jnp.sum(out * weights), (out, new)
-    return jax.grad(loss, has_aux=True)(params)
-
-  run_unrolled = jax.jit(functools.partial(run, unrolled))
-  run_scanned = jax.jit(functools.partial(run, scanned))
-  for index, design in enumerate(designs):
-    model = graphgym.build_model(design, data)[0]
-    spec = superset.design_spec(unrolled, design)
-    init = superset.init_spec(unrolled, *superset.design_variable_shapes(model, 4))
-    params, stats, _ = superset.init_variables(unrolled, init, jax.random.PRNGKey(index))
-    keys = superset.dropout_keys(unrolled, jax.random.PRNGKey(100 + index))
-    want = run_unrolled(params, stats, spec, keys)
-    got = run_scanned(params, stats, spec, keys)
-    # Float reassociation only: gradients that cancel to ~0 (a bias before batch norm) differ
-    # by rounding noise of the size of the largest gradient times float32's epsilon.
-    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(want[0]))
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
-                            jax.tree.leaves(got)):
-      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
-                                 atol=1e-6 * max(scale, 1.0),
-                                 err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
+  _assert_layouts_agree(node_data, designs, unrolled, scanned, train, seed=0,
+                        count=len(designs))
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -485,32 +493,7 @@ def test_scanned_layers_of_every_conv_type_match_the_unrolled_layers(node_data, 
   scanned = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True)
   assert scanned.scan_mp and not unrolled.scan_mp and scanned.conv == conv
   assert len(set(unrolled.mp_in_dims)) > 1
-  batch = jax.tree.map(lambda a: np.asarray(a)[0], next(iter(
-      engine._SeedStreams(node_data, [1], 4).train_batches(0))))
-  weights = np.random.default_rng(1).normal(size=(batch.nodes["x"].shape[0], 3))
-
-  def run(layout, params, stats, spec, keys):
-    def loss(p):
-      out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
-      return jnp.sum(out * weights), (out, new)
-    return jax.grad(loss, has_aux=True)(params)
-
-  run_unrolled = jax.jit(functools.partial(run, unrolled))
-  run_scanned = jax.jit(functools.partial(run, scanned))
-  for index, design in enumerate(designs[:5]):
-    model = graphgym.build_model(design, data)[0]
-    spec = superset.design_spec(unrolled, design)
-    init = superset.init_spec(unrolled, *superset.design_variable_shapes(model, 4))
-    params, stats, _ = superset.init_variables(unrolled, init, jax.random.PRNGKey(index))
-    keys = superset.dropout_keys(unrolled, jax.random.PRNGKey(100 + index))
-    want = run_unrolled(params, stats, spec, keys)
-    got = run_scanned(params, stats, spec, keys)
-    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(want[0]))
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
-                            jax.tree.leaves(got)):
-      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
-                                 atol=1e-6 * max(scale, 1.0),
-                                 err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
+  _assert_layouts_agree(node_data, designs, unrolled, scanned, train, seed=1, count=5)
 
 
 def test_stack_layer_params_pads_input_rows_only():

@@ -76,7 +76,7 @@ def test_multitask_loss_matches_hu_et_al_definition():
   assert int(count) == mask.sum()
 
 
-def test_train_budgets_are_the_shapes_of_train_batches():
+def test_train_and_eval_budgets_are_the_shapes_of_their_batches():
   graph_data = toy_graph_dataset()
   node_data = ds.GraphDataset("toy/node", [ds.make_graph(
       g.senders, g.receivers, int(g.n_node[0]),
@@ -91,6 +91,9 @@ def test_train_budgets_are_the_shapes_of_train_batches():
       built = [(b.nodes["x"].shape[0], b.senders.shape[0], b.n_node.shape[0])
                for b in pipe.train_batches(epoch)]
       assert [tuple(b) for b in pipe.train_budgets(epoch)] == built
+    built = [(b.nodes["x"].shape[0], b.senders.shape[0], b.n_node.shape[0])
+             for b, _ in pipe.eval_batches()]
+    assert [tuple(b) for b in pipe.eval_budgets()] == built
 
 
 def _fit(data, tmp_path=None, epochs=8, seed=0, **fit_kwargs):

@@ -103,6 +103,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from gnnjax import batching
 from gnnjax import metrics as metrics_lib
 from gnnjax.data import dataset as ds
 from gnnjax.data import transforms
@@ -534,24 +535,33 @@ class _SeedStreams:
     aggregation: the edges only fill the adjacency)."""
     return self.padded(self.largest_budget()[:2])
 
+  def _stacked_shape(self, budgets: Sequence[batching.Budget]) -> tuple[int, int]:
+    """(n_node, n_edge) of the stacked batch of one batch per seed with these budgets."""
+    return (max([self.pad_to[0]] + [b.n_node for b in budgets]),
+            max([self.pad_to[1]] + [b.n_edge for b in budgets]))
+
+  def _train_step_shapes(self, epochs: int) -> Iterator[tuple[int, int]]:
+    """(n_node, n_edge) of each stacked training batch of epochs 0..epochs-1, in order, from
+    the pipelines' budgets (no batch is built)."""
+    for epoch in range(epochs):
+      for budgets in zip(*(p.train_budgets(epoch) for p in self.pipelines), strict=True):
+        yield self._stacked_shape(budgets)
+
   def largest_used_shape(self, epochs: int) -> tuple[int, int]:
     """The smallest (n_node, n_edge) that holds every training batch of epochs 0..epochs-1
     and every evaluation batch: padded to it, a program sees one batch shape."""
     shapes = list(self.train_shapes(epochs))
-    shapes += [(int(jax.tree.leaves(b.nodes)[0].shape[1]), int(b.senders.shape[1]))
-               for b, _ in self.eval_batches()]  # stacked: [seeds, slots, ...]
+    shapes += [self._stacked_shape(budgets)
+               for budgets in zip(*(p.eval_budgets() for p in self.pipelines), strict=True)]
     return max(n for n, _ in shapes), max(e for _, e in shapes)
 
   def padding_overhead(self, pad_to: tuple[int, int], epochs: int) -> float:
     """The fraction of node + edge slots that padding every training batch of epochs
     0..epochs-1 to `pad_to` adds to the ladder's (0: none; 0.2: 20% more rows to process)."""
     used = padded = 0
-    for epoch in range(epochs):
-      for budgets in zip(*(p.train_budgets(epoch) for p in self.pipelines), strict=True):
-        n_node = max([self.pad_to[0]] + [b.n_node for b in budgets])
-        n_edge = max([self.pad_to[1]] + [b.n_edge for b in budgets])
-        used += n_node + n_edge
-        padded += max(n_node, pad_to[0]) + max(n_edge, pad_to[1])
+    for n_node, n_edge in self._train_step_shapes(epochs):
+      used += n_node + n_edge
+      padded += max(n_node, pad_to[0]) + max(n_edge, pad_to[1])
     return padded / used - 1.0 if used else 0.0
 
   def largest_budget(self) -> tuple[int, int, int]:
@@ -568,12 +578,7 @@ class _SeedStreams:
     top = self.largest_budget()
     if self.pad_to[0] >= top[0] and self.pad_to[1] >= top[1]:  # every batch fits: one shape
       return {self.pad_to}
-    shapes = set()
-    for epoch in range(epochs):
-      for budgets in zip(*(p.train_budgets(epoch) for p in self.pipelines), strict=True):
-        shapes.add((max([self.pad_to[0]] + [b.n_node for b in budgets]),
-                    max([self.pad_to[1]] + [b.n_edge for b in budgets])))
-    return shapes
+    return set(self._train_step_shapes(epochs))
 
   def eval_batches(self) -> list[tuple[jraph.GraphsTuple, tuple[str, ...]]]:
     """(stacked batch, splits it scores) covering every split once, as loop.evaluate."""

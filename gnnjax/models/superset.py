@@ -706,8 +706,11 @@ class _Member:
     return h, stats
 
   def conv(self, name: str, x: Array, graph: jraph.GraphsTuple) -> Array:
-    return self._conv_params({k: v for k, v in self.params[name].items() if k != "bn"}, x,
-                             graph)
+    return self._conv_params(self._conv_part(name), x, graph)
+
+  def _conv_part(self, name: str) -> Params:
+    """A message-passing layer's parameters without its batch norm."""
+    return {k: v for k, v in self.params[name].items() if k != "bn"}
 
   def _conv_params(self, layer: Params, x: Array, graph: jraph.GraphsTuple) -> Array:
     """A message-passing layer's conv (without its batch norm) from its parameters."""
@@ -773,9 +776,7 @@ class _Member:
     names = [f"mp_{i}" for i in range(layout.layers_mp)]
     rows = max(layout.mp_in_dims)
     stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-    layers = {"conv": _stack_layer_params(
-                  [{k: v for k, v in self.params[name].items() if k != "bn"} for name in names],
-                  rows),
+    layers = {"conv": _stack_layer_params([self._conv_part(name) for name in names], rows),
               "bn": stack([self.params[name]["bn"] for name in names]),
               "stats": stack([self.stats[name]["bn"] for name in names])}
     if layout.dropout and self.train:

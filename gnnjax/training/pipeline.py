@@ -67,6 +67,11 @@ class GraphTaskPipeline:
                                             indices=idx):
         yield batch, (split,)
 
+  def eval_budgets(self) -> Iterator[batching.Budget]:
+    """The budget of each of `eval_batches()`, without building them."""
+    for idx in self.splits.values():
+      yield from batching.iterate_budgets(self.packed, self.batch_size, self.ladder, indices=idx)
+
   def example_batch(self) -> jraph.GraphsTuple:
     return next(iter(self.train_batches(0)))
 
@@ -126,6 +131,12 @@ class NodeTaskPipeline:
                batching.iterate_batches(self.packed, self.batch_size, self.ladder))
     for batch in batches:
       yield batch, tuple(self._split_names)
+
+  def eval_budgets(self) -> Iterator[batching.Budget]:
+    """The budget of each of `eval_batches()`, without building them."""
+    if self._full is not None:
+      return iter([self.ladder[-1]])
+    return batching.iterate_budgets(self.packed, self.batch_size, self.ladder)
 
   def example_batch(self) -> jraph.GraphsTuple:
     return next(iter(self.train_batches(0)))
