@@ -776,3 +776,19 @@ def test_blocks_only_layouts(node_data):
   assert layout(sums, 12).blocks_only
   assert not layout(sums, 0).blocks_only  # scatter
   assert not layout(sums + [resolve(BASE.replace(aggregation="max"))], 12).blocks_only
+
+
+def _mesh_of(platform: str):
+  """A stand-in for a one-device mesh on `platform` (only its devices are read)."""
+  import types
+  return types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform=platform)]))
+
+
+def test_gpu_programs_compile_without_triton_gemm_unless_xla_flags_say(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert engine.compiler_options_for(_mesh_of("cpu")) is None
+  assert engine.compiler_options_for(_mesh_of("gpu")) == {"xla_gpu_enable_triton_gemm": False}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true --xla_dump_to=/tmp/x")
+  assert engine.compiler_options_for(_mesh_of("gpu")) is None
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm_any=true")
+  assert engine.compiler_options_for(_mesh_of("gpu")) == {"xla_gpu_enable_triton_gemm": False}
