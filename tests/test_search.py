@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -284,6 +285,48 @@ def test_bank_lookup_and_search_efficiency_study(tmp_path):
   assert json.loads((tmp_path / "study" / "search_efficiency.json").read_text())["tasks"] == \
       ["a1", "b1"]
   assert len(paths) == 3
+
+
+def _brute_force_tau(x, y):
+  """Kendall's tau over all pairs (no ties in the data below)."""
+  n = len(x)
+  signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i in range(n) for j in range(i)]
+  return float(np.sum(signs) / len(signs))
+
+
+def test_pool_agreement_ranks_shared_designs_and_reaches_the_study_table(tmp_path):
+  designs = BIG.sample(7, 40)
+  rng = np.random.default_rng(0)
+  base = rng.random(40)
+  near = base + 0.3 * rng.random(40)  # mostly the same ranking
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    fill_bank(bank, "a", designs, list(base))
+    fill_bank(bank, "near", designs, list(near))
+    fill_bank(bank, "flipped", designs, list(1.0 - base))
+    fill_bank(bank, "few", designs[:5], list(base[:5]))
+    lookups = {t: BankLookup(bank, t, BIG) for t in ("a", "near", "flipped", "few")}
+    tau, shared = efficiency.pool_agreement(lookups["a"], lookups["near"])
+    assert shared == 40
+    vectors = [tuple(int(i) for i in choice_vector(BIG, d)) for d in designs]
+    mine, theirs = lookups["a"].objectives(), lookups["near"].objectives()
+    expected = _brute_force_tau([mine[v] for v in vectors], [theirs[v] for v in vectors])
+    assert tau == pytest.approx(expected) and 0.3 < tau < 1.0
+    assert efficiency.pool_agreement(lookups["a"], lookups["flipped"])[0] == pytest.approx(-1.0)
+    assert math.isnan(efficiency.pool_agreement(lookups["a"], lookups["few"])[0])
+    distances = {"a": {"near": 0.1, "flipped": 0.3, "few": 0.2}}
+    result = efficiency.search_efficiency(
+        bank, BIG, ["a"], distances, efficiency.StudyConfig(runs=1, trials=3,
+                                                            algorithms=("random",)),
+        print_fn=None)
+  transfer = result.transfers[0]
+  taus = dict(zip(transfer["tasks"], transfer["pool_tau"]))
+  assert taus["near"] == pytest.approx(tau) and taus["flipped"] == pytest.approx(-1.0)
+  assert taus["few"] is None and dict(zip(transfer["tasks"], transfer["pool_shared"]))["few"] == 5
+  weights = dict(zip(transfer["tasks"], transfer["weights"]))
+  expected_mean = ((weights["near"] * tau - weights["flipped"])
+                   / (weights["near"] + weights["flipped"]))
+  assert efficiency.prior_agreement(transfer) == pytest.approx(expected_mean)
+  assert f"{expected_mean:+.3f}" in efficiency.format_table(result)
 
 
 def _script(*args):

@@ -35,6 +35,7 @@ from gnnjax.search import make_searcher
 from gnnjax.search.base import run_search
 from gnnjax.search.evaluate import BankLookup
 from gnnjax.tasks import prior as prior_lib
+from gnnjax.tasks import similarity as similarity_lib
 
 PRIORS = ("uniform", "transferred")
 REPORT_TRIALS = (1, 3, 5, 10, 30)
@@ -123,6 +124,26 @@ Distances = Callable[[str], Mapping[str, float]] | Mapping[str, Mapping[str, flo
 EvaluatorFactory = Callable[[str], tuple[Any, Any, Any, bool]]
 
 
+def _lookup(bank, task: str, space: DesignSpace, cache: dict[str, BankLookup]) -> BankLookup:
+  if task not in cache:
+    cache[task] = BankLookup(bank, task, space)
+  return cache[task]
+
+
+def _finite_or_none(value: float) -> float | None:
+  return float(value) if math.isfinite(value) else None
+
+
+def prior_agreement(transfer: Mapping[str, Any]) -> float | None:
+  """The transfer weights' mean of `pool_agreement` over the prior's source tasks that share
+  designs with the held-out task (None if none does)."""
+  pairs = [(w, tau) for w, tau in zip(transfer["weights"], transfer.get("pool_tau", []))
+           if tau is not None]
+  if not pairs or sum(w for w, _ in pairs) <= 0:
+    return None
+  return float(sum(w * tau for w, tau in pairs) / sum(w for w, _ in pairs))
+
+
 def _distances_for(distances: Distances, task: str) -> dict[str, float]:
   values = distances(task) if callable(distances) else distances[task]
   return {t: float(d) for t, d in values.items() if t != task}
@@ -154,9 +175,10 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
   curves = {name: np.full(shape, np.nan)
             for name in ("report", "objective", "report_at_best", "epochs")}
   higher, pools, transfers = [], [], []
+  lookups: dict[str, BankLookup] = {}
   for ti, task in enumerate(tasks):
     if make_evaluator is None:
-      lookup = BankLookup(bank, task, space)
+      lookup = _lookup(bank, task, space, lookups)
       evaluate_fn, evaluate_batch, pool = lookup, None, lookup.pool
       higher_is_better = lookup.higher_is_better
       reports = lookup.reports()
@@ -173,11 +195,21 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
     transfer = prior_lib.transfer_prior(others, _distances_for(distances, task),
                                         config.d_thres, config.nearest)
     transferred = transfer.prior.smoothed(config.smoothing) if config.smoothing else transfer.prior
+    agreement = {}
+    if make_evaluator is None:  # the oracle needs the held-out task's table
+      for source in transfer.weights:
+        agreement[source] = pool_agreement(lookup, _lookup(bank, source, space, lookups))
     transfers.append({"tasks": list(transfer.weights), "weights": list(transfer.weights.values()),
                       "distances": list(transfer.distances.values()), "rule": transfer.rule,
-                      "fallback": transfer.fallback})
+                      "fallback": transfer.fallback,
+                      "pool_tau": [_finite_or_none(agreement.get(t, (math.nan, 0))[0])
+                                   for t in transfer.weights],
+                      "pool_shared": [agreement.get(t, (math.nan, 0))[1]
+                                      for t in transfer.weights]})
     say(f"[{ti + 1}/{len(tasks)}] {task}: pool {pools[-1].get('size', '-')}, prior from "
-        + ", ".join(f"{t} (w={w:.2f})" for t, w in transfer.weights.items()))
+        + ", ".join(f"{t} (w={w:.2f}" + (f", pool tau {agreement[t][0]:+.2f} over "
+                                          f"{agreement[t][1]} shared" if t in agreement else "")
+                    + ")" for t, w in transfer.weights.items()))
     for ai, algorithm in enumerate(config.algorithms):
       kwargs = dict(config.searcher_kwargs.get(algorithm, {}))
       for pi, prior_kind in enumerate(config.priors):
@@ -204,6 +236,20 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
   return EfficiencyResult(config=config, tasks=list(tasks), curves=curves,
                           higher_is_better=higher, pool=pools, transfers=transfers,
                           seconds=time.time() - started)
+
+
+def pool_agreement(a: BankLookup, b: BankLookup, min_shared: int = 10) -> tuple[float, int]:
+  """Kendall tau between two tasks' objectives over the designs both pools hold, and how many
+  they share (tau NaN below `min_shared`). An oracle of what a prior transferred from `b` can
+  know about `a`: with the same designs drawn for every task (`experiments.design_space
+  --plan=random`), tau near 0 means b's best designs are no better than any on a."""
+  mine, theirs = a.objectives(), b.objectives()
+  shared = sorted(set(mine) & set(theirs))
+  if len(shared) < max(min_shared, 2):
+    return math.nan, len(shared)
+  sign = 1.0 if a.higher_is_better == b.higher_is_better else -1.0
+  tau = similarity_lib.kendall_tau([mine[v] for v in shared], [theirs[v] for v in shared])
+  return sign * tau, len(shared)
 
 
 def trials_to_reach(curve: np.ndarray, target: float, higher_is_better: bool) -> int | None:
@@ -251,6 +297,13 @@ def format_table(result: EfficiencyResult, name: str = "report") -> str:
     reach = row["trials_to_reference"]
     lines.append(f"{row['task'][-34:]:<34} {row['algorithm']:>9} {row['prior']:>11} {cells} "
                  f"{'-' if reach is None else reach:>9}")
+  agreements = [(task, prior_agreement(transfer))
+                for task, transfer in zip(result.tasks, result.transfers)]
+  if any(tau is not None for _, tau in agreements):
+    lines += ["", "pool tau: Kendall tau between the held-out task's and its prior's source tasks'"
+              " results over the designs both hold (transfer-weighted mean)"]
+    lines += [f"  {task[-34:]:<34} {'-' if tau is None else f'{tau:+.3f}'}"
+              for task, tau in agreements]
   return "\n".join(lines)
 
 

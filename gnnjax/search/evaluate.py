@@ -98,6 +98,10 @@ class BankLookup:
     """Objective of every pool design (the table a search is sampling from)."""
     return np.array([e.value for e in self._entries.values()])
 
+  def objectives(self) -> dict[tuple[int, ...], float]:
+    """Objective of every pool design, keyed by its choice vector in the space."""
+    return {vector: e.value for vector, e in self._entries.items()}
+
   def reports(self) -> np.ndarray:
     """Report metric of every pool design (objective where there is none)."""
     return np.array([e.value if e.report is None else e.report for e in self._entries.values()])
