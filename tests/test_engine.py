@@ -295,6 +295,25 @@ def test_cpu_groups_split_extremal_aggregations(node_data):
   assert {engine._group_key(m, False) for m in members} == {("generalconv", 1, 4)}
 
 
+def test_batch_sizes_with_one_full_batch_stream_share_a_program(node_data):
+  # node_data has 8 graphs: a node task trains on all of them at once from batch size 8 up, so
+  # batch sizes 8 and 16 are one program, while 4 (two steps per epoch) is another.
+  assert [engine.stream_batch_size(node_data, b) for b in (4, 8, 16)] == [4, 8, 8]
+  graph_data = tiny_dataset(ds.GRAPH)
+  assert engine.stream_batch_size(graph_data, 16) == 16
+  full = [BASE.replace(batch_size=8), BASE.replace(batch_size=16, aggregation="mean",
+                                                   learning_rate=0.003)]
+  designs = full + [BASE.replace(batch_size=4)]
+  members = engine._resolve_members(designs, node_data, [1])
+  groups = engine._group_members(members, False, False, False, dataset=node_data)
+  assert [[m.design.batch_size for m in g] for g in groups] == [[8, 16], [4]]
+  results, traces = _traces(lambda: engine.train_population(
+      full, node_data, [1], eval_every=2, split_aggregations=False, precompile=False))
+  assert traces == {"init": 1, "train_step": 1, "predict": 1}
+  for design, got in zip(full, results):
+    assert_same_trial(got, reference.train_design(design, node_data, 1, eval_every=2))
+
+
 def test_split_groups_compile_up_front_once_each_and_match(with_diverging, node_data):
   # An 'add' design and a 'max' design: two programs on CPU, compiled concurrently before the
   # run (one trace each: the run hits the caches), with the same results as in one program.
@@ -757,6 +776,46 @@ def test_overlapped_compilation_matches_compiling_first(node_data):
     assert_same_trial(got, want)
   assert engine.precompile_by_default(jax.devices("cpu")) is True
   assert engine.policy_from_flag("overlap") == engine.OVERLAP
+
+
+def test_programs_precompile_in_windows_and_are_released_after_their_last_chunk(
+    node_data, monkeypatch):
+  # Batch sizes 1-4 on 8 graphs: four programs. With a window of 2, the first two compile
+  # before any chunk runs, the next two when the run reaches the third program.
+  designs = [BASE.replace(batch_size=b, dim_inner=7) for b in (1, 2, 3, 4)]
+  monkeypatch.setattr(engine, "CPU_PRECOMPILE_WINDOW", 2)
+  events, groups = [], []
+  precompile, run, group_init = (engine._ChunkRun.precompile, engine._ChunkRun.run,
+                                 engine._Group.__init__)
+
+  def logged(kind, method):
+    def wrapper(self, *args, **kwargs):
+      events.append((kind, self.program.steps_per_epoch))
+      return method(self, *args, **kwargs)
+    return wrapper
+
+  def keep(self, *args, **kwargs):
+    group_init(self, *args, **kwargs)
+    groups.append(self)
+
+  monkeypatch.setattr(engine._ChunkRun, "precompile", logged("compile", precompile))
+  monkeypatch.setattr(engine._ChunkRun, "run", logged("run", run))
+  monkeypatch.setattr(engine._Group, "__init__", keep)
+  engine._compiled.cache_clear()
+  windowed, traces = _traces(lambda: engine.train_population(
+      designs, node_data, [1], eval_every=2, precompile=True, split_aggregations=False))
+  steps = [8, 4, 3, 2]  # per epoch, batch sizes 1-4
+  assert [e for e in events if e[0] == "compile"][:2] == [("compile", 8), ("compile", 4)]
+  assert events == ([("compile", s) for s in steps[:2]] + [("run", s) for s in steps[:2]]
+                    + [("compile", s) for s in steps[2:]] + [("run", s) for s in steps[2:]])
+  assert traces["init"] == 4 and traces["train_step"] == 4
+  assert len(groups) == 4 and all(g.functions is None for g in groups)
+  monkeypatch.setattr(engine._ChunkRun, "precompile", precompile)
+  engine._compiled.cache_clear()
+  lazily = engine.train_population(designs, node_data, [1], eval_every=2, precompile=False,
+                                   split_aggregations=False)
+  for got, want in zip(windowed, lazily):
+    assert_same_trial(got, want)
 
 
 def test_stack_steps_rejects_mixed_shapes():

@@ -94,7 +94,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -155,9 +155,20 @@ class _Member:
   model: graphgym.GraphGymGNN
 
 
+def stream_batch_size(dataset: ds.GraphDataset, batch_size: int) -> int:
+  """The batch size that decides a design's batches: node and edge tasks train on all their
+  graphs at once from a batch size of len(dataset) up (`NodeTaskPipeline`), so on Cora or
+  CiteSeer (one graph) every batch size gives the same full-batch stream and one program."""
+  if dataset.task_level in (ds.NODE, ds.EDGE):
+    return min(batch_size, len(dataset))
+  return batch_size
+
+
 def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = False,
-               split_depths: bool = False) -> tuple:
-  key = superset.conv_key(member.resolved) + (member.resolved.batch_size,)
+               split_depths: bool = False, batch_size: int | None = None) -> tuple:
+  """`batch_size`: the member's stream batch size (default: its design's)."""
+  key = superset.conv_key(member.resolved) + (
+      member.resolved.batch_size if batch_size is None else batch_size,)
   if split_aggregations:  # max/min scatter apart from the sum that add and mean share
     key += (member.resolved.aggregation in EXTREMAL_AGGREGATIONS,)
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
@@ -193,18 +204,30 @@ MIN_MEMBERS_TO_SPLIT = 32
 ONE_SHAPE_MAX_PADDING = 0.25
 OVERLAP = "overlap"  # a precompile policy: compile in the background while chunks train
 OVERLAP_THREADS = 2  # compilation threads with OVERLAP
+# Programs compiled ahead at a time with precompile True: the next window's programs compile
+# (in threads) when the run reaches the first of them, and a group's programs are released
+# after its last chunk. XLA:CPU maps every compiled kernel into memory, ~1,300-2,900 mappings
+# for a population program's functions, and Linux allows 65,530 per process by default: 200
+# AutoTransfer designs of Cora on the CPU (50 programs compiled up front) ended in "LLVM
+# compilation error: Cannot allocate memory" and a segmentation fault (2026-12-02).
+CPU_PRECOMPILE_WINDOW = 8
+ACCELERATOR_PRECOMPILE_WINDOW = 16
 
 
 def _group_members(members: Sequence[_Member], split_aggregations: bool,
                    split_stages: bool | str, split_depths: bool | str,
-                   min_members: int = MIN_MEMBERS_TO_SPLIT) -> list[list[_Member]]:
+                   min_members: int = MIN_MEMBERS_TO_SPLIT,
+                   dataset: ds.GraphDataset | None = None) -> list[list[_Member]]:
   """Members grouped into programs, in first-seen order: by `_group_key` with the forced
   (True) splits, then each ADAPTIVE split (stages first: skipconcat's buffer is the larger
-  padding) applied to a group only where each of its parts has at least `min_members`."""
+  padding) applied to a group only where each of its parts has at least `min_members`. With
+  `dataset`, batch sizes that give the same stream (`stream_batch_size`) share programs."""
   by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
   for member in members:
+    batch_size = (None if dataset is None
+                  else stream_batch_size(dataset, member.resolved.batch_size))
     by_key[_group_key(member, split_aggregations, split_stages is True,
-                      split_depths is True)].append(member)
+                      split_depths is True, batch_size)].append(member)
   groups = list(by_key.values())
   for policy, part_of in ((split_stages, _is_skipconcat), (split_depths, _is_deep)):
     if policy != ADAPTIVE:
@@ -330,6 +353,13 @@ def precompile_by_default(devices: Sequence[jax.Device]) -> bool | str:
   On CPU, compilation and training would share the same few cores."""
   del devices
   return True
+
+
+def precompile_window(devices: Sequence[jax.Device]) -> int:
+  """How many programs precompile at once (see CPU_PRECOMPILE_WINDOW): on a CPU the threads
+  share a few cores anyway; on accelerators the window covers the populations measured (6
+  programs for the 128-design benchmark, 14 for 200 AutoTransfer designs of a task)."""
+  return CPU_PRECOMPILE_WINDOW if _all_cpu(devices) else ACCELERATOR_PRECOMPILE_WINDOW
 
 
 def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
@@ -776,7 +806,7 @@ class _Functions:
   predict: Callable
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)  # kept executables count against the mappings (see above)
 def _compiled(program: _Program, mesh: jax.sharding.Mesh) -> _Functions:
   """The jitted functions of a program on a mesh (the recent ones are kept with their
   compilations, so a repeated population does not compile again)."""
@@ -1251,8 +1281,9 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     split_depths: the same for designs with more than SHALLOW_LAYERS_MP message-passing layers
       apart from shallower ones, which would otherwise compute the deep ones' layers as
       identities; default: `split_depths_by_default` (CPU: True; accelerators: ADAPTIVE).
-    precompile: True: compile the programs of all groups (every batch shape their epochs
-      use) concurrently in threads before training starts; OVERLAP: the same compilations
+    precompile: True: compile the programs of the groups (every batch shape their epochs
+      use) concurrently in threads before training starts, `precompile_window` of them at a
+      time (the next window when the run reaches it); OVERLAP: the same compilations
       in background threads while training runs, each chunk waiting only for its own
       program; False: each program compiles when its chunk first calls it (default:
       `precompile_by_default`). Only with more than one group.
@@ -1356,7 +1387,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
   if one_batch_shape is None:
     one_batch_shape = one_batch_shape_by_default(devices)
   for group_members in _group_members(members_left, split_aggregations, split_stages,
-                                      split_depths):
+                                      split_depths, dataset=dataset):
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
                    block_aggregation=block_aggregation, epoch_scan=epoch_scan,
@@ -1365,11 +1396,17 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
 
   if precompile is None:
     precompile = precompile_by_default(devices)
-  compiling = (_precompile_all(pending, dataset, eval_every, wait=precompile is True)
-               if precompile else {})
+  window = precompile_window(devices) if precompile is True else None
+  compiling = (_precompile_all(pending, dataset, eval_every, wait=precompile is True,
+                               limit=window) if precompile else {})
+
+  def compile_next(rest, skip):
+    return _precompile_all(rest, dataset, eval_every, wait=True, limit=window, skip=skip)
+
   try:
     yield from _run_chunks(pending, len(members), dataset, eval_every, progress,
-                           checkpoint_dir, checkpoint_every, fingerprint, compiling)
+                           checkpoint_dir, checkpoint_every, fingerprint, compiling,
+                           compile_next if window is not None else None)
   finally:
     for future in compiling.values():
       future.cancel()  # the rest, if the caller stopped early (compilations under way finish)
@@ -1378,14 +1415,21 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
 def _run_chunks(pending: list, total: int, dataset: ds.GraphDataset,
                 eval_every: int, progress: ProgressFn | None,
                 checkpoint_dir: str | os.PathLike | None, checkpoint_every: int,
-                fingerprint: str | None, compiling: Mapping[tuple[int, int], Any]
+                fingerprint: str | None, compiling: dict[tuple[int, int], Any],
+                compile_next: Callable[[list, set], dict] | None = None
                 ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """Trains the pending (group, chunk, size, checkpoint) in order, `total` trials in all
-  (see `_train`)."""
+  (see `_train`). `compile_next(rest, skip)`: precompiles the next window of programs of
+  `rest` (not those in `skip`) when a chunk's program is not compiled yet."""
   done, started, chunk_index = 0, time.time(), 0
+  attempted = set(compiling)
   while pending:
     group, chunk, size, checkpoint = pending.pop(0)
     chunk_index += 1
+    if compile_next is not None and (id(group), size) not in attempted:
+      compiling.update(compile_next([(group, chunk, size, checkpoint)] + pending, attempted))
+      attempted.update(compiling)
+      attempted.add((id(group), size))
     if (id(group), size) in compiling:
       _wait_for_compilation(compiling[id(group), size])
     if checkpoint_dir is not None and checkpoint is None:
@@ -1422,21 +1466,28 @@ def _run_chunks(pending: list, total: int, dataset: ds.GraphDataset,
     done += len(chunk)
     if progress is not None:
       progress(done, total, {**info, "seconds": time.time() - started})
+    if not any(other is group for other, *_ in pending):
+      group.functions = None  # its executables go once no cache or run holds them (see window)
     for member, result in zip(chunk, chunk_results):
       yield member.index, result
     if checkpoint is not None:
       checkpoint.remove()  # after the caller has taken (committed) every result
 
 
-def _precompile_all(pending: list, dataset: ds.GraphDataset, eval_every: int, wait: bool
+def _precompile_all(pending: list, dataset: ds.GraphDataset, eval_every: int, wait: bool,
+                    limit: int | None = None, skip: Collection[tuple[int, int]] = ()
                     ) -> dict[tuple[int, int], concurrent.futures.Future]:
-  """Compiles the programs of every distinct (group, padded size) in threads, in run order
-  (one compilation per group is otherwise paid chunk after chunk): with `wait`, all before
-  returning; else in the background. Returns the future of each (id(group), size)."""
+  """Compiles the programs of the first `limit` (default: every) distinct (group, padded
+  size) not in `skip` in threads, in run order (one compilation per group is otherwise paid
+  chunk after chunk): with `wait`, all before returning; else in the background. Returns the
+  future of each (id(group), size)."""
   runs = {}
   for group, chunk, size, _ in pending:
-    if (id(group), size) not in runs:
-      runs[id(group), size] = _ChunkRun(group, chunk, dataset, eval_every, size)
+    key = (id(group), size)
+    if key not in runs and key not in skip:
+      if limit is not None and len(runs) == limit:
+        break
+      runs[key] = _ChunkRun(group, chunk, dataset, eval_every, size)
   if len(runs) < 2:
     return {}  # nothing to overlap
   started = time.time()
