@@ -40,7 +40,11 @@ message-passing layers of a program run as one `lax.scan`
 and GPU in those functions' docstrings). A group has one layout and one padded chunk size, so
 it compiles once (per batch shape of the budget ladder: a handful, or one where padding every
 batch to the largest costs little, `one_batch_shape_by_default`) however many designs and
-chunks it has. Chunks are filled in order of (epochs, width), so a chunk's members finish at
+chunks it has; batch sizes that give the same batches (`stream_batch_size`: full-batch node
+tasks) share a group. Programs compile up front in threads, `precompile_window` at a time,
+and a group's programs are released after its last chunk (XLA:CPU's memory mappings). On
+GPUs they compile without XLA's Triton GEMM emitter (`compiler_options_for`: half the
+compilation time at the same step times). Chunks are filled in order of (epochs, width), so a chunk's members finish at
 similar epochs.
 
 Devices. The population axis of every per-member array is sharded over the devices
