@@ -44,8 +44,8 @@ chunks it has; batch sizes that give the same batches (`stream_batch_size`: full
 tasks) share a group. Programs compile up front in threads, `precompile_window` at a time,
 and a group's programs are released after its last chunk (XLA:CPU's memory mappings). On
 GPUs they compile without XLA's Triton GEMM emitter (`compiler_options_for`: half the
-compilation time at the same step times). Chunks are filled in order of (epochs, width), so a chunk's members finish at
-similar epochs.
+compilation time at the same step times). Chunks are filled in order of (epochs, width), so a
+chunk's members finish at similar epochs.
 
 Devices. The population axis of every per-member array is sharded over the devices
 (`NamedSharding(make_mesh((n,), ('pop',)), P('pop'))`); batches are replicated. A chunk is padded
