@@ -289,8 +289,9 @@ def format_table(result: EfficiencyResult, name: str = "report") -> str:
   """A text table of `summary_rows`."""
   rows = summary_rows(result, name)
   ts = [t for t in REPORT_TRIALS if t <= result.config.trials]
+  reach = f"to TPE@{result.config.trials}"
   header = (f"{'task':<34} {'algorithm':>9} {'prior':>11} "
-            + " ".join(f"{'t=' + str(t):>15}" for t in ts) + f" {'to TPE@' + str(result.config.trials):>9}")
+            + " ".join(f"{'t=' + str(t):>15}" for t in ts) + f" {reach:>9}")
   lines = [header, "-" * len(header)]
   for row in rows:
     cells = " ".join(f"{row[f't{t}']:>7.4f}+-{row[f't{t}_std']:<6.4f}" for t in ts)
