@@ -305,7 +305,7 @@ def test_batch_sizes_with_one_full_batch_stream_share_a_program(node_data):
                                                    learning_rate=0.003)]
   designs = full + [BASE.replace(batch_size=4)]
   members = engine._resolve_members(designs, node_data, [1])
-  groups = engine._group_members(members, False, False, False, dataset=node_data)
+  groups = engine._group_members(members, node_data, False, False, False)
   assert [[m.design.batch_size for m in g] for g in groups] == [[8, 16], [4]]
   results, traces = _traces(lambda: engine.train_population(
       full, node_data, [1], eval_every=2, split_aggregations=False, precompile=False))
@@ -332,7 +332,7 @@ def test_adaptive_splits_only_where_every_part_fills_min_members(node_data):
   members = engine._resolve_members(designs, node_data, [1])
 
   def sizes(stages, depths, min_members):
-    groups = engine._group_members(members, False, stages, depths, min_members)
+    groups = engine._group_members(members, node_data, False, stages, depths, min_members)
     assert sorted(m.index for g in groups for m in g) == list(range(len(members)))  # a partition
     for group in groups:  # members keep their order within a group
       assert [m.index for m in group] == sorted(m.index for m in group)
@@ -837,17 +837,28 @@ def test_blocks_only_layouts(node_data):
   assert not layout(sums + [resolve(BASE.replace(aggregation="max"))], 12).blocks_only
 
 
-def _mesh_of(platform: str):
-  """A stand-in for a one-device mesh on `platform` (only its devices are read)."""
+def _devices_of(platform: str):
+  """Stand-ins for one device of `platform` (only the platform is read)."""
   import types
-  return types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform=platform)]))
+  return [types.SimpleNamespace(platform=platform)]
 
 
-def test_gpu_programs_compile_without_triton_gemm_unless_xla_flags_say(monkeypatch):
+def test_gpu_programs_compile_without_triton_gemm_unless_xla_flags_say(monkeypatch, node_data):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
-  assert engine.compiler_options_for(_mesh_of("cpu")) is None
-  assert engine.compiler_options_for(_mesh_of("gpu")) == {"xla_gpu_enable_triton_gemm": False}
+  assert engine.compiler_options_for(_devices_of("cpu")) is None
+  assert engine.compiler_options_for(_devices_of("gpu")) == {"xla_gpu_enable_triton_gemm": False}
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true --xla_dump_to=/tmp/x")
-  assert engine.compiler_options_for(_mesh_of("gpu")) is None
+  assert engine.compiler_options_for(_devices_of("gpu")) is None
   monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm_any=true")
-  assert engine.compiler_options_for(_mesh_of("gpu")) == {"xla_gpu_enable_triton_gemm": False}
+  assert engine.compiler_options_for(_devices_of("gpu")) == {"xla_gpu_enable_triton_gemm": False}
+  # The options reach the population programs' compilation: XLA rejects an unknown one. (XLA
+  # reads XLA_FLAGS when the backend starts, and aborts on a flag it does not know.)
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setattr(engine, "compiler_options_for",
+                      lambda devices: {"xla_no_such_option_in_gnnjax": True})
+  engine._compiled.cache_clear()
+  try:
+    with pytest.raises(Exception, match="xla_no_such_option_in_gnnjax"):
+      engine.train_population([BASE], node_data, [1], eval_every=2, precompile=False)
+  finally:
+    engine._compiled.cache_clear()  # no later test may reuse the rejected functions

@@ -218,20 +218,17 @@ CPU_PRECOMPILE_WINDOW = 8
 ACCELERATOR_PRECOMPILE_WINDOW = 16
 
 
-def _group_members(members: Sequence[_Member], split_aggregations: bool,
-                   split_stages: bool | str, split_depths: bool | str,
-                   min_members: int = MIN_MEMBERS_TO_SPLIT,
-                   dataset: ds.GraphDataset | None = None) -> list[list[_Member]]:
-  """Members grouped into programs, in first-seen order: by `_group_key` with the forced
-  (True) splits, then each ADAPTIVE split (stages first: skipconcat's buffer is the larger
-  padding) applied to a group only where each of its parts has at least `min_members`. With
-  `dataset`, batch sizes that give the same stream (`stream_batch_size`) share programs."""
+def _group_members(members: Sequence[_Member], dataset: ds.GraphDataset,
+                   split_aggregations: bool, split_stages: bool | str, split_depths: bool | str,
+                   min_members: int = MIN_MEMBERS_TO_SPLIT) -> list[list[_Member]]:
+  """Members grouped into programs, in first-seen order: by `_group_key` (batch sizes that
+  give the same stream of `dataset` together, `stream_batch_size`) with the forced (True)
+  splits, then each ADAPTIVE split (stages first: skipconcat's buffer is the larger padding)
+  applied to a group only where each of its parts has at least `min_members`."""
   by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
   for member in members:
-    batch_size = (None if dataset is None
-                  else stream_batch_size(dataset, member.resolved.batch_size))
-    by_key[_group_key(member, split_aggregations, split_stages is True,
-                      split_depths is True, batch_size)].append(member)
+    by_key[_group_key(member, split_aggregations, split_stages is True, split_depths is True,
+                      stream_batch_size(dataset, member.resolved.batch_size))].append(member)
   groups = list(by_key.values())
   for policy, part_of in ((split_stages, _is_skipconcat), (split_depths, _is_deep)):
     if policy != ADAPTIVE:
@@ -384,10 +381,10 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
 GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 
 
-def compiler_options_for(mesh: jax.sharding.Mesh) -> dict[str, Any] | None:
-  """The XLA compiler options of programs on `mesh`: GPU_COMPILER_OPTIONS on GPUs (unless
+def compiler_options_for(devices: Sequence[jax.Device]) -> dict[str, Any] | None:
+  """The XLA compiler options of programs on `devices`: GPU_COMPILER_OPTIONS on GPUs (unless
   XLA_FLAGS names the option), none elsewhere."""
-  if mesh.devices.flat[0].platform != "gpu":
+  if any(d.platform != "gpu" for d in devices):
     return None
   named = {flag.split("=")[0].lstrip("-") for flag in os.environ.get("XLA_FLAGS", "").split()}
   options = {k: v for k, v in GPU_COMPILER_OPTIONS.items() if k not in named}
@@ -816,7 +813,7 @@ def _compiled(program: _Program, mesh: jax.sharding.Mesh) -> _Functions:
   compilations, so a repeated population does not compile again)."""
   pop = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(POP_AXIS))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  options = compiler_options_for(mesh)
+  options = compiler_options_for(mesh.devices.flat)
   return _Functions(_make_init(program, pop, options),
                     _make_train_step(program, pop, replicated, options),
                     _make_train_epoch(program, pop, replicated, options),
@@ -1390,8 +1387,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     split_depths = split_depths_by_default(devices)
   if one_batch_shape is None:
     one_batch_shape = one_batch_shape_by_default(devices)
-  for group_members in _group_members(members_left, split_aggregations, split_stages,
-                                      split_depths, dataset=dataset):
+  for group_members in _group_members(members_left, dataset, split_aggregations, split_stages,
+                                      split_depths):
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
                    block_aggregation=block_aggregation, epoch_scan=epoch_scan,
@@ -1400,17 +1397,12 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
 
   if precompile is None:
     precompile = precompile_by_default(devices)
+  compiling = (_precompile_all(pending, dataset, eval_every, wait=False)
+               if precompile == OVERLAP else {})
   window = precompile_window(devices) if precompile is True else None
-  compiling = (_precompile_all(pending, dataset, eval_every, wait=precompile is True,
-                               limit=window) if precompile else {})
-
-  def compile_next(rest, skip):
-    return _precompile_all(rest, dataset, eval_every, wait=True, limit=window, skip=skip)
-
   try:
     yield from _run_chunks(pending, len(members), dataset, eval_every, progress,
-                           checkpoint_dir, checkpoint_every, fingerprint, compiling,
-                           compile_next if window is not None else None)
+                           checkpoint_dir, checkpoint_every, fingerprint, compiling, window)
   finally:
     for future in compiling.values():
       future.cancel()  # the rest, if the caller stopped early (compilations under way finish)
@@ -1420,20 +1412,21 @@ def _run_chunks(pending: list, total: int, dataset: ds.GraphDataset,
                 eval_every: int, progress: ProgressFn | None,
                 checkpoint_dir: str | os.PathLike | None, checkpoint_every: int,
                 fingerprint: str | None, compiling: dict[tuple[int, int], Any],
-                compile_next: Callable[[list, set], dict] | None = None
-                ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+                window: int | None = None) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """Trains the pending (group, chunk, size, checkpoint) in order, `total` trials in all
-  (see `_train`). `compile_next(rest, skip)`: precompiles the next window of programs of
-  `rest` (not those in `skip`) when a chunk's program is not compiled yet."""
+  (see `_train`). `compiling`: the futures of programs compiling in the background; with a
+  `window`, a chunk whose program has not been precompiled first compiles it and the next
+  window - 1 programs of the run (in threads; see `precompile_window`)."""
   done, started, chunk_index = 0, time.time(), 0
-  attempted = set(compiling)
+  attempted = set(compiling)  # programs precompiled, or left to compile when they run
   while pending:
     group, chunk, size, checkpoint = pending.pop(0)
     chunk_index += 1
-    if compile_next is not None and (id(group), size) not in attempted:
-      compiling.update(compile_next([(group, chunk, size, checkpoint)] + pending, attempted))
+    if window is not None and (id(group), size) not in attempted:
+      compiling.update(_precompile_all([(group, chunk, size, checkpoint)] + pending, dataset,
+                                       eval_every, wait=True, limit=window, skip=attempted))
       attempted.update(compiling)
-      attempted.add((id(group), size))
+      attempted.add((id(group), size))  # a window of one is not precompiled
     if (id(group), size) in compiling:
       _wait_for_compilation(compiling[id(group), size])
     if checkpoint_dir is not None and checkpoint is None:

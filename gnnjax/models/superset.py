@@ -159,7 +159,7 @@ class Layout:
         batch_norms=_present(d.batch_norm for d in designs),
         l2norms=_present(d.l2norm for d in designs),
         dropout=any(d.dropout > 0 for d in designs),
-        scan_mp=scan_mp and scan_possible(conv, layers_mp),
+        scan_mp=scan_mp and scan_possible(layers_mp),
         block_nodes=int(block_nodes) if conv[0] == "generalconv" else 0)
 
   @property
@@ -185,14 +185,13 @@ class Layout:
             + tuple(f"post_mp_{i}" for i in range(self.layers_post - 1)))
 
 
-def scan_possible(conv: tuple[str, int], layers_mp: int) -> bool:
+def scan_possible(layers_mp: int) -> bool:
   """Whether a layout's message-passing layers can run as a scan: more than one layer. Every
   conv type qualifies: its layers' parameters differ only in the input rows of the kernels
   that read the layer input (GeneralConv's and GCN's kernel, SAGE's two, GIN's first MLP
   layer, GAT's projection; attention vectors, biases and GIN's eps have the same shape in
   every layer), and zero-padded rows against the stage buffer's zero columns add exact
   zeros."""
-  del conv
   return layers_mp > 1
 
 
