@@ -23,9 +23,12 @@ Distances (--distance): 'embedding' (default: the paper's; g is trained on the b
 have anchor trials in the bank, supervised by GraphGym's anchor similarity; with fewer than 3
 such tasks it falls back to 'feature'), 'feature' (cosine distance of the raw FIM features),
 'graphgym' (1 - Kendall tau of anchor performance; needs the new task's anchors in the bank: an
-oracle for comparisons), or 'file' (--distances_json: {"task": distance} or, in study mode,
-{"held_out": {"task": distance}}). FIM features are cached in --features (JSON task -> vector;
-missing tasks are computed, loading each task by its bank name, and written back).
+oracle for comparisons), 'pool' (1 - Kendall tau of the two tasks' results over the
+designs both hold in the bank, `efficiency.pool_distances`: an oracle that reads the held-out
+task's own results, for the study's upper bound), or 'file' (--distances_json: {"task":
+distance} or, in study mode, {"held_out": {"task": distance}}). FIM features are cached in
+--features (JSON task -> vector; missing tasks are computed, loading each task by its bank
+name, and written back).
 
 Quick CPU run (tiny): see tests/test_search.py for a bank-lookup run; with real training:
   python -m experiments.autotransfer --db=/tmp/bank.sqlite --dataset=<task> --trials=4 \
@@ -80,8 +83,10 @@ flags.DEFINE_float("d_thres", None, "The paper's rule: use every bank task withi
 flags.DEFINE_float("smoothing", 0.0, "Mix this much of the uniform prior into the transferred "
                    "one (0: choices unseen in the near tasks' top-K stay impossible, as the "
                    "paper).")
-flags.DEFINE_enum("distance", "embedding", ["embedding", "feature", "graphgym", "file"],
-                  "How task distances are computed (see the module docstring).")
+flags.DEFINE_enum("distance", "embedding",
+                  ["embedding", "feature", "graphgym", "pool", "file"],
+                  "How task distances are computed (see the module docstring; 'pool' is an "
+                  "oracle that reads the held-out task's own results).")
 flags.DEFINE_string("distances_json", None, "--distance=file: the distances JSON.")
 flags.DEFINE_string("features", None, "JSON cache of FIM task features (task -> vector); "
                     "default <out_dir>/features.json.")
@@ -150,8 +155,10 @@ def searcher_kwargs() -> dict[str, dict[str, Any]]:
           "random": {}}
 
 
-def _distances_for(bank, new_task: str, bank_tasks: Sequence[str], similarity=None
-                   ) -> dict[str, float]:
+def _distances_for(bank, space: spaces.DesignSpace, new_task: str, bank_tasks: Sequence[str],
+                   similarity=None) -> dict[str, float]:
+  if FLAGS.distance == "pool":
+    return efficiency.pool_distances(bank, space, new_task, bank_tasks)
   return distances_lib.task_distances(
       new_task, bank_tasks, bank, distance=FLAGS.distance, load=_loader,
       features_path=FLAGS.features or os.path.join(FLAGS.out_dir, "features.json"),
@@ -184,7 +191,7 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
     raise ValueError(f"no bank task has trials in space {space.name!r}; build the bank first")
   print(f"bank: {len(bank_tasks)} task(s), {len(distributions)} with designs in space "
         f"{space.name!r}")
-  distances = _distances_for(bank, task, list(distributions))
+  distances = _distances_for(bank, space, task, list(distributions))
   transfer = prior_lib.transfer_prior(distributions, distances, FLAGS.d_thres, FLAGS.nearest)
   print_nearest(distances, transfer)
   if transfer.fallback:
@@ -264,8 +271,8 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
     similarity = distances_lib.anchor_similarity(bank, _anchors())
   distances = {}
   for task in tasks:
-    distances[task] = _distances_for(bank, task, [t for t in distributions if t != task],
-                                     similarity)
+    distances[task] = _distances_for(bank, space, task,
+                                     [t for t in distributions if t != task], similarity)
   config = efficiency.StudyConfig(
       algorithms=tuple(FLAGS.algorithms), runs=FLAGS.runs, trials=FLAGS.trials,
       top_k=FLAGS.top_k, nearest=FLAGS.nearest, d_thres=FLAGS.d_thres,

@@ -235,13 +235,15 @@ def test_hyperband_schedule_matches_the_standard_formula():
 # Tabular benchmark over a bank, the study and the experiment script.
 
 
-def build_fake_bank(path, tasks: dict[str, int], designs_per_task: int = 60):
+def build_fake_bank(path, tasks: dict[str, int], designs_per_task: int = 60,
+                    shared_designs: bool = False):
   """Tasks of two families that prefer different designs; score = agreement with the family's
-  preferred design (+ a per-task jitter)."""
+  preferred design (+ a per-task jitter). shared_designs: every task holds the same designs
+  (as `design_space --plan=random` draws them), else each its own sample."""
   preferred = {0: BIG.design_at(1234), 1: BIG.design_at(40000)}
   with bank_lib.Bank(path) as bank:
     for i, (task, family) in enumerate(tasks.items()):
-      designs = BIG.sample(100 + i, designs_per_task)
+      designs = BIG.sample(100 + (0 if shared_designs else i), designs_per_task)
       target = choice_vector(BIG, preferred[family])
       rng = np.random.default_rng(i)
       scores = [float(np.mean(choice_vector(BIG, d) == target)) + 0.01 * rng.random()
@@ -313,6 +315,11 @@ def test_pool_agreement_ranks_shared_designs_and_reaches_the_study_table(tmp_pat
     assert tau == pytest.approx(expected) and 0.3 < tau < 1.0
     assert efficiency.pool_agreement(lookups["a"], lookups["flipped"])[0] == pytest.approx(-1.0)
     assert math.isnan(efficiency.pool_agreement(lookups["a"], lookups["few"])[0])
+    # The oracle distance: 1 - tau, tasks sharing too few designs (and the task itself) left out.
+    oracle = efficiency.pool_distances(bank, BIG, "a", ["a", "near", "flipped", "few"])
+    assert set(oracle) == {"near", "flipped"}
+    assert oracle["near"] == pytest.approx(1.0 - tau)
+    assert oracle["flipped"] == pytest.approx(2.0)
     distances = {"a": {"near": 0.1, "flipped": 0.3, "few": 0.2}}
     result = efficiency.search_efficiency(
         bank, BIG, ["a"], distances, efficiency.StudyConfig(runs=1, trials=3,
@@ -361,3 +368,15 @@ def test_autotransfer_script_search_and_study(tmp_path):
   assert [t["tasks"] for t in study["transfers"]] == [["a2"], ["b1"]]
   assert (tmp_path / "study" / "search_efficiency.png").exists()
   assert "to TPE@5" in out.stdout
+  # The oracle distance: each held-out task's best-agreeing pool is its nearest. It needs
+  # pools of shared designs, and says so when they are not.
+  out = _script(f"--db={tmp_path / 'bank.sqlite'}", "--mode=study", "--distance=pool",
+                "--tasks=a1", "--algorithms=random", "--runs=1", "--trials=3")
+  assert out.returncode != 0 and "shares at least 10 designs with 'a1'" in out.stderr
+  build_fake_bank(tmp_path / "shared.sqlite", tasks, designs_per_task=40, shared_designs=True)
+  out = _script(f"--db={tmp_path / 'shared.sqlite'}", "--mode=study", "--distance=pool",
+                "--tasks=a1,b2", "--algorithms=random", "--runs=1", "--trials=3",
+                "--nearest=1", f"--out_dir={tmp_path / 'oracle'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  study = json.loads((tmp_path / "oracle" / "search_efficiency.json").read_text())
+  assert [t["tasks"] for t in study["transfers"]] == [["a2"], ["b1"]]

@@ -252,6 +252,29 @@ def pool_agreement(a: BankLookup, b: BankLookup, min_shared: int = 10) -> tuple[
   return sign * tau, len(shared)
 
 
+def pool_distances(bank, space: DesignSpace, new_task: str, bank_tasks: Sequence[str],
+                   min_shared: int = 10) -> dict[str, float]:
+  """{bank task: 1 - pool_agreement with new_task} over the bank tasks sharing at least
+  `min_shared` designs with it. An ORACLE distance: it reads the new task's own results, so
+  a study run with it shows the best a task embedding could do with this bank (which sources
+  a perfect embedding would pick), not a method to deploy."""
+  lookups: dict[str, BankLookup] = {}
+  target = _lookup(bank, new_task, space, lookups)
+  out = {}
+  for task in bank_tasks:
+    if task == new_task:
+      continue
+    tau, _ = pool_agreement(target, _lookup(bank, task, space, lookups), min_shared)
+    if math.isfinite(tau):
+      out[task] = 1.0 - tau
+  if not out:
+    raise ValueError(f"no bank task shares at least {min_shared} designs with {new_task!r} in "
+                     f"space {space.name!r}: the pool distance compares tasks design by design, "
+                     "so their pools must come from one design list (experiments.design_space "
+                     "--plan=random draws the same designs for every task)")
+  return out
+
+
 def trials_to_reach(curve: np.ndarray, target: float, higher_is_better: bool) -> int | None:
   """First t (1-based) with curve[t-1] at least as good as target; None if never."""
   reached = curve >= target if higher_is_better else curve <= target
