@@ -316,7 +316,8 @@ def test_pool_agreement_ranks_shared_designs_and_reaches_the_study_table(tmp_pat
     assert efficiency.pool_agreement(lookups["a"], lookups["flipped"])[0] == pytest.approx(-1.0)
     assert math.isnan(efficiency.pool_agreement(lookups["a"], lookups["few"])[0])
     # The oracle distance: 1 - tau, tasks sharing too few designs (and the task itself) left out.
-    oracle = efficiency.pool_distances(bank, BIG, "a", ["a", "near", "flipped", "few"])
+    oracle = efficiency.pool_distances(bank, BIG, "a", ["a", "near", "flipped", "few",
+                                                       "not_in_bank"])
     assert set(oracle) == {"near", "flipped"}
     assert oracle["near"] == pytest.approx(1.0 - tau)
     assert oracle["flipped"] == pytest.approx(2.0)

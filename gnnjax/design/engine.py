@@ -168,11 +168,12 @@ def stream_batch_size(dataset: ds.GraphDataset, batch_size: int) -> int:
   return batch_size
 
 
-def _group_key(member: _Member, split_aggregations: bool, split_stages: bool = False,
-               split_depths: bool = False, batch_size: int | None = None) -> tuple:
-  """`batch_size`: the member's stream batch size (default: its design's)."""
+def _group_key(member: _Member, dataset: ds.GraphDataset, split_aggregations: bool,
+               split_stages: bool = False, split_depths: bool = False) -> tuple:
+  """The program a member belongs to: conv type, stream batch size on `dataset`
+  (`stream_batch_size`), and the forced splits."""
   key = superset.conv_key(member.resolved) + (
-      member.resolved.batch_size if batch_size is None else batch_size,)
+      stream_batch_size(dataset, member.resolved.batch_size),)
   if split_aggregations:  # max/min scatter apart from the sum that add and mean share
     key += (member.resolved.aggregation in EXTREMAL_AGGREGATIONS,)
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
@@ -227,8 +228,8 @@ def _group_members(members: Sequence[_Member], dataset: ds.GraphDataset,
   applied to a group only where each of its parts has at least `min_members`."""
   by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
   for member in members:
-    by_key[_group_key(member, split_aggregations, split_stages is True, split_depths is True,
-                      stream_batch_size(dataset, member.resolved.batch_size))].append(member)
+    by_key[_group_key(member, dataset, split_aggregations, split_stages is True,
+                      split_depths is True)].append(member)
   groups = list(by_key.values())
   for policy, part_of in ((split_stages, _is_skipconcat), (split_depths, _is_deep)):
     if policy != ADAPTIVE:
@@ -1360,6 +1361,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
   streams: dict[int, _SeedStreams] = {}
 
   def streams_for(batch_size: int) -> _SeedStreams:
+    batch_size = stream_batch_size(dataset, batch_size)  # one build per distinct stream
     if batch_size not in streams:
       streams[batch_size] = _SeedStreams(dataset, seeds, batch_size)
     return streams[batch_size]

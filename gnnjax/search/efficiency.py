@@ -255,16 +255,20 @@ def pool_agreement(a: BankLookup, b: BankLookup, min_shared: int = 10) -> tuple[
 def pool_distances(bank, space: DesignSpace, new_task: str, bank_tasks: Sequence[str],
                    min_shared: int = 10) -> dict[str, float]:
   """{bank task: 1 - pool_agreement with new_task} over the bank tasks sharing at least
-  `min_shared` designs with it. An ORACLE distance: it reads the new task's own results, so
-  a study run with it shows the best a task embedding could do with this bank (which sources
-  a perfect embedding would pick), not a method to deploy."""
-  lookups: dict[str, BankLookup] = {}
-  target = _lookup(bank, new_task, space, lookups)
+  `min_shared` designs with it (a task with no ok trial in `space` shares none). An ORACLE
+  distance: it reads the new task's own results, so a study run with it shows the best a task
+  embedding could do with this bank (which sources a perfect embedding would pick), not a
+  method to deploy."""
+  target = BankLookup(bank, new_task, space)
   out = {}
   for task in bank_tasks:
     if task == new_task:
       continue
-    tau, _ = pool_agreement(target, _lookup(bank, task, space, lookups), min_shared)
+    try:
+      source = BankLookup(bank, task, space)
+    except ValueError:  # no ok trial of the task inside the space
+      continue
+    tau, _ = pool_agreement(target, source, min_shared)
     if math.isfinite(tau):
       out[task] = 1.0 - tau
   if not out:
