@@ -121,6 +121,10 @@ flags.DEFINE_bool("hb_ignore_budget", False, "HyperBand trains every evaluation 
 flags.DEFINE_list("tasks", None, "study mode: held-out tasks (default: every bank task with at "
                   "least --min_pool designs in the space).")
 flags.DEFINE_integer("min_pool", 30, "study mode: smallest pool a held-out task needs.")
+flags.DEFINE_integer("min_source_pool", 32, "Smallest pool (designs with a result in the space) "
+                     "a bank task needs to be a prior source: a top-K distribution of a pool "
+                     "not much larger than K is mostly the pool itself (default: 2 x the "
+                     "default --top_k). Smaller pools still count for the task distances.")
 flags.DEFINE_list("algorithms", sorted(ALGORITHMS), "study mode: algorithms.")
 flags.DEFINE_integer("runs", 10, "study mode: runs per (task, algorithm, prior).")
 flags.DEFINE_string("out_dir", "results/autotransfer", "Where results go.")
@@ -191,8 +195,17 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
     raise ValueError(f"no bank task has trials in space {space.name!r}; build the bank first")
   print(f"bank: {len(bank_tasks)} task(s), {len(distributions)} with designs in space "
         f"{space.name!r}")
+  sources = {t: p for t, p in distributions.items()
+             if p.info["designs_scored"] >= FLAGS.min_source_pool}
+  thin = sorted(set(distributions) - set(sources))
+  if thin:
+    print(f"not prior sources (fewer than --min_source_pool={FLAGS.min_source_pool} designs): "
+          + ", ".join(thin))
+  if not sources:
+    raise ValueError(f"no bank task has --min_source_pool={FLAGS.min_source_pool} designs in "
+                     f"space {space.name!r}")
   distances = _distances_for(bank, space, task, list(distributions))
-  transfer = prior_lib.transfer_prior(distributions, distances, FLAGS.d_thres, FLAGS.nearest)
+  transfer = prior_lib.transfer_prior(sources, distances, FLAGS.d_thres, FLAGS.nearest)
   print_nearest(distances, transfer)
   if transfer.fallback:
     print(f"no bank task within d_thres={FLAGS.d_thres}: used the {FLAGS.nearest} nearest")
@@ -266,6 +279,11 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   if not tasks:
     raise ValueError(f"no bank task has {FLAGS.min_pool} designs in space {space.name!r}")
   print(f"study: {len(tasks)} held-out task(s), {len(distributions)} bank task(s) with designs")
+  thin = sorted(t for t, p in distributions.items()
+                if p.info["designs_scored"] < FLAGS.min_source_pool)
+  if thin:
+    print(f"not prior sources (fewer than --min_source_pool={FLAGS.min_source_pool} designs): "
+          + ", ".join(thin))
   similarity = None
   if FLAGS.distance == "embedding":
     similarity = distances_lib.anchor_similarity(bank, _anchors())
@@ -275,7 +293,8 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
                                      [t for t in distributions if t != task], similarity)
   config = efficiency.StudyConfig(
       algorithms=tuple(FLAGS.algorithms), runs=FLAGS.runs, trials=FLAGS.trials,
-      top_k=FLAGS.top_k, nearest=FLAGS.nearest, d_thres=FLAGS.d_thres,
+      top_k=FLAGS.top_k, min_source_designs=FLAGS.min_source_pool, nearest=FLAGS.nearest,
+      d_thres=FLAGS.d_thres,
       smoothing=FLAGS.smoothing, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       searcher_kwargs={a: searcher_kwargs()[a] for a in FLAGS.algorithms})
   make_evaluator = None

@@ -289,6 +289,23 @@ def test_bank_lookup_and_search_efficiency_study(tmp_path):
   assert len(paths) == 3
 
 
+def test_study_leaves_thin_pools_out_of_the_prior(tmp_path):
+  tasks = {"a1": 0, "a2": 0, "b1": 1}
+  build_fake_bank(tmp_path / "bank.sqlite", tasks)  # 60 designs per task
+  distances = {"a1": {"a2": 0.1, "b1": 0.9}}
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    result = efficiency.search_efficiency(
+        bank, BIG, ["a1"], distances,
+        efficiency.StudyConfig(algorithms=("random",), runs=1, trials=2, nearest=2,
+                               min_source_designs=60), print_fn=None)
+    assert result.transfers[0]["tasks"] == ["a2", "b1"]
+    with pytest.raises(ValueError, match="no task has both a distance and a design distribution"):
+      efficiency.search_efficiency(
+          bank, BIG, ["a1"], distances,
+          efficiency.StudyConfig(algorithms=("random",), runs=1, trials=2,
+                                 min_source_designs=61), print_fn=None)
+
+
 def _brute_force_tau(x, y):
   """Kendall's tau over all pairs (no ties in the data below)."""
   n = len(x)
@@ -356,6 +373,13 @@ def test_autotransfer_script_search_and_study(tmp_path):
   written = json.loads((tmp_path / "out" / "autotransfer_a1_tpe_transferred.json").read_text())
   assert written["transfer"]["tasks"] == ["a2", "b1"]
   assert len(written["search"]["trials"]) == 8
+  # Pools of 40 designs are too thin to be prior sources under --min_source_pool=41.
+  out = _script(f"--db={tmp_path / 'bank.sqlite'}", "--dataset=a1", "--distance=file",
+                f"--distances_json={distances}", "--evaluator=bank", "--trials=2",
+                "--min_source_pool=41", f"--out_dir={tmp_path / 'thin'}")
+  assert out.returncode != 0
+  assert "not prior sources (fewer than --min_source_pool=41 designs): a2, b1, b2" in out.stdout
+  assert "no bank task has --min_source_pool=41 designs" in out.stderr
   # Study mode with raw-feature distances from a feature file (no FIM computation needed).
   features = {"a1": [1.0, 0.1, 0.0], "a2": [0.9, 0.2, 0.0], "b1": [0.0, 0.1, 1.0],
               "b2": [0.1, 0.0, 0.9]}

@@ -51,6 +51,9 @@ class StudyConfig:
     runs: independent runs per (task, algorithm, prior).
     trials: trials per run.
     top_k: K of the bank design distributions.
+    min_source_designs: smallest pool (designs with a result in the space) a bank task needs to
+      be a prior source; a top-K distribution of a pool not much larger than K is mostly the
+      pool itself, whatever the task prefers.
     nearest: k nearest tasks (rule of the released code; also the threshold's fallback).
     d_thres: the paper's distance threshold (None: the k nearest).
     smoothing: mix this much uniform into the transferred prior (0: as the paper).
@@ -64,6 +67,7 @@ class StudyConfig:
   runs: int = 10
   trials: int = 30
   top_k: int = prior_lib.DEFAULT_TOP_K
+  min_source_designs: int = 1
   nearest: int = prior_lib.DEFAULT_NEAREST
   d_thres: float | None = None
   smoothing: float = 0.0
@@ -170,7 +174,8 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
   """
   started = time.time()
   say = print_fn or (lambda _: None)
-  distributions = prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k)
+  distributions = prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k,
+                                               min_designs=config.min_source_designs)
   shape = (len(tasks), len(config.algorithms), len(config.priors), config.runs, config.trials)
   curves = {name: np.full(shape, np.nan)
             for name in ("report", "objective", "report_at_best", "epochs")}
