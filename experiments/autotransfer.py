@@ -172,18 +172,6 @@ def _distances_for(bank, space: spaces.DesignSpace, new_task: str, bank_tasks: S
       embedding_seed=FLAGS.embedding_seed, similarity=similarity, anchors=_anchors())
 
 
-def prior_sources(distributions: Mapping[str, prior_lib.Prior]) -> dict[str, prior_lib.Prior]:
-  """The bank tasks whose pools are large enough (--min_source_pool) to transfer a prior;
-  prints the ones left out."""
-  sources = {t: p for t, p in distributions.items()
-             if p.info["designs_scored"] >= FLAGS.min_source_pool}
-  thin = sorted(set(distributions) - set(sources))
-  if thin:
-    print(f"not prior sources (fewer than --min_source_pool={FLAGS.min_source_pool} designs): "
-          + ", ".join(thin))
-  return sources
-
-
 def _anchors():
   """The anchors whose trials the bank holds (--anchor_epochs)."""
   return anchors_lib.anchors_with_epochs(FLAGS.anchor_epochs)
@@ -207,7 +195,10 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
     raise ValueError(f"no bank task has trials in space {space.name!r}; build the bank first")
   print(f"bank: {len(bank_tasks)} task(s), {len(distributions)} with designs in space "
         f"{space.name!r}")
-  sources = prior_sources(distributions)
+  sources, thin = prior_lib.split_by_pool(distributions, FLAGS.min_source_pool)
+  if thin:
+    print(f"not prior sources (fewer than --min_source_pool={FLAGS.min_source_pool} designs): "
+          + ", ".join(thin))
   if not sources:
     raise ValueError(f"no bank task has --min_source_pool={FLAGS.min_source_pool} designs in "
                      f"space {space.name!r}")
@@ -286,7 +277,6 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   if not tasks:
     raise ValueError(f"no bank task has {FLAGS.min_pool} designs in space {space.name!r}")
   print(f"study: {len(tasks)} held-out task(s), {len(distributions)} bank task(s) with designs")
-  prior_sources(distributions)  # the study's StudyConfig applies the same threshold
   similarity = None
   if FLAGS.distance == "embedding":
     similarity = distances_lib.anchor_similarity(bank, _anchors())

@@ -52,8 +52,7 @@ class StudyConfig:
     trials: trials per run.
     top_k: K of the bank design distributions.
     min_source_designs: smallest pool (designs with a result in the space) a bank task needs to
-      be a prior source; a top-K distribution of a pool not much larger than K is mostly the
-      pool itself, whatever the task prefers.
+      be a prior source (`prior.split_by_pool`).
     nearest: k nearest tasks (rule of the released code; also the threshold's fallback).
     d_thres: the paper's distance threshold (None: the k nearest).
     smoothing: mix this much uniform into the transferred prior (0: as the paper).
@@ -174,8 +173,12 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
   """
   started = time.time()
   say = print_fn or (lambda _: None)
-  distributions = prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k,
-                                               min_designs=config.min_source_designs)
+  distributions, thin = prior_lib.split_by_pool(
+      prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k),
+      config.min_source_designs)
+  if thin:
+    say(f"not prior sources (fewer than {config.min_source_designs} designs): "
+        + ", ".join(thin))
   shape = (len(tasks), len(config.algorithms), len(config.priors), config.runs, config.trials)
   curves = {name: np.full(shape, np.nan)
             for name in ("report", "objective", "report_at_best", "epochs")}

@@ -409,10 +409,18 @@ def bank_distributions(bank, space: DesignSpace, tasks: Sequence[str] | None = N
       prior = task_distribution(results, space, k, metric, "val", which)
     except ValueError:
       continue
-    if prior.info["designs_scored"] >= min_designs:
-      prior.info["task"] = task
-      out[task] = prior
-  return out
+    prior.info["task"] = task
+    out[task] = prior
+  return split_by_pool(out, min_designs)[0]
+
+
+def split_by_pool(distributions: Mapping[str, Prior], min_designs: int
+                  ) -> tuple[dict[str, Prior], list[str]]:
+  """(the distributions drawn from at least `min_designs` scored designs, the sorted names of
+  the others): a top-K distribution of a pool not much larger than K is mostly the pool itself,
+  whatever the task prefers, so such tasks are poor prior sources."""
+  kept = {t: p for t, p in distributions.items() if p.info["designs_scored"] >= min_designs}
+  return kept, sorted(set(distributions) - set(kept))
 
 
 # ----------------------------------------------------------------------------------------------
