@@ -1,0 +1,58 @@
+"""benchmarks/population_profile.py: the op kinds it sums, and one end-to-end run on CPU."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
+  sys.path.insert(0, str(REPO))
+
+from benchmarks import population_profile  # noqa: E402
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("cublas-lt-matmul.22", "gemm"), ("input_transpose_fusion.2", "transpose"),
+    ("input_add_reduce_select_fusion.1", "reduce"),
+    ("loop_dynamic_update_slice_fusion.28", "dynamic-update-slice"),
+    ("loop_dynamic_slice_fusion.15", "dynamic-slice"), ("MemcpyH2D", "copy"),
+    ("loop_broadcast_fusion.3", "loop fusion"), ("custom-call.4", "other"),
+])
+def test_op_kind(name, kind):
+  assert population_profile.op_kind(name) == kind
+
+
+def test_profile_of_a_small_group_on_cpu(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "benchmarks.population_profile",
+       "--task=generated/smallworld/clustering/pagerank", "--num_designs=64", "--batch_size=0",
+       "--aggregation=sum", "--stage=other", "--depth=shallow", "--max_designs=2",
+       "--epochs=3", "--trace_epochs=1", "--top=5", f"--trace_dir={tmp_path / 'trace'}",
+       f"--out_dir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  record = json.loads((tmp_path / "results" / "population_profile.json").read_text())
+  metrics = record["metrics"]
+  assert metrics["steps_traced"] >= 1 and metrics["step_ms"] > 0
+  assert metrics["layout"]["aggregations"] and metrics["layout"]["layers_mp"] <= 4
+  ops = metrics["ops"]
+  assert ops and all(op["ms_per_step"] >= 0 for op in ops)
+  assert ops == sorted(ops, key=lambda op: -op["ms_per_step"])
+  # The kinds partition the ops' time.
+  assert sum(metrics["kinds"].values()) == pytest.approx(metrics["kernel_ms_per_step"])
+  assert "| op | kind | ms per step |" in out.stdout
+  assert "## population_profile" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_an_empty_group_is_a_clear_error(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "benchmarks.population_profile",
+       "--task=generated/smallworld/clustering/pagerank", "--num_designs=4", "--batch_size=7",
+       f"--out_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "no sampled design is in the group" in out.stderr + out.stdout
