@@ -407,6 +407,22 @@ def test_dropout_reads_the_designs_own_mask_out_of_a_padded_draw():
   np.testing.assert_array_equal(np.asarray(got[:, width:]), 0.0)
 
 
+@pytest.mark.parametrize("make_key", [jax.random.PRNGKey, jax.random.key,
+                                      lambda seed: jax.random.key(seed, impl="rbg")],
+                         ids=["raw", "typed", "rbg"])
+def test_uniform_at_equals_a_whole_draw_gathered(make_key):
+  # The dropout mask is computed at the design's counters; it must be the draw's values there,
+  # also under vmap over members' keys (rbg keys take the draw-and-gather fallback).
+  rows, cols, width = 33, 40, 29
+  col = jnp.arange(cols)
+  index = jnp.where(col[None, :] < width, jnp.arange(rows)[:, None] * width + col[None, :], 0)
+  keys = jax.random.split(make_key(7), 3)
+  got = jax.jit(jax.vmap(lambda k: superset._uniform_at(k, rows * cols, index)))(keys)
+  want = jax.vmap(lambda k: jax.random.uniform(k, (rows * cols,), jnp.float32)[index])(keys)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert len(np.unique(np.asarray(got))) > rows * width // 2  # not a constant or tiled draw
+
+
 @pytest.mark.parametrize("design", [
     Design(dim_inner=4, conv_type="gat", heads=2, stage_type="skipconcat", layers_mp=2),
     Design(dim_inner=3, conv_type="sage", batch_norm=False, layers_post_mp=2),

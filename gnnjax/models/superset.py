@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.extend.random as jax_random_ext
 import jax.numpy as jnp
 import jraph
 import numpy as np
@@ -565,11 +566,33 @@ def dropout(x: Array, key: Array, keep: Array, width: Array) -> Array:
   """nn.Dropout(1 - keep) on the first `width` columns of x [R, W], with the mask a
   [R, width] draw from `key` would give (partitionable threefry: element k uses counter k)."""
   rows, cols = x.shape
-  uniform = jax.random.uniform(key, (rows * cols,), jnp.float32)
   col = jnp.arange(cols, dtype=jnp.int32)
   index = jnp.arange(rows, dtype=jnp.int32)[:, None] * width + col[None, :]
-  kept = uniform[jnp.where(col[None, :] < width, index, 0)] < keep
+  index = jnp.where(col[None, :] < width, index, 0)
+  kept = _uniform_at(key, rows * cols, index) < keep
   return jax.lax.select(kept, x / keep, jnp.zeros_like(x))
+
+
+def _uniform_at(key: Array, size: int, index: Array) -> Array:
+  """jax.random.uniform(key, (size,), float32)[index] for int32 `index` in [0, size).
+
+  With partitionable threefry (jax's default) element k of a draw depends on its counter k
+  only, so the values are computed at `index` directly: one elementwise kernel that fuses with
+  its use, instead of a [size] draw written to memory and gathered back. Other PRNG settings
+  draw and gather."""
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  impl = str(jax.random.key_impl(key)) if typed else jax.config.jax_default_prng_impl
+  if impl != "threefry2x32" or not jax.config.jax_threefry_partitionable:
+    return jax.random.uniform(key, (size,), jnp.float32)[index]
+  if typed:
+    key = jax.random.key_data(key)
+  counter = index.astype(jnp.uint32)
+  bits1, bits2 = jax_random_ext.threefry2x32_p.bind(key[0], key[1], jnp.zeros_like(counter),
+                                                    counter)
+  # jax.random.uniform's float32 construction: 23 random mantissa bits under exponent 0.
+  mantissa = jax.lax.shift_right_logical(bits1 ^ bits2, np.uint32(32 - 23))
+  one = np.array(1.0, np.float32).view(np.uint32)
+  return jax.lax.bitcast_convert_type(mantissa | one, jnp.float32) - np.float32(1.0)
 
 
 # ----------------------------------------------------------------------------------------------
