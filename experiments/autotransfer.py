@@ -290,14 +290,15 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
       d_thres=FLAGS.d_thres,
       smoothing=FLAGS.smoothing, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       searcher_kwargs={a: searcher_kwargs()[a] for a in FLAGS.algorithms})
-  make_evaluator = None
-  if (FLAGS.evaluator or "bank") == "train":
-    def make_evaluator(task):
-      evaluator = TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
-                                    eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap,
-                                    max_parallel=FLAGS.max_parallel)
-      return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
-  result = efficiency.search_efficiency(bank, space, tasks, distances, config, make_evaluator,
+  def training_evaluator(task):
+    evaluator = TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
+                                  eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap,
+                                  max_parallel=FLAGS.max_parallel)
+    return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
+
+  trains = (FLAGS.evaluator or "bank") == "train"
+  result = efficiency.search_efficiency(bank, space, tasks, distances, config,
+                                        training_evaluator if trains else None,
                                         bank_tasks=all_tasks)
   print()
   print(efficiency.format_table(result))
