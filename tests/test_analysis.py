@@ -119,6 +119,33 @@ def test_rank_table_from_results_averages_seeds_per_task():
     analysis.rank_table(results, plan, "activation")
 
 
+def test_tasks_without_accuracy_are_scored_by_their_own_metric():
+  # A MoleculeNet task reports ROC-AUC and AP, no accuracy: its rank tables, pool table and
+  # progress lines use ROC-AUC (the first of trial.SCORE_METRICS it reports), not NaN.
+  plan = study.controlled_random_search(spaces.GRAPHGYM_ROUND1, ["batch_norm"], 1, seed=0)
+  by_choice = {row.choice: row.design for row in plan}
+
+  def molecule(design, roc_auc):
+    return TrialResult(key=TrialKey("bace", design.design_id, 1), design=design.to_dict(),
+                       num_params=1, final={"val": {"ap": 0.5, "roc_auc": roc_auc,
+                                                    "loss": 0.6}})
+
+  results = [molecule(by_choice["True"], 0.71), molecule(by_choice["False"], 0.83)]
+  table = analysis.rank_table(results, plan, "batch_norm")
+  np.testing.assert_allclose(table.accuracy, [[0.71, 0.83]])
+  assert table.ranks.tolist() == [[2, 1]]
+  assert analysis.trial_accuracy(results[0], metric="ap") == 0.5  # a named metric still wins
+  assert math.isnan(analysis.trial_accuracy(results[0], metric="accuracy"))
+  pools = study.format_pools(results)
+  assert "val score: best" in pools and "0.8300" in pools and "0.7100" in pools
+  lines = []
+  study.ProgressPrinter(2, print_fn=lines.append)(results[1])
+  assert lines[0].endswith("bace " + by_choice["False"].design_id + " seed=1 ok val_roc_auc=0.830")
+  lines.clear()
+  study.ProgressPrinter(1, print_fn=lines.append)(_result("a", by_choice["True"], 1, 0.75))
+  assert lines[0].endswith("val_acc=0.750")
+
+
 def test_plot_ranks_writes_a_png(tmp_path):
   rng = np.random.default_rng(1)
   tables = [

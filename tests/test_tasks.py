@@ -139,18 +139,26 @@ def test_anchor_performance_from_bank(tmp_path):
   from gnnjax.design import bank as bank_lib
   anchor_set = anchors.AUTOTRANSFER_ANCHORS[:4]
   with bank_lib.Bank(str(tmp_path / "bank.sqlite")) as bank:
-    for task, sign in (("up", 1.0), ("down", -1.0)):
+    # "molecule" reports ROC-AUC, not accuracy (MoleculeNet): it is scored by ROC-AUC.
+    for task, sign, metric in (("up", 1.0, "accuracy"), ("down", -1.0, "accuracy"),
+                               ("molecule", 1.0, "roc_auc")):
       for u, d in enumerate(anchor_set):
         for seed in (1, 2):
           bank.add(trial_lib.TrialResult(
               key=trial_lib.TrialKey(task, d.design_id, seed), design=d.to_dict(),
-              num_params=1, final={"val": {"accuracy": 0.5 + sign * 0.1 * u + 0.01 * seed}}))
+              num_params=1, final={"val": {metric: 0.5 + sign * 0.1 * u + 0.01 * seed,
+                                           "loss": 1.0 - 0.1 * u}}))
     perf = similarity.anchor_performance_from_bank(bank, anchor_set)
+    np.testing.assert_allclose(perf["molecule"], perf["up"])
+    # Asked for accuracy it has none: every anchor gets the same fill, no ranking at all.
+    by_accuracy = similarity.anchor_performance_from_bank(bank, anchor_set, tasks=["molecule"],
+                                                          metric="val_accuracy")
+    assert len(set(np.asarray(by_accuracy["molecule"]).tolist())) == 1
     with pytest.raises(ValueError, match="no trials of anchor"):
       similarity.anchor_performance_from_bank(bank, anchors.AUTOTRANSFER_ANCHORS[:5],
                                               tasks=["up"])
   np.testing.assert_allclose(perf["up"], [0.515, 0.615, 0.715, 0.815])
-  names, matrix = similarity.similarity_matrix(perf)
+  names, matrix = similarity.similarity_matrix({t: perf[t] for t in ("up", "down")})
   assert matrix[names.index("up"), names.index("down")] == pytest.approx(-1.0)
 
 

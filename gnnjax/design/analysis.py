@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from gnnjax.design import trial as trial_lib
 from gnnjax.design.trial import TrialResult
 
 TIE_THRESHOLD = 0.021
@@ -165,10 +166,12 @@ def rank_accuracies(dim: str, choices: Sequence[str], setups: Sequence[tuple[str
                    absent_choices=absent)
 
 
-def trial_accuracy(result: TrialResult, split: str = "val", metric: str = "accuracy"
+def trial_accuracy(result: TrialResult, split: str = "val", metric: str | None = None
                    ) -> float:
-  """The final-epoch metric of a trial, NaN when it failed or did not report it."""
-  value = result.final.get(split, {}).get(metric)
+  """The final-epoch `metric` of a trial (None: the task's own, `trial.score_metric`: accuracy,
+  or ROC-AUC on MoleculeNet), NaN when it failed or did not report it."""
+  final = result.final.get(split, {})
+  value = final.get(metric if metric is not None else trial_lib.score_metric(final))
   if result.status == "failed" or value is None:
     return math.nan
   value = float(value)
@@ -176,7 +179,7 @@ def trial_accuracy(result: TrialResult, split: str = "val", metric: str = "accur
 
 
 def pivot(results: Sequence[TrialResult], plan: Sequence[Any], dim: str, split: str = "val",
-          metric: str = "accuracy", tasks: Sequence[str] | None = None
+          metric: str | None = None, tasks: Sequence[str] | None = None
           ) -> tuple[list[str], list[tuple[str, int]], np.ndarray]:
   """The setups x choices pivot of dimension `dim` (step 1).
 
@@ -184,7 +187,8 @@ def pivot(results: Sequence[TrialResult], plan: Sequence[Any], dim: str, split: 
     results: trials (any seeds; each cell averages the seeds it finds).
     plan: `study.PlanRow`s (dim, setup_id, choice, design).
     dim: the studied dimension.
-    split, metric: the cell value is the mean over seeds of final[split][metric].
+    split, metric: the cell value is the mean over seeds of final[split][metric] (metric None:
+      the task's own, see `trial_accuracy`).
     tasks: the tasks whose setups count (default: every task in `results`, sorted).
 
   Returns:
@@ -214,7 +218,7 @@ def pivot(results: Sequence[TrialResult], plan: Sequence[Any], dim: str, split: 
 
 
 def rank_table(results: Sequence[TrialResult], plan: Sequence[Any], dim: str,
-               split: str = "val", metric: str = "accuracy",
+               split: str = "val", metric: str | None = None,
                tasks: Sequence[str] | None = None, threshold: float = TIE_THRESHOLD
                ) -> RankTable:
   """GraphGym's rank table of one dimension from trial results (see the module docstring)."""

@@ -35,6 +35,7 @@ from gnnjax.design import bank as bank_lib
 from gnnjax.design import hosts as hosts_lib
 from gnnjax.design.design import Design
 from gnnjax.design.spaces import DesignSpace
+from gnnjax.design import trial as trial_lib
 from gnnjax.design.trial import DIVERGED, OK, TrialKey, TrialResult
 
 # trainer(designs, dataset, seeds, **kwargs) -> one TrialResult per (design, seed), designs
@@ -370,11 +371,14 @@ class ProgressPrinter:
     elapsed = self._clock() - self._started
     remaining = max(self.total - self.done, 0)
     eta = elapsed / self._trained * remaining
-    accuracy = result.final.get("val", {}).get("accuracy", math.nan)
+    val = result.final.get("val", {})
+    metric = trial_lib.score_metric(val) or "accuracy"
+    score = {"accuracy": "acc"}.get(metric, metric)
     self._print(f"[{self.done:{len(str(self.total))}d}/{self.total}] "
                 f"{100 * self.done / max(self.total, 1):3.0f}%  elapsed {_duration(elapsed)}  "
                 f"ETA {_duration(eta)}  {result.key.task} {result.key.design_id} "
-                f"seed={result.key.seed} {result.status} val_acc={accuracy:.3f}")
+                f"seed={result.key.seed} {result.status} "
+                f"val_{score}={val.get(metric, math.nan):.3f}")
 
 
 def engine_progress(print_fn: Callable[[str], None] = print, every_seconds: float = 15.0,
@@ -469,16 +473,17 @@ def run_study(bank: bank_lib.Bank, space: DesignSpace, tasks: Mapping[str, Any],
   return StudyResult(plan=plan, results=results, tables=tables)
 
 
-def format_pools(results: Sequence[TrialResult], split: str = "val", metric: str = "accuracy"
+def format_pools(results: Sequence[TrialResult], split: str = "val", metric: str | None = None
                  ) -> str:
   """A table of each task's pool: trials by status and the spread of the final `split` metric
-  (what a random plan leaves in the bank for transfer studies to draw from)."""
+  (None: each task's own, `analysis.trial_accuracy`; what a random plan leaves in the bank for
+  transfer studies to draw from)."""
   by_task: dict[str, list[TrialResult]] = {}
   for result in results:
     by_task.setdefault(result.key.task, []).append(result)
   width = max([len("task")] + [len(t) for t in by_task])
   lines = [f"{'task':<{width}}  {'trials':>6}  {'ok':>5}  {'diverged':>8}  {'failed':>6}  "
-           f"{split + ' ' + metric + ': best':>22}  {'median':>7}  {'worst':>7}"]
+           f"{split + ' ' + (metric or 'score') + ': best':>22}  {'median':>7}  {'worst':>7}"]
   for task in sorted(by_task):
     rows = by_task[task]
     scores = np.array([analysis.trial_accuracy(r, split, metric) for r in rows], dtype=float)

@@ -6,12 +6,21 @@ The population engine produces `TrialResult`s; the bank stores them; analyses re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 OK = "ok"
 DIVERGED = "diverged"
 FAILED = "failed"
 STATUSES = (OK, DIVERGED, FAILED)
+# What a trial is scored by where no metric is named (design-space rank tables, anchor
+# rankings, progress lines): the first of these its split reports. All are higher-is-better;
+# they cover every classification task type (accuracy: GraphGym's; roc_auc: MoleculeNet's).
+SCORE_METRICS = ("accuracy", "roc_auc", "ap", "micro_f1")
+
+
+def score_metric(metrics: Mapping[str, float]) -> str | None:
+  """The first of SCORE_METRICS among one split's `metrics` (name -> value), else None."""
+  return next((name for name in SCORE_METRICS if name in metrics), None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,22 +83,25 @@ def evenly_spaced(num_items: int, count: int) -> np.ndarray:
   return np.floor(np.arange(count) * (num_items - 1) / (count - 1) + 0.5).astype(np.int64)
 
 
-def performance(result: trial_lib.TrialResult, metric: str = "val_accuracy",
+def performance(result: trial_lib.TrialResult, metric: str = "val",
                 which: str = "final") -> float:
   """A trial's score for ranking anchors: `which` ('final' = last evaluation, as GraphGym;
-  'best' = at the best validation epoch) value of `metric` ('<split>_<name>'). NaN when the
-  trial failed, diverged or lacks the metric (such designs rank worst)."""
+  'best' = at the best validation epoch) value of `metric` ('<split>_<name>', or a bare
+  '<split>' for the task's own metric, `trial.score_metric`: accuracy, ROC-AUC on
+  MoleculeNet). NaN when the trial failed, diverged or lacks the metric (such designs rank
+  worst)."""
   if which not in ("final", "best"):
     raise ValueError(f"which must be 'final' or 'best', got {which!r}")
   if result.status != trial_lib.OK:
     return math.nan
   split, _, name = metric.partition("_")
-  value = getattr(result, which).get(split, {}).get(name)
+  metrics = getattr(result, which).get(split, {})
+  value = metrics.get(name or trial_lib.score_metric(metrics))
   return math.nan if value is None else float(value)
 
 
 def rank_designs(designs: Sequence[Design], results: Sequence[trial_lib.TrialResult],
-                 seeds: int, metric: str = "val_accuracy", higher_is_better: bool = True
+                 seeds: int, metric: str = "val", higher_is_better: bool = True
                  ) -> tuple[list[Design], np.ndarray]:
   """Designs sorted from worst to best by their mean score over seeds (NaN scores first).
 
@@ -121,7 +124,7 @@ def rank_designs(designs: Sequence[Design], results: Sequence[trial_lib.TrialRes
 
 def select_anchors(dataset: ds.GraphDataset, space: spaces_lib.DesignSpace | None = None,
                    num_sampled: int = 100, num_anchors: int = 12, seeds: Sequence[int] = (1,),
-                   sample_seed: int = 0, metric: str = "val_accuracy",
+                   sample_seed: int = 0, metric: str = "val",
                    higher_is_better: bool = True,
                    train_fn: Callable[..., list[trial_lib.TrialResult]] | None = None,
                    **train_kwargs) -> tuple[list[Design], np.ndarray]:
@@ -135,7 +138,8 @@ def select_anchors(dataset: ds.GraphDataset, space: spaces_lib.DesignSpace | Non
     num_anchors: U, anchors kept.
     seeds: training seeds per design (scores are averaged over them).
     sample_seed: seed of the design sample.
-    metric: '<split>_<metric>' of the final evaluation used as performance.
+    metric: '<split>_<metric>' of the final evaluation used as performance ('<split>': the
+      task's own metric, see `performance`).
     higher_is_better: direction of `metric`.
     train_fn: trains the designs (default `gnnjax.design.engine.train_population`); called as
       train_fn(designs, dataset, seeds, **train_kwargs).

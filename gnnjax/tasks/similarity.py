@@ -88,7 +88,7 @@ def distance_from_similarity(similarity: np.ndarray) -> np.ndarray:
 
 def anchor_performance_from_bank(bank, anchors: Sequence[Design] | None = None,
                                  tasks: Sequence[str] | None = None,
-                                 metric: str = "val_accuracy", which: str = "final",
+                                 metric: str = "val", which: str = "final",
                                  failed_score: float | None = None
                                  ) -> dict[str, np.ndarray]:
   """task -> [U] anchor scores, read from the task-model bank's anchor trials.
@@ -97,7 +97,8 @@ def anchor_performance_from_bank(bank, anchors: Sequence[Design] | None = None,
     bank: a `gnnjax.design.bank.Bank`.
     anchors: the anchor designs (default AutoTransfer's 12); trials are matched by design_id.
     tasks: tasks to read (default: every bank task that has a trial of every anchor).
-    metric: '<split>_<metric>' scored per trial ('final': last evaluation, as GraphGym).
+    metric: '<split>_<metric>' scored per trial ('<split>': the task's own metric, accuracy or
+      MoleculeNet's ROC-AUC; see `anchors.performance`).
     which: 'final' or 'best' (at the best validation epoch).
     failed_score: score of an anchor whose trials all failed/diverged (default: the task's
       lowest anchor score, so it ranks last).
