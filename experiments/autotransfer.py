@@ -271,7 +271,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   all_tasks = bank.tasks()
   distributions = prior_lib.bank_distributions(bank, space, all_tasks, FLAGS.top_k)
   if FLAGS.tasks:
-    tasks = list(FLAGS.tasks)
+    tasks = data_lib.expand_task_names(FLAGS.tasks)
   else:
     tasks = [t for t in distributions if distributions[t].info["designs_scored"] >= FLAGS.min_pool]
   if not tasks:

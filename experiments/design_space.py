@@ -84,7 +84,9 @@ flags.DEFINE_list("fix", [], "Pin dimensions of --space to one value, as field=v
                   "Values are JSON (true, 0.01, \"relu\") or plain strings, and need not be "
                   "among the dimension's choices (epochs=50).")
 flags.DEFINE_list("tasks", [data_lib.DEFAULT_DATASET], "Comma-separated dataset names "
-                  "(see gnnjax.data). The default is generated on the fly and needs no files.")
+                  "(see gnnjax.data) or @groups of them (@synthetic, @tu, @planetoid, "
+                  "@moleculenet_classification, @autotransfer_bank: all 35 bank tasks). The "
+                  "default is generated on the fly and needs no files.")
 flags.DEFINE_enum("plan", "controlled", list(study.PLANS), "controlled: GraphGym's controlled "
                   "random search over --dims, ranked; random: --num_designs designs drawn "
                   "uniformly from --space for every task (a task-model bank's pool for "
@@ -331,7 +333,10 @@ def main(argv):
   enable_compilation_cache()  # config only: no device is initialised here
   space = spaces.resolve_space(FLAGS.space, FLAGS.fix)
   db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
-  task_names = list(dict.fromkeys(FLAGS.tasks))
+  try:
+    task_names = data_lib.expand_task_names(FLAGS.tasks)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
   if FLAGS.distributed:
     return run_on_hosts(space, db, task_names)
   if FLAGS.workers > 1 and len(task_names) > 1:

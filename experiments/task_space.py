@@ -45,8 +45,9 @@ PAPER_LOO = {"feature": 0.18, "embedding": 0.43}  # AutoTransfer Table 5, 12 anc
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "all", ["all", "build", "analyze"], "build: anchors + FIM features; "
                   "analyze: similarity heatmap and leave-one-task-out; all: both.")
-flags.DEFINE_list("tasks", None, "Dataset names of gnnjax.data (build: required; analyze: "
-                  "default every task of the bank).")
+flags.DEFINE_list("tasks", None, "Dataset names of gnnjax.data or @groups of them (e.g. "
+                  "@autotransfer_bank; build: required; analyze: default every task of the "
+                  "bank).")
 flags.DEFINE_string("data_dir", None, "Local data root laid out like shared/datasets.")
 flags.DEFINE_integer("num_graphs", 32, "Graphs per generated/ synthetic task.")
 flags.DEFINE_string("db", None, "The task-model bank (SQLite).", required=True)
@@ -191,16 +192,20 @@ def main(argv):
   del argv
   db = FLAGS.db
   status = 0
+  try:
+    task_names = data_lib.expand_task_names(FLAGS.tasks or [])
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
   if FLAGS.mode in ("all", "build"):
-    if not FLAGS.tasks:
+    if not task_names:
       raise app.UsageError("--mode=build/all needs --tasks")
-    if FLAGS.workers > 1 and len(FLAGS.tasks) > 1:
-      status = build_in_workers(list(FLAGS.tasks), db)
+    if FLAGS.workers > 1 and len(task_names) > 1:
+      status = build_in_workers(task_names, db)
     else:
-      build(list(FLAGS.tasks), db, features_path())
+      build(task_names, db, features_path())
   if FLAGS.mode in ("all", "analyze"):
-    if FLAGS.tasks:
-      tasks = list(FLAGS.tasks)
+    if task_names:
+      tasks = task_names
     else:
       with bank_lib.Bank(db) as bank:
         tasks = bank.tasks()

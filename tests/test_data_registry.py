@@ -87,3 +87,25 @@ def test_registry_reaches_every_collection(data_dir):
 def test_molecule_names_match_the_loader():
   from gnnjax.data import moleculenet
   assert set(data_lib.MOLECULENET_NAMES) == set(moleculenet.DATASETS)
+
+
+def test_task_groups_expand_to_registered_names():
+  groups = data_lib.TASK_GROUPS
+  assert len(groups["synthetic"]) == 20 and "smallworld/clustering/onehot" in groups["synthetic"]
+  assert groups["moleculenet_classification"] == data_lib.MOLECULENET_CLASSIFICATION
+  assert set(data_lib.MOLECULENET_CLASSIFICATION) <= set(data_lib.MOLECULENET_NAMES)
+  bank = groups["autotransfer_bank"]
+  assert len(bank) == len(set(bank)) == 35
+  assert {"cora", "citeseer", "MUTAG", "NCI109", "bace", "toxcast"} <= set(bank)
+  # In order, each task once, plain names kept.
+  assert data_lib.expand_task_names(["MUTAG", "@tu", "cora"]) == [
+      "MUTAG", "BZR", "PROTEINS", "DHFR", "NCI109", "cora"]
+  with pytest.raises(ValueError, match="unknown task group '@nope'; groups: @synthetic"):
+    data_lib.expand_task_names(["@nope"])
+
+
+def test_every_bank_task_loads(data_dir):
+  # Every name of @autotransfer_bank resolves to its files (molecules: the first 20 rows).
+  for name in data_lib.TASK_GROUPS["autotransfer_bank"]:
+    dataset = data_lib.load_dataset(name, data_dir, limit=20)
+    assert len(dataset) > 0, name

@@ -43,3 +43,12 @@ def test_unknown_dataset_fails_with_the_valid_names():
   proc = run_module("experiments.train", "--dataset=nope", "--epochs=1")
   assert proc.returncode != 0
   assert "unknown dataset 'nope'" in proc.stderr
+
+
+def test_task_groups_on_the_command_line(tmp_path):
+  # An unknown @group is a usage error that names the groups, before anything trains.
+  for module in ("experiments.design_space", "experiments.task_space"):
+    proc = run_module(module, "--tasks=@nope", f"--db={tmp_path / 'bank.sqlite'}",
+                      f"--out_dir={tmp_path}")
+    assert proc.returncode != 0, module
+    assert "unknown task group '@nope'; groups: @synthetic" in proc.stderr, module

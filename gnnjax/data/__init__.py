@@ -17,6 +17,9 @@ Names:
                                           cloud, default 256; see data.pointcloud)
   <name>/link                             link prediction on the graphs of <name> (e.g. cora/link;
                                           data.links: GraphGym's 80/10/10 edge split, negatives)
+
+Groups of names (`expand_task_names`, the scripts' --tasks=@<group>): @synthetic (GraphGym's
+20), @planetoid, @tu, @moleculenet_classification, @autotransfer_bank (all of those: 35 tasks).
 """
 
 from __future__ import annotations
@@ -36,6 +39,39 @@ DEFAULT_DATASET = "generated/smallworld/clustering/pagerank"
 MOLECULENET_NAMES = ("bbbp", "bace", "clintox", "hiv", "muv", "sider", "tox21", "toxcast",
                      "esol", "freesolv", "lipophilicity", "qm8")
 SPLIT_PROTOCOLS = ("default", "public", "random", "scaffold", "graphgym")
+MOLECULENET_CLASSIFICATION = ("bbbp", "bace", "clintox", "hiv", "muv", "sider", "tox21",
+                              "toxcast")
+# Named task lists, written @<name> where scripts take --tasks (`expand_task_names`).
+# 'autotransfer_bank' is every task a task-model bank is built on (AutoTransfer, GraphGym): the
+# 20 GraphGym synthetic tasks (each label type x feature augmentation), Cora, CiteSeer, the five
+# TU tasks and the MoleculeNet classification sets.
+TASK_GROUPS = {
+    "synthetic": tuple("/".join(task) for task in synthetic.SYNTHETIC_TASKS),
+    "planetoid": planetoid.NAMES,
+    "tu": ("MUTAG", "BZR", "PROTEINS", "DHFR", "NCI109"),
+    "moleculenet_classification": MOLECULENET_CLASSIFICATION,
+}
+TASK_GROUPS["autotransfer_bank"] = sum(TASK_GROUPS.values(), ())
+
+
+def expand_task_names(names) -> list[str]:
+  """Task names with each @<group> replaced by the tasks of TASK_GROUPS[group], in order,
+  each task once (the first time it appears).
+
+  Raises:
+    ValueError: an unknown group (the message lists the groups).
+  """
+  tasks = []
+  for name in names:
+    if name.startswith("@"):
+      group = TASK_GROUPS.get(name[1:])
+      if group is None:
+        raise ValueError(f"unknown task group {name!r}; groups: "
+                         + ", ".join("@" + g for g in TASK_GROUPS))
+      tasks.extend(group)
+    else:
+      tasks.append(name)
+  return list(dict.fromkeys(tasks))
 
 
 def _is_tu(name: str) -> bool:
