@@ -33,9 +33,9 @@ from absl import logging
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import hosts as hosts_lib
+from gnnjax.design import trial as trial_lib
 from gnnjax.design.design import Design
 from gnnjax.design.spaces import DesignSpace
-from gnnjax.design import trial as trial_lib
 from gnnjax.design.trial import DIVERGED, OK, TrialKey, TrialResult
 
 # trainer(designs, dataset, seeds, **kwargs) -> one TrialResult per (design, seed), designs
