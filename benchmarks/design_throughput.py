@@ -30,13 +30,23 @@ trained --epochs epochs (0: the design's own 100-400).
   over the first count (target: about 2x on 2 GPUs, taken as >= 1.8x).
 
     python -m benchmarks.design_throughput --data_dir=../shared/datasets --device_counts=1,2
+
+* Over several jobs (--state_dir): a population too large for one job's time limit is trained
+  in runs of --max_seconds each, every run training the designs not yet finished (regrouped:
+  each run compiles its own programs, which only lowers the measured rate); the run that
+  finishes the population reports the sum of the runs' wall times:
+
+    python -m benchmarks.design_throughput --num_designs=1024 --max_seconds=420 \
+        --state_dir=results/throughput_1024   # repeat until it writes the results
 """
 
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import math
+import os
 import statistics
 import time
 
@@ -68,6 +78,12 @@ flags.DEFINE_float("max_seconds", None, "Stop the gnnjax run at the end of the f
                    "that finishes past this many seconds and report the designs trained by "
                    "then (a time-limited job still reports; every group's compilation, "
                    "done up front, still counts).")
+flags.DEFINE_string("state_dir", None, "Measure one population over several jobs (e.g. device "
+                    "calls with a time limit): each run trains the designs not yet finished "
+                    "(with --max_seconds, chunk by chunk until then), adds its wall time and "
+                    "chunks to <state_dir>/progress.json, and the run that finishes the "
+                    "population reports on all of it (PyG and the results files come with "
+                    "that run). A run killed before its end adds nothing.")
 flags.DEFINE_string("results_name", "design_throughput", "Name of the results JSON and the "
                     "RESULTS.md section (e.g. for an A/B of engine options).")
 flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
@@ -140,7 +156,7 @@ def run_gnnjax(designs, dataset, devices) -> dict:
     times = chunk["epoch_s"]
     chunk["epoch_median_s"] = statistics.median(times) if times else math.nan
     chunk["steady_s"] = chunk["epoch_median_s"] * chunk["epochs"] if times else 0.0
-  return {"wall_s": wall, "designs": len(results),
+  return {"wall_s": wall, "designs": len(results), "results": results,
           "first_epoch_s": first_epoch_done[0] - start if first_epoch_done else math.nan,
           "steady_s": sum(c["steady_s"] for c in chunks.values()),
           "statuses": dict(collections.Counter(r.status for r in results)), "chunks": chunks}
@@ -361,6 +377,76 @@ def _chunk_rows(chunks: dict, bandwidth: float, num_devices: int) -> tuple[list[
   return rows, (measured_total / floor_total if floor_total else math.nan)
 
 
+# ----------------------------------------------------------------------------------------------
+# One population over several jobs (--state_dir).
+
+
+def _population_identity(dataset) -> dict:
+  return {"task": dataset.name, "num_graphs": len(dataset.graphs), "space": FLAGS.space,
+          "sample_seed": FLAGS.sample_seed, "num_designs": FLAGS.num_designs,
+          "epochs": FLAGS.epochs, "eval_every": FLAGS.eval_every}
+
+
+def load_state(state_dir: str, identity: dict) -> dict:
+  """progress.json of `state_dir` (a fresh state when there is none).
+
+  Raises:
+    ValueError: the state is of another population (task, sample, epochs ...).
+  """
+  path = os.path.join(state_dir, "progress.json")
+  if not os.path.exists(path):
+    return {"population": identity, "done": {}, "calls": [], "chunks": []}
+  with open(path) as f:
+    state = json.load(f)
+  if state["population"] != identity:
+    raise ValueError(f"{path} measures another population: {state['population']} (this run: "
+                     f"{identity}); use another --state_dir")
+  return state
+
+
+def _chunk_record(chunk: dict) -> dict:
+  """The JSON-ready part of a finished chunk (`_chunk_rows` has filled its floor fields)."""
+  program = chunk["program"]
+  record = {k: v for k, v in chunk.items() if k != "program"}
+  record["layout"] = {"dim": program.layout.dim, "head_dim": program.layout.head_dim,
+                      "layers_mp": program.layout.layers_mp}
+  step_epochs = program.steps_per_epoch * chunk["epochs"]
+  record["floor_ms_total"] = chunk["floor_step_ms"] * step_epochs
+  record["measured_ms_total"] = chunk["measured_step_ms"] * step_epochs
+  return json.loads(json.dumps(record, default=str))
+
+
+def add_call(state: dict, state_dir: str, ours: dict, results: list) -> dict:
+  """Adds one run (its wall time, finished designs and chunks) to the state, writes it
+  (atomically), and returns the totals so far in run_gnnjax's form."""
+  state["calls"].append({"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                         "wall_s": ours["wall_s"], "first_epoch_s": ours["first_epoch_s"],
+                         "designs": ours["designs"], "steady_s": ours["steady_s"],
+                         "rows": ours["rows"]})
+  state["done"].update({r.key.design_id: r.status for r in results})
+  state["chunks"].extend(_chunk_record(c) for c in ours["chunks"].values())
+  os.makedirs(state_dir, exist_ok=True)
+  path = os.path.join(state_dir, "progress.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(state, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return state_totals(state)
+
+
+def state_totals(state: dict) -> dict:
+  """The runs of a state added up, in run_gnnjax's form."""
+  calls = state["calls"]
+  floor = sum(c["floor_ms_total"] for c in state["chunks"])
+  measured = sum(c["measured_ms_total"] for c in state["chunks"])
+  return {"wall_s": sum(c["wall_s"] for c in calls), "designs": len(state["done"]),
+          "first_epoch_s": calls[0]["first_epoch_s"],
+          "steady_s": sum(c["steady_s"] for c in calls),
+          "statuses": dict(collections.Counter(state["done"].values())),
+          "rows": [row for c in calls for row in c["rows"]],
+          "floor_ratio": measured / floor if floor else math.nan,
+          "chunk_records": state["chunks"], "calls": len(calls)}
+
+
 def main(argv):
   del argv
   dataset = data_lib.load_dataset(FLAGS.task, FLAGS.data_dir, num_graphs=FLAGS.num_graphs)
@@ -374,14 +460,33 @@ def main(argv):
   if any(c < 1 or c > len(jax.local_devices()) for c in counts):
     raise ValueError(f"--device_counts {counts}: this host has {len(jax.local_devices())} "
                      "local devices")
+  state = None
+  if FLAGS.state_dir:
+    if len(counts) != 1:
+      raise app.UsageError("--state_dir measures one device count at a time")
+    state = load_state(FLAGS.state_dir, _population_identity(dataset))
+  todo = designs if state is None else [d for d in designs if d.design_id not in state["done"]]
+  if state is not None:
+    print(f"{FLAGS.state_dir}: {len(state['calls'])} earlier run(s), "
+          f"{len(designs) - len(todo)} of {len(designs)} designs done")
   runs = {}
   for count in counts:
-    ours = run_gnnjax(designs, dataset, jax.local_devices()[:count])
+    if state is not None and not todo:  # finished earlier: report it again
+      ours = state_totals(state)
+    else:
+      ours = run_gnnjax(todo, dataset, jax.local_devices()[:count])
+      ours["rows"], ours["floor_ratio"] = _chunk_rows(ours["chunks"], bandwidth, count)
+    if state is not None and todo:
+      ours = add_call(state, FLAGS.state_dir, ours, ours.pop("results"))
+      left = len(designs) - ours["designs"]
+      if left:
+        print(f"{ours['designs']} of {len(designs)} designs done in {ours['calls']} run(s), "
+              f"{ours['wall_s']:.1f} s: rerun the same command to train the other {left}")
+        return
     n = ours["designs"]  # fewer than asked when --max_seconds stopped the run
     ours["designs_per_hour"] = n / ours["wall_s"] * 3600
     ours["steady_designs_per_hour"] = (n / ours["steady_s"] * 3600 if ours["steady_s"]
                                        else math.nan)
-    ours["rows"], ours["floor_ratio"] = _chunk_rows(ours["chunks"], bandwidth, count)
     runs[count] = ours
     print(f"gnnjax on {count} device(s): {n} designs in {ours['wall_s']:.1f} s (first epoch "
           f"after {ours['first_epoch_s']:.1f} s), statuses {ours['statuses']}: "
@@ -432,7 +537,9 @@ def main(argv):
       f"| designs | {n} from {FLAGS.space} (sample seed {FLAGS.sample_seed}), epochs "
       f"{FLAGS.epochs or 'own'}, eval every {FLAGS.eval_every} |",
       f"| gnnjax wall on {counts[0]} device(s) (incl. compile, eval) | {ours['wall_s']:.1f} s "
-      f"(first epoch at {ours['first_epoch_s']:.1f} s) |",
+      f"(first epoch at {ours['first_epoch_s']:.1f} s"
+      + (f"; the sum of {ours['calls']} runs, each compiling its own programs" if
+         ours.get("calls", 1) > 1 else "") + ") |",
       f"| gnnjax designs / GPU-hour | {ours_per_hour:,.0f} (steady state {steady_per_hour:,.0f}) |",
       f"| PyG designs / GPU-hour ({len(pyg)} designs, {FLAGS.pyg_epochs} timed epochs each, "
       f"extrapolated) | {pyg_per_hour:,.0f} |",
@@ -462,8 +569,11 @@ def main(argv):
              "statuses": ours["statuses"], "pyg": pyg, "pyg_designs_per_hour": pyg_per_hour,
              "ratio": ratio, "copy_gbs": bandwidth, "floor_ratio": floor_ratio,
              "scaling": scaling,
-             "chunks": {count: [{k: v for k, v in c.items() if k not in ("program",)}
-                                for c in run["chunks"].values()] for count, run in runs.items()}}
+             "chunks": {count: (run["chunk_records"] if "chunk_records" in run else
+                                [{k: v for k, v in c.items() if k not in ("program",)}
+                                 for c in run["chunks"].values()])
+                        for count, run in runs.items()},
+             "runs": ours.get("calls", 1)}
   targets = {}
   if pyg:
     targets[f"designs per GPU-hour >= {TARGET_RATIO:.0f}x PyG"] = common.target(
