@@ -353,11 +353,13 @@ def time_pyg_design(design, dataset, device) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _chunk_rows(chunks: dict, bandwidth: float, num_devices: int) -> tuple[list[str], float]:
-  """Per-chunk markdown rows and the time-weighted ratio of measured step time to the
-  memory-bandwidth floor (the floor counts the chunk's members spread over its devices)."""
-  rows, floor_total, measured_total = [], 0.0, 0.0
-  for index, chunk in sorted(chunks.items()):
+def summarise_chunks(run: dict, bandwidth: float, num_devices: int) -> None:
+  """Adds to a run_gnnjax result its per-chunk markdown rows ('rows'), its chunks as JSON-ready
+  records ('chunk_records', with each chunk's floor and measured step time added up over its
+  steps) and their time-weighted ratio of measured step time to the memory-bandwidth floor
+  ('floor_ratio'; the floor counts a chunk's members spread over its devices)."""
+  run["rows"] = []
+  for index, chunk in sorted(run["chunks"].items()):
     program = chunk["program"]
     layout, steps = program.layout, program.steps_per_epoch
     member_bytes = bytes_per_member_step(layout, chunk["budget"])
@@ -365,16 +367,32 @@ def _chunk_rows(chunks: dict, bandwidth: float, num_devices: int) -> tuple[list[
                               / (num_devices * bandwidth * 1e9))
     chunk["measured_step_ms"] = 1e3 * chunk["epoch_median_s"] / steps
     chunk["member_mb_per_step"] = member_bytes / 1e6
-    floor_total += chunk["floor_step_ms"] * steps * chunk["epochs"]
-    measured_total += chunk["measured_step_ms"] * steps * chunk["epochs"]
-    rows.append(f"| {num_devices} | {index} | {chunk['members']} ({chunk['size']}) | {steps} | "
+    chunk["floor_ms_total"] = chunk["floor_step_ms"] * steps * chunk["epochs"]
+    chunk["measured_ms_total"] = chunk["measured_step_ms"] * steps * chunk["epochs"]
+    run["rows"].append(f"| {num_devices} | {index} | {chunk['members']} ({chunk['size']}) | {steps} | "
                 f"{chunk['budget'][0]} / {chunk['budget'][1]} | {layout.dim} / "
                 f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)}"
                 f"{' (blocks)' if layout.block_nodes else ''} | "
                 f"{member_bytes / 1e6:.1f} | {chunk['floor_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms'] / chunk['floor_step_ms']:.1f}x |")
-  return rows, (measured_total / floor_total if floor_total else math.nan)
+  run["chunk_records"] = [_chunk_record(c) for c in run["chunks"].values()]
+  run["floor_ratio"] = _floor_ratio(run["chunk_records"])
+
+
+def _chunk_record(chunk: dict) -> dict:
+  """The JSON-ready part of a chunk summarised by `summarise_chunks`."""
+  layout = chunk["program"].layout
+  record = {k: v for k, v in chunk.items() if k != "program"}
+  record["layout"] = {"dim": layout.dim, "head_dim": layout.head_dim,
+                      "layers_mp": layout.layers_mp}
+  return json.loads(json.dumps(record, default=str))
+
+
+def _floor_ratio(records: list[dict]) -> float:
+  """Measured over floor step time, both added up over every step of the chunks."""
+  floor = sum(r["floor_ms_total"] for r in records)
+  return sum(r["measured_ms_total"] for r in records) / floor if floor else math.nan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,18 +422,6 @@ def load_state(state_dir: str, identity: dict) -> dict:
   return state
 
 
-def _chunk_record(chunk: dict) -> dict:
-  """The JSON-ready part of a finished chunk (`_chunk_rows` has filled its floor fields)."""
-  program = chunk["program"]
-  record = {k: v for k, v in chunk.items() if k != "program"}
-  record["layout"] = {"dim": program.layout.dim, "head_dim": program.layout.head_dim,
-                      "layers_mp": program.layout.layers_mp}
-  step_epochs = program.steps_per_epoch * chunk["epochs"]
-  record["floor_ms_total"] = chunk["floor_step_ms"] * step_epochs
-  record["measured_ms_total"] = chunk["measured_step_ms"] * step_epochs
-  return json.loads(json.dumps(record, default=str))
-
-
 def add_call(state: dict, state_dir: str, ours: dict, results: list) -> dict:
   """Adds one run (its wall time, finished designs and chunks) to the state, writes it
   (atomically), and returns the totals so far in run_gnnjax's form."""
@@ -424,7 +430,7 @@ def add_call(state: dict, state_dir: str, ours: dict, results: list) -> dict:
                          "designs": ours["designs"], "steady_s": ours["steady_s"],
                          "rows": ours["rows"]})
   state["done"].update({r.key.design_id: r.status for r in results})
-  state["chunks"].extend(_chunk_record(c) for c in ours["chunks"].values())
+  state["chunks"].extend(ours["chunk_records"])
   os.makedirs(state_dir, exist_ok=True)
   path = os.path.join(state_dir, "progress.json")
   with open(path + ".tmp", "w") as f:
@@ -436,14 +442,12 @@ def add_call(state: dict, state_dir: str, ours: dict, results: list) -> dict:
 def state_totals(state: dict) -> dict:
   """The runs of a state added up, in run_gnnjax's form."""
   calls = state["calls"]
-  floor = sum(c["floor_ms_total"] for c in state["chunks"])
-  measured = sum(c["measured_ms_total"] for c in state["chunks"])
   return {"wall_s": sum(c["wall_s"] for c in calls), "designs": len(state["done"]),
           "first_epoch_s": calls[0]["first_epoch_s"],
           "steady_s": sum(c["steady_s"] for c in calls),
           "statuses": dict(collections.Counter(state["done"].values())),
           "rows": [row for c in calls for row in c["rows"]],
-          "floor_ratio": measured / floor if floor else math.nan,
+          "floor_ratio": _floor_ratio(state["chunks"]),
           "chunk_records": state["chunks"], "calls": len(calls)}
 
 
@@ -475,14 +479,14 @@ def main(argv):
       ours = state_totals(state)
     else:
       ours = run_gnnjax(todo, dataset, jax.local_devices()[:count])
-      ours["rows"], ours["floor_ratio"] = _chunk_rows(ours["chunks"], bandwidth, count)
-    if state is not None and todo:
-      ours = add_call(state, FLAGS.state_dir, ours, ours.pop("results"))
-      left = len(designs) - ours["designs"]
-      if left:
-        print(f"{ours['designs']} of {len(designs)} designs done in {ours['calls']} run(s), "
-              f"{ours['wall_s']:.1f} s: rerun the same command to train the other {left}")
-        return
+      summarise_chunks(ours, bandwidth, count)
+      if state is not None:
+        ours = add_call(state, FLAGS.state_dir, ours, ours.pop("results"))
+        left = len(designs) - ours["designs"]
+        if left:
+          print(f"{ours['designs']} of {len(designs)} designs done in {ours['calls']} run(s), "
+                f"{ours['wall_s']:.1f} s: rerun the same command to train the other {left}")
+          return
     n = ours["designs"]  # fewer than asked when --max_seconds stopped the run
     ours["designs_per_hour"] = n / ours["wall_s"] * 3600
     ours["steady_designs_per_hour"] = (n / ours["steady_s"] * 3600 if ours["steady_s"]
@@ -569,10 +573,7 @@ def main(argv):
              "statuses": ours["statuses"], "pyg": pyg, "pyg_designs_per_hour": pyg_per_hour,
              "ratio": ratio, "copy_gbs": bandwidth, "floor_ratio": floor_ratio,
              "scaling": scaling,
-             "chunks": {count: (run["chunk_records"] if "chunk_records" in run else
-                                [{k: v for k, v in c.items() if k not in ("program",)}
-                                 for c in run["chunks"].values()])
-                        for count, run in runs.items()},
+             "chunks": {count: run["chunk_records"] for count, run in runs.items()},
              "runs": ours.get("calls", 1)}
   targets = {}
   if pyg:
