@@ -170,8 +170,7 @@ def trial_accuracy(result: TrialResult, split: str = "val", metric: str | None =
                    ) -> float:
   """The final-epoch `metric` of a trial (None: the task's own, `trial.score_metric`: accuracy,
   or ROC-AUC on MoleculeNet), NaN when it failed or did not report it."""
-  final = result.final.get(split, {})
-  value = final.get(metric if metric is not None else trial_lib.score_metric(final))
+  value = trial_lib.score_of(result.final.get(split, {}), metric)
   if result.status == "failed" or value is None:
     return math.nan
   value = float(value)

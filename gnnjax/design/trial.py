@@ -23,6 +23,12 @@ def score_metric(metrics: Mapping[str, float]) -> str | None:
   return next((name for name in SCORE_METRICS if name in metrics), None)
 
 
+def score_of(metrics: Mapping[str, float], name: str | None = None) -> float | None:
+  """metrics[name], or with `name` None the value of `score_metric(metrics)`; None where
+  absent."""
+  return metrics.get(name if name is not None else score_metric(metrics))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialKey:
   """Identifies a trial: the task name (e.g. 'smallworld/clustering/pagerank'), the design's

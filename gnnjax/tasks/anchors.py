@@ -95,8 +95,7 @@ def performance(result: trial_lib.TrialResult, metric: str = "val",
   if result.status != trial_lib.OK:
     return math.nan
   split, _, name = metric.partition("_")
-  metrics = getattr(result, which).get(split, {})
-  value = metrics.get(name or trial_lib.score_metric(metrics))
+  value = trial_lib.score_of(getattr(result, which).get(split, {}), name or None)
   return math.nan if value is None else float(value)
 
 

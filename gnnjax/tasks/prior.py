@@ -39,12 +39,13 @@ import numpy as np
 from gnnjax import metrics as metrics_lib
 from gnnjax.design.design import Design
 from gnnjax.design.spaces import DesignSpace
-from gnnjax.design.trial import OK, TrialResult
+from gnnjax.design.trial import OK, SCORE_METRICS, TrialResult
 
 DEFAULT_TOP_K = 16
 DEFAULT_NEAREST = 3
-# Metrics looked for (in this order) when a task's validation metric is not named.
-_METRIC_PREFERENCE = ("accuracy", "roc_auc", "ap", "micro_f1", "mae", "rmse")
+# Metrics looked for (in this order) when a task's validation metric is not named: the
+# analyses' order (trial.SCORE_METRICS), then the regression metrics the searchers also take.
+_METRIC_PREFERENCE = SCORE_METRICS + ("mae", "rmse")
 _ZERO_DISTANCE = 1e-12
 _SUM_TOLERANCE = 1e-6
 
