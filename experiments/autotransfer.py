@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
+from experiments import task_flags
 from gnnjax import data as data_lib
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import spaces, study
@@ -118,8 +119,9 @@ flags.DEFINE_float("hb_max_resource", 60, "HyperBand R (fraction R/R = the desig
 flags.DEFINE_float("hb_eta", 3, "HyperBand eta.")
 flags.DEFINE_bool("hb_ignore_budget", False, "HyperBand trains every evaluation fully, as the "
                   "reference code's trials do (its budget is a no-op there).")
-flags.DEFINE_list("tasks", None, "study mode: held-out tasks (default: every bank task with at "
-                  "least --min_pool designs in the space).")
+flags.DEFINE_list("tasks", None, "study mode: held-out tasks or @groups of them (default: every "
+                  "bank task with at least --min_pool designs in the space).")
+task_flags.check_task_groups()
 flags.DEFINE_integer("min_pool", 30, "study mode: smallest pool a held-out task needs.")
 flags.DEFINE_integer("min_source_pool", 32, "Smallest pool (designs with a result in the space) "
                      "a bank task needs to be a prior source: a top-K distribution of a pool "

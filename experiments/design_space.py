@@ -65,7 +65,7 @@ import sys
 import jax
 from absl import app, flags
 
-from experiments import engine_flags
+from experiments import engine_flags, task_flags
 from gnnjax import data as data_lib
 from gnnjax.data import sources
 from gnnjax.design import analysis
@@ -87,6 +87,7 @@ flags.DEFINE_list("tasks", [data_lib.DEFAULT_DATASET], "Comma-separated dataset 
                   "(see gnnjax.data) or @groups of them (@synthetic, @tu, @planetoid, "
                   "@moleculenet_classification, @autotransfer_bank: all 35 bank tasks). The "
                   "default is generated on the fly and needs no files.")
+task_flags.check_task_groups()
 flags.DEFINE_enum("plan", "controlled", list(study.PLANS), "controlled: GraphGym's controlled "
                   "random search over --dims, ranked; random: --num_designs designs drawn "
                   "uniformly from --space for every task (a task-model bank's pool for "
@@ -333,10 +334,7 @@ def main(argv):
   enable_compilation_cache()  # config only: no device is initialised here
   space = spaces.resolve_space(FLAGS.space, FLAGS.fix)
   db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
-  try:
-    task_names = data_lib.expand_task_names(FLAGS.tasks)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from error
+  task_names = data_lib.expand_task_names(FLAGS.tasks)
   if FLAGS.distributed:
     return run_on_hosts(space, db, task_names)
   if FLAGS.workers > 1 and len(task_names) > 1:

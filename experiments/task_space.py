@@ -31,6 +31,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from experiments import task_flags
 from gnnjax import data as data_lib
 from gnnjax import files
 from gnnjax.design import bank as bank_lib
@@ -48,6 +49,7 @@ flags.DEFINE_enum("mode", "all", ["all", "build", "analyze"], "build: anchors + 
 flags.DEFINE_list("tasks", None, "Dataset names of gnnjax.data or @groups of them (e.g. "
                   "@autotransfer_bank; build: required; analyze: default every task of the "
                   "bank).")
+task_flags.check_task_groups()
 flags.DEFINE_string("data_dir", None, "Local data root laid out like shared/datasets.")
 flags.DEFINE_integer("num_graphs", 32, "Graphs per generated/ synthetic task.")
 flags.DEFINE_string("db", None, "The task-model bank (SQLite).", required=True)
@@ -192,10 +194,7 @@ def main(argv):
   del argv
   db = FLAGS.db
   status = 0
-  try:
-    task_names = data_lib.expand_task_names(FLAGS.tasks or [])
-  except ValueError as error:
-    raise app.UsageError(str(error)) from error
+  task_names = data_lib.expand_task_names(FLAGS.tasks or [])
   if FLAGS.mode in ("all", "build"):
     if not task_names:
       raise app.UsageError("--mode=build/all needs --tasks")

@@ -94,6 +94,8 @@ def test_task_groups_expand_to_registered_names():
   assert len(groups["synthetic"]) == 20 and "smallworld/clustering/onehot" in groups["synthetic"]
   assert groups["moleculenet_classification"] == data_lib.MOLECULENET_CLASSIFICATION
   assert set(data_lib.MOLECULENET_CLASSIFICATION) <= set(data_lib.MOLECULENET_NAMES)
+  from gnnjax.data import tu
+  assert set(groups["tu"]) == set(tu.SHIPPED_NAMES)
   bank = groups["autotransfer_bank"]
   assert len(bank) == len(set(bank)) == 35
   assert {"cora", "citeseer", "MUTAG", "NCI109", "bace", "toxcast"} <= set(bank)

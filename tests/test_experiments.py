@@ -46,8 +46,9 @@ def test_unknown_dataset_fails_with_the_valid_names():
 
 
 def test_task_groups_on_the_command_line(tmp_path):
-  # An unknown @group is a usage error that names the groups, before anything trains.
-  for module in ("experiments.design_space", "experiments.task_space"):
+  # An unknown @group is a flags error that names the groups, before anything trains.
+  for module in ("experiments.design_space", "experiments.task_space",
+                 "experiments.autotransfer"):
     proc = run_module(module, "--tasks=@nope", f"--db={tmp_path / 'bank.sqlite'}",
                       f"--out_dir={tmp_path}")
     assert proc.returncode != 0, module

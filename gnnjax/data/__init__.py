@@ -48,7 +48,7 @@ MOLECULENET_CLASSIFICATION = ("bbbp", "bace", "clintox", "hiv", "muv", "sider", 
 TASK_GROUPS = {
     "synthetic": tuple("/".join(task) for task in synthetic.SYNTHETIC_TASKS),
     "planetoid": planetoid.NAMES,
-    "tu": ("MUTAG", "BZR", "PROTEINS", "DHFR", "NCI109"),
+    "tu": ("MUTAG", "BZR", "PROTEINS", "DHFR", "NCI109"),  # tu.SHIPPED_NAMES, GraphGym's order
     "moleculenet_classification": MOLECULENET_CLASSIFICATION,
 }
 TASK_GROUPS["autotransfer_bank"] = sum(TASK_GROUPS.values(), ())
