@@ -40,6 +40,7 @@ def test_profile_of_a_small_group_on_cpu(tmp_path):
   metrics = record["metrics"]
   assert metrics["steps_traced"] >= 1 and metrics["step_ms"] > 0
   assert metrics["layout"]["aggregations"] and metrics["layout"]["layers_mp"] <= 4
+  assert not {"max", "min"} & set(metrics["layout"]["aggregations"])  # --aggregation=sum
   ops = metrics["ops"]
   assert ops and all(op["ms_per_step"] >= 0 for op in ops)
   assert ops == sorted(ops, key=lambda op: -op["ms_per_step"])
