@@ -19,6 +19,9 @@ flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message
 flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean aggregation "
                   "as dense per-graph matmuls where the graphs are small (auto: the engine's "
                   "default, on).")
+flags.DEFINE_enum("block_extremes", "auto", ["auto", "on", "off"], "With block aggregation, "
+                  "max/min as a fused reduction over the same per-graph blocks instead of a "
+                  "scatter of messages (auto: the engine's default, off on CPU, on elsewhere).")
 flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max/min "
                   "aggregation in population programs of their own (auto: the engine's "
                   "default, on).")
@@ -47,7 +50,7 @@ flags.DEFINE_enum("one_batch_shape", "auto", ["auto", "on", "off", "adaptive"], 
                   "ladder; adaptive: only where that adds at most "
                   "engine.ONE_SHAPE_MAX_PADDING of the node + edge slots (auto: adaptive).")
 
-POLICY_FLAGS = ("scan_layers", "block_aggregation", "split_aggregations", "split_stages",
+POLICY_FLAGS = ("scan_layers", "block_aggregation", "block_extremes", "split_aggregations", "split_stages",
                 "split_depths", "epoch_scan", "precompile", "one_batch_shape")
 
 

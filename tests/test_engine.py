@@ -492,8 +492,9 @@ def _assert_layouts_agree(node_data, designs, reference_layout, layout, train, s
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("variant", [dict(scan_mp=True), dict(block_nodes=12),
-                                     dict(scan_mp=True, block_nodes=12)],
-                         ids=["scan", "blocks", "scan+blocks"])
+                                     dict(scan_mp=True, block_nodes=12),
+                                     dict(scan_mp=True, block_nodes=12, block_extremes=True)],
+                         ids=["scan", "blocks", "scan+blocks", "scan+blocks+extremes"])
 def test_scanned_and_block_layers_match_the_unrolled_scatter_layers(node_data, train, variant):
   """Layout(scan_mp=True) runs the message-passing layers as one lax.scan over zero-padded,
   stacked kernels, and Layout(block_nodes=M) sums messages with per-graph dense blocks; both
@@ -634,8 +635,23 @@ def test_block_only_programs_use_one_batch_shape_and_match_alone():
   assert_same_trial(results[1], reference.train_design(designs[1], data, 1, eval_every=2))
   _, traces = _traces(lambda: engine.train_population(
       [BASE.replace(batch_size=3, aggregation="max")], data, [1], eval_every=2,
-      one_batch_shape=False))
+      one_batch_shape=False, block_extremes=False))
   assert traces["train_step"] > 1
+
+
+def test_block_extremes_put_max_programs_on_one_shape_and_match_alone():
+  """With block_extremes, max (and a mixed max/mean group) aggregate on the blocks too: one
+  batch shape, and the results of the designs trained alone with the scatter."""
+  data = ragged_dataset(seed=4)
+  designs = [BASE.replace(batch_size=3, aggregation="max", activation="prelu", dropout=0.3),
+             BASE.replace(batch_size=3, aggregation="mean", stage_type="skipconcat",
+                          layers_mp=2)]
+  results, traces = _traces(lambda: engine.train_population(
+      designs, data, [1], eval_every=2, block_extremes=True, split_aggregations=False,
+      split_stages=False, one_batch_shape=False))
+  assert traces == {"init": 1, "train_step": 1, "predict": 1}
+  for design, got in zip(designs, results):
+    assert_same_trial(got, reference.train_design(design, data, 1, eval_every=2))
 
 
 def test_epoch_scan_trains_an_epoch_per_call_and_matches_steps():
@@ -850,7 +866,13 @@ def test_blocks_only_layouts(node_data):
                                                            block_nodes=m)
   assert layout(sums, 12).blocks_only
   assert not layout(sums, 0).blocks_only  # scatter
-  assert not layout(sums + [resolve(BASE.replace(aggregation="max"))], 12).blocks_only
+  with_max = sums + [resolve(BASE.replace(aggregation="max"))]
+  assert not layout(with_max, 12).blocks_only  # max scatters its messages ...
+  extremes = superset.Layout.from_designs(with_max, 4, 3, ds.NODE, block_nodes=12,
+                                          block_extremes=True)
+  assert extremes.blocks_only  # ... unless it reduces the blocks too (blocks.block_max)
+  assert not superset.Layout.from_designs(with_max, 4, 3, ds.NODE,
+                                          block_extremes=True).block_extremes  # no blocks
 
 
 def _devices_of(platform: str):

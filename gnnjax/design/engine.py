@@ -374,6 +374,14 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
   return True
 
 
+def block_extremes_by_default(devices: Sequence[jax.Device]) -> bool:
+  """The policy for max/min on blocks (`blocks.block_max`): off on CPUs, where the masked
+  reduction over G M^2 D cells is slower than the scatter of E D messages (2-core CPU,
+  smallworld batch of 32 graphs, D 128, gradient of one member: 147 ms against 18 ms); on
+  elsewhere."""
+  return not _all_cpu(devices)
+
+
 # XLA options of the population programs on GPUs: no Triton GEMM emitter. XLA autotunes
 # every matmul shape of a program among Triton tilings at compile time; with cuBLAS alone the
 # 32 designs x 20 epochs of `benchmarks.design_throughput` compiled in 42.7 s instead of
@@ -944,7 +952,7 @@ class _Group:
                mesh: jax.sharding.Mesh, max_parallel: int | None,
                saved: tuple[_Program, int, tuple[int, int] | None] | None = None,
                scan_layers: bool = False, block_aggregation: bool = False,
-               epoch_scan: bool = False, one_batch_shape: bool | str = False):
+               block_extremes: bool = False, epoch_scan: bool = False, one_batch_shape: bool | str = False):
     """`saved`: (program, padded size, batch padding or None) of a checkpointed chunk holding
     exactly `members` in this order; the group is then that one chunk, with the saved program
     and batch shapes. `epoch_scan`: train an epoch per call where every batch has one shape
@@ -969,7 +977,8 @@ class _Group:
                    if block_aggregation else 0)
     layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
                                           dataset.task_level, scan_mp=scan_layers,
-                                          block_nodes=block_nodes)
+                                          block_nodes=block_nodes,
+                                          block_extremes=block_extremes)
     self.streams = _streams_for_layout(streams, layout, epochs, one_batch_shape)
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)
@@ -1249,6 +1258,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      precompile: bool | str | None = None,
                      scan_layers: bool | None = None,
                      block_aggregation: bool | None = None,
+                     block_extremes: bool | None = None,
                      epoch_scan: bool | None = None,
                      one_batch_shape: bool | str | None = None) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
@@ -1294,6 +1304,9 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     block_aggregation: aggregate add/mean over dense per-graph blocks where the graphs are
       small (`block_nodes_for`; default: `block_aggregation_by_default`); the same results up
       to float reassociation.
+    block_extremes: with block_aggregation, max/min over the same blocks too (a fused masked
+      reduction instead of a scatter of messages; default: `block_extremes_by_default`); the
+      same results, gradients included.
     epoch_scan: where every batch of an epoch has one shape (programs that aggregate by
       blocks only), train a whole epoch per jitted call, a `lax.scan` over its steps, instead
       of one call per step (default: `epoch_scan_by_default`); the same results up to float
@@ -1315,7 +1328,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       checkpoint_every=checkpoint_every, split_aggregations=split_aggregations,
       split_stages=split_stages, split_depths=split_depths,
       precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation,
-      epoch_scan=epoch_scan, one_batch_shape=one_batch_shape):
+      block_extremes=block_extremes, epoch_scan=epoch_scan, one_batch_shape=one_batch_shape):
     results[index] = result
   return results
 
@@ -1338,7 +1351,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            split_aggregations: bool | None = None, split_stages: bool | str | None = None,
            split_depths: bool | str | None = None, precompile: bool | str | None = None,
            scan_layers: bool | None = None, block_aggregation: bool | None = None,
-           epoch_scan: bool | None = None, one_batch_shape: bool | str | None = None
+           block_extremes: bool | None = None, epoch_scan: bool | None = None, one_batch_shape: bool | str | None = None
            ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
   an unknown keyword is a TypeError here, as it would be there)."""
@@ -1383,6 +1396,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     scan_layers = scan_layers_by_default(devices)
   if block_aggregation is None:
     block_aggregation = block_aggregation_by_default(devices)
+  if block_extremes is None:
+    block_extremes = block_extremes_by_default(devices)
   if split_stages is None:
     split_stages = split_stages_by_default(devices)
   if split_depths is None:
@@ -1393,7 +1408,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
                                       split_depths):
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
-                   block_aggregation=block_aggregation, epoch_scan=epoch_scan,
+                   block_aggregation=block_aggregation, block_extremes=block_extremes,
+                   epoch_scan=epoch_scan,
                    one_batch_shape=one_batch_shape)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 

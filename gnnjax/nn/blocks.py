@@ -1,4 +1,4 @@
-"""Sum aggregation over a batch of small graphs as dense per-graph blocks (no scatter).
+"""Sum, max and min aggregation over a batch of small graphs as dense per-graph blocks.
 
 A padded batch of G graphs with at most M nodes each is also a block-diagonal adjacency. Held
 as G dense [M, M] blocks, the sum over incoming edges is one batched matmul,
@@ -11,6 +11,12 @@ matmul costs 2 G M^2 D flops and moves only the [N, D] node states, where the sc
 tasks: M = 64, about 11 edges per node) that is the cheaper side. Nodes go to their blocks
 and back by gathers (graph g's nodes are contiguous in a jraph batch), in both the forward
 and the backward pass (each move's transpose is the other move).
+
+Max and min (`block_max`, `block_min`) reduce the same blocks: out[g, i] = max over the j with
+A[g][i, j] > 0 of h[g, j], a broadcast, select and reduction that XLA fuses into one kernel
+reading the [G, M, D] states (G M^2 D compares, no [E, D] message array written or scattered).
+Their backward pass is written by hand so that it also stays in fused reductions and splits
+the cotangent as the scatter-max's does (below).
 
 The structure (`graph_blocks`) depends only on the batch, so under `jax.vmap` over a
 population of models sharing the batch it is built once, and the matmul runs for every member
@@ -28,6 +34,10 @@ import jraph
 from gnnjax import graph as graph_lib
 
 Array = jax.Array
+
+# The aggregations that run on blocks: add (`block_sum`), mean (`block_sum` / `block_count`),
+# max (`block_max`) and min (`block_min`).
+AGGREGATIONS = ("add", "mean", "max", "min")
 
 
 class GraphBlocks(NamedTuple):
@@ -139,3 +149,52 @@ def block_sum(blocks: GraphBlocks, values: Array) -> Array:
 def block_count(blocks: GraphBlocks) -> Array:
   """float32 [N]: incoming real edges per node (`aggregate.segment_count`)."""
   return from_blocks(blocks, blocks.adjacency.sum(axis=-1))
+
+
+def block_max(blocks: GraphBlocks, values: Array) -> Array:
+  """[N, D] -> [N, D]: per node and channel, the max of `values` over its incoming real edges,
+  0 where it has none; what `aggregate.segment_max(values[senders], receivers, N, edge_mask)`
+  gives, gradients included (ties share the cotangent in proportion to their edge counts, as
+  the scatter-max's gradient splits it over the tied messages)."""
+  return _block_extreme(blocks, values, negate=False)
+
+
+def block_min(blocks: GraphBlocks, values: Array) -> Array:
+  """[N, D] -> [N, D]: `block_max`'s minimum counterpart (`aggregate.segment_min`)."""
+  return _block_extreme(blocks, values, negate=True)
+
+
+def _block_extreme(blocks: GraphBlocks, values: Array, negate: bool) -> Array:
+  h = to_blocks(blocks, -values if negate else values)
+  extreme = _masked_block_max(blocks.adjacency, h)
+  # Nodes without incoming edges get 0, as the scatter's (their max is -inf here).
+  has_edges = (blocks.adjacency > 0).any(axis=-1)[..., None]
+  extreme = jnp.where(has_edges, extreme, 0.0)
+  return from_blocks(blocks, -extreme if negate else extreme)
+
+
+@jax.custom_vjp
+def _masked_block_max(adjacency: Array, h: Array) -> Array:
+  """[G, M, M] edge counts, [G, M, D] states -> [G, M, D]: max over j with adjacency[g, i, j]
+  > 0 of h[g, j] (-inf for a row without edges)."""
+  connected = (adjacency > 0)[..., None]
+  return jnp.max(jnp.where(connected, h[:, None, :, :], -jnp.inf), axis=2)
+
+
+def _masked_block_max_fwd(adjacency, h):
+  out = _masked_block_max(adjacency, h)
+  return out, (adjacency, h, out)
+
+
+def _masked_block_max_bwd(residuals, cotangent):
+  """The scatter-max's VJP on blocks: every edge j -> i whose message equals i's max takes an
+  equal share of i's cotangent (edge counts weigh repeated edges). Autodiff of the forward's
+  reduction would save a [G, M, M, D] indicator; here each sum is a fused reduction."""
+  adjacency, h, out = residuals
+  hits = lambda: adjacency[..., None] * (h[:, None, :, :] == out[:, :, None, :])  # [G, i, j, D]
+  ties = hits().sum(axis=2)
+  share = cotangent / jnp.where(ties > 0, ties, 1.0)
+  return jnp.zeros_like(adjacency), (hits() * share[:, :, None, :]).sum(axis=1)
+
+
+_masked_block_max.defvjp(_masked_block_max_fwd, _masked_block_max_bwd)
