@@ -633,6 +633,9 @@ def _place(y: Array, offset: Array, width: Array, total: int) -> Array:
 
 
 _BLOCK_EXTREMES = {"max": blocks_lib.block_max, "min": blocks_lib.block_min}
+_REMAT_POLICY = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable,
+    jax.checkpoint_policies.save_only_these_names(blocks_lib.REMAT_NAME))
 
 
 def _aggregations(kinds: Sequence[str], h: Array, graph: jraph.GraphsTuple,
@@ -833,7 +836,9 @@ class _Member:
     # memory. Measured (2026-12-03, smallworld, GraphGym round-1 groups; population_profile):
     # one H200, 73 members 27.9 -> 27.2 ms per step, 71 skipconcat members 137.8 -> 128.0 ms;
     # the 2-core CPU, 12 members 2,275 -> 2,014 ms. (`nothing_saveable`: 28.4 and 133.5 ms.)
-    layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_saveable)
+    # Block max/min's [N, D] results are saved too: recomputing them is a masked reduction
+    # over G M^2 D cells, not elementwise work.
+    layer = jax.checkpoint(layer, policy=_REMAT_POLICY)
     buffer, stats = jax.lax.scan(layer, buffer, (jnp.arange(layout.layers_mp), layers))
     for i, name in enumerate(names):
       self.new_stats[name] = {"bn": jax.tree.map(lambda a, i=i: a[i], stats)}
