@@ -19,8 +19,16 @@ gradient with respect to every member's weights and input, under `jax.vmap` over
   it measured no faster (RESULTS.md, 2026-12-02).
 - `scatter`: gather the messages and segment-sum them onto the receivers (no blocks).
 
+With --aggregation=max the aggregation is the max over incoming edges, two ways:
+
+- `blocks`: `gnnjax.nn.blocks.block_max`, what the engine runs on accelerators
+  (`engine.block_extremes_by_default`): a masked reduction over the same blocks with a
+  hand-written VJP.
+- `scatter`: gather the messages and segment-max them onto the receivers.
+
 Every variant's output and gradients are checked against `scatter` before they are timed.
-Ratios are shared / member_batched (above 1: the member-batched matmul is faster).
+Ratios (sum) are shared / member_batched (above 1: the member-batched matmul is faster);
+(max) scatter / blocks (above 1: the blocks are faster).
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ flags.DEFINE_string("data_dir", None, "Data root with graphgym_synthetic/ (defau
 flags.DEFINE_string("task", "smallworld/clustering/onehot", "Graph task whose first batch is "
                     "used (with --data_dir; otherwise generated/<task>).")
 flags.DEFINE_integer("batch_size", 32, "Graphs per batch (GraphGym's protocol: 32).")
+flags.DEFINE_enum("aggregation", "sum", ["sum", "max"], "Aggregation compared: the sum "
+                  "(blocks with a shared or member-batched matmul, scatter) or the max "
+                  "(blocks, scatter); results/block_aggregation[_max].json.")
 flags.DEFINE_list("members", ["8", "32"], "Population sizes K.")
 flags.DEFINE_list("widths", ["64", "256"], "Hidden widths D.")
 flags.DEFINE_integer("iters", 20, "Timed iterations per measurement (median reported).")
@@ -120,11 +131,24 @@ def make_step(aggregate, graph, max_nodes):
   return jax.jit(grads)
 
 
+def scatter_max(graph, values):
+  return agg_lib.segment_max(values[graph.senders], graph.receivers, values.shape[0],
+                             graph_lib.edge_mask(graph))
+
+
 VARIANTS = {
-    "member_batched": lambda graph, blocks, h: member_batched_block_sum(blocks, h),
-    "shared": lambda graph, blocks, h: blocks_lib.block_sum(blocks, h),
-    "scatter": lambda graph, blocks, h: scatter_sum(graph, h),
+    "sum": {
+        "member_batched": lambda graph, blocks, h: member_batched_block_sum(blocks, h),
+        "shared": lambda graph, blocks, h: blocks_lib.block_sum(blocks, h),
+        "scatter": lambda graph, blocks, h: scatter_sum(graph, h),
+    },
+    "max": {
+        "blocks": lambda graph, blocks, h: blocks_lib.block_max(blocks, h),
+        "scatter": lambda graph, blocks, h: scatter_max(graph, h),
+    },
 }
+# The ratio reported per aggregation: (numerator, denominator) variants.
+RATIOS = {"sum": ("shared", "member_batched"), "max": ("scatter", "blocks")}
 
 
 def measure(graph, max_nodes: int, k: int, d: int) -> dict[str, float]:
@@ -135,12 +159,12 @@ def measure(graph, max_nodes: int, k: int, d: int) -> dict[str, float]:
   weight = jnp.asarray(rng.normal(size=(k, d, d)) / np.sqrt(d), jnp.float32)
   x = jnp.asarray(rng.normal(size=(k, n, d)), jnp.float32)
   times, results = {}, {}
-  for name, aggregate in VARIANTS.items():
+  for name, aggregate in VARIANTS[FLAGS.aggregation].items():
     step = make_step(aggregate, graph, max_nodes)
     results[name] = jax.block_until_ready(step(weight, x))
     times[name] = common.time_call(lambda: step(weight, x), jax.block_until_ready,
                                    iters=FLAGS.iters)
-  for name in ("member_batched", "shared"):  # same function, same gradients
+  for name in set(results) - {"scatter"}:  # same function, same gradients
     for got, want in zip(jax.tree.leaves(results[name]), jax.tree.leaves(results["scatter"])):
       np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-3)
   return times
@@ -154,7 +178,11 @@ def main(argv):
   print(f"device: {common.device_description()}")
   print(f"batch: {int(np.asarray(graph.n_node).shape[0])} graph slots, {n} nodes, "
         f"{int(graph.senders.shape[0])} edges, blocks of M = {max_nodes} nodes")
-  print(f"{'K':>4} {'D':>5} " + " ".join(f"{v:>15}" for v in VARIANTS) + f" {'shared/mb':>10}")
+  variants = list(VARIANTS[FLAGS.aggregation])
+  top, bottom = RATIOS[FLAGS.aggregation]
+  ratio_name = f"{top}_over_{bottom}"
+  print(f"{'K':>4} {'D':>5} " + " ".join(f"{v:>15}" for v in variants)
+        + f" {top + '/' + bottom:>16}")
   rows, metrics, stopped = [], {}, ""
   configs = list(itertools.product([int(k) for k in FLAGS.members],
                                    [int(d) for d in FLAGS.widths]))
@@ -165,19 +193,19 @@ def main(argv):
       stopped = f" Interrupted at K = {k}, D = {d}: {len(rows)} of {len(configs)} measured."
       print(stopped.strip())
       break
-    ratio = times["shared"] / times["member_batched"]
-    print(f"{k:>4} {d:>5} " + " ".join(f"{times[v]:>12.3f} ms" for v in VARIANTS)
-          + f" {ratio:>9.2f}x")
-    metrics[f"K{k}_D{d}"] = {**{f"{v}_ms": times[v] for v in VARIANTS},
-                             "shared_over_member_batched": ratio}
-    rows.append(f"| {k} | {d} | " + " | ".join(f"{times[v]:.3f}" for v in VARIANTS)
+    ratio = times[top] / times[bottom]
+    print(f"{k:>4} {d:>5} " + " ".join(f"{times[v]:>12.3f} ms" for v in variants)
+          + f" {ratio:>15.2f}x")
+    metrics[f"K{k}_D{d}"] = {**{f"{v}_ms": times[v] for v in variants}, ratio_name: ratio}
+    rows.append(f"| {k} | {d} | " + " | ".join(f"{times[v]:.3f}" for v in variants)
                 + f" | {ratio:.2f}x |")
-  table = ("| K | D | member_batched ms | shared ms | scatter ms | shared / member_batched |\n"
-           "|---|---|---|---|---|---|\n" + "\n".join(rows))
+  table = ("| K | D | " + " | ".join(f"{v} ms" for v in variants) + f" | {top} / {bottom} |\n"
+           + "|---" * (len(variants) + 3) + "|\n" + "\n".join(rows))
   notes = (f"Task {FLAGS.task}, first batch of {FLAGS.batch_size} graphs ({n} padded nodes, "
            f"M = {max_nodes}); one layer's forward and backward per step, vmapped over K "
-           f"members; median of {FLAGS.iters} steps.{stopped}")
-  path = common.write_results("block_aggregation", metrics, {}, FLAGS.out_dir, table, notes)
+           f"members; median of {FLAGS.iters} steps; aggregation {FLAGS.aggregation}.{stopped}")
+  name = "block_aggregation" + ("_max" if FLAGS.aggregation == "max" else "")
+  path = common.write_results(name, metrics, {}, FLAGS.out_dir, table, notes)
   print(f"wrote {path}")
 
 

@@ -27,10 +27,12 @@ the reference on a GPU (scatter-adds are not ordered there).
 Grouping and compilation. Members are grouped by (conv type, GAT heads, batch size): the conv
 type decides which modules exist and the batch size the steps per epoch. Designs with max/min
 aggregation also form groups of their own (`split_aggregations_by_default`): a member computes
-every aggregation present in its program, and max/min scatter [E, D] messages where add and
-mean, on small graphs, are one matmul against per-graph dense blocks (`block_nodes_for`,
-`gnnjax.nn.blocks`); such block-only programs pad every batch to one shape, and can train an
-epoch per jitted call (`epoch_scan`, a `lax.scan` over its steps). On CPU, skipconcat designs,
+every aggregation present in its program, and add and mean, on small graphs, are one matmul
+against per-graph dense blocks (`block_nodes_for`, `gnnjax.nn.blocks`) where max/min are a
+masked reduction over the same blocks on accelerators (`block_extremes_by_default`: 3x the
+matmul's cells, each compared) or a scatter of [E, D] messages on CPUs; programs that
+aggregate by blocks only pad every batch to one shape, and can train an epoch per jitted call
+(`epoch_scan`, a `lax.scan` over its steps). On CPU, skipconcat designs,
 whose stage buffer is (l_mp + 1) d wide, form programs of their own too
 (`split_stages_by_default`), and so do designs deeper than SHALLOW_LAYERS_MP message-passing
 layers (`split_depths_by_default`); on accelerators both splits happen only where both parts
@@ -260,7 +262,8 @@ def _all_cpu(devices: Sequence[jax.Device]) -> bool:
 def split_aggregations_by_default(devices: Sequence[jax.Device]) -> bool:
   """The grouping policy: designs with max/min aggregation get their own programs, since every
   member of a program computes every aggregation present, and max/min gather and scatter [E, D]
-  messages where add/mean are a per-graph matmul (blocks) or one shared sum. Measured: on CPU
+  messages (or reduce the blocks cell by cell, `block_extremes`) where add/mean are a
+  per-graph matmul (blocks) or one shared sum. Measured (scatter max): on CPU
   2x fewer seconds per epoch for one more compilation per batch size; on one H200 (32 round-1
   designs x 20 epochs, smallworld, per-graph blocks) 15,273 -> 18,723 designs per hour
   without compilation, for 86 -> 117 s of compilation. On every platform."""
@@ -375,10 +378,13 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
 
 
 def block_extremes_by_default(devices: Sequence[jax.Device]) -> bool:
-  """The policy for max/min on blocks (`blocks.block_max`): off on CPUs, where the masked
-  reduction over G M^2 D cells is slower than the scatter of E D messages (2-core CPU,
-  smallworld batch of 32 graphs, D 128, gradient of one member: 147 ms against 18 ms); on
-  elsewhere."""
+  """The policy for max/min on blocks (`blocks.block_max`): on for accelerators, off on CPUs.
+
+  Measured on the smallworld task (2026-12-03; benchmarks/results/ab/profile_max_*.json): one
+  H200, max groups of GraphGym round-1 designs, 79.5 -> 64.3 ms per step (39 members, batch
+  64, D 255) and 33.2 -> 26.5 ms (30 members, batch 32, 8 layers), for ~20 s more compilation
+  per program; the 2-core CPU, gradient of one member (batch of 32 graphs, D 128), 18 ms by
+  scatter against 147 ms on blocks (the masked reduction over G M^2 D cells is slow there)."""
   return not _all_cpu(devices)
 
 
