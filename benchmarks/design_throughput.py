@@ -38,6 +38,11 @@ trained --epochs epochs (0: the design's own 100-400).
 
     python -m benchmarks.design_throughput --num_designs=1024 --max_seconds=420 \
         --state_dir=results/throughput_1024   # repeat until it writes the results
+
+  The PyG side can be timed in a job of its own first (--pyg_only, saved in the state), so
+  that the finishing run need not leave time for it; and with --compilation_cache_dir on a
+  disk the jobs share, a later job loads the programs an earlier one compiled (JAX's
+  persistent cache) instead of compiling them again, as one uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -84,6 +89,12 @@ flags.DEFINE_string("state_dir", None, "Measure one population over several jobs
                     "chunks to <state_dir>/progress.json, and the run that finishes the "
                     "population reports on all of it (PyG and the results files come with "
                     "that run). A run killed before its end adds nothing.")
+flags.DEFINE_bool("pyg_only", False, "With --state_dir: time the PyG designs now, save the "
+                  "timings in the state for the run that finishes the population, and train "
+                  "nothing.")
+flags.DEFINE_string("compilation_cache_dir", None, "JAX's persistent compilation cache "
+                    "(default: none, every program compiles in the run; recorded in the "
+                    "results): e.g. shared by the jobs of a --state_dir population.")
 flags.DEFINE_string("results_name", "design_throughput", "Name of the results JSON and the "
                     "RESULTS.md section (e.g. for an A/B of engine options).")
 flags.DEFINE_list("device_counts", ["1"], "Train the population once per count, sharded over the "
@@ -422,6 +433,29 @@ def load_state(state_dir: str, identity: dict) -> dict:
   return state
 
 
+def _write_state(state: dict, state_dir: str) -> None:
+  os.makedirs(state_dir, exist_ok=True)
+  path = os.path.join(state_dir, "progress.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(state, f, indent=1)
+  os.replace(path + ".tmp", path)  # atomic: a killed run leaves the last complete state
+
+
+def save_pyg(state: dict, state_dir: str, timings: list[dict]) -> None:
+  """Saves PyG's per-design timings in the state, for the run that finishes the population."""
+  state["pyg"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "device": common.device_description(), "timings": timings}
+  _write_state(state, state_dir)
+
+
+def saved_pyg(state: dict | None, count: int) -> list[dict] | None:
+  """The first `count` PyG timings saved in the state, or None when it has fewer."""
+  saved = (state or {}).get("pyg")
+  if not saved or len(saved["timings"]) < count:
+    return None
+  return saved["timings"][:count]
+
+
 def add_call(state: dict, state_dir: str, ours: dict, results: list) -> dict:
   """Adds one run (its wall time, finished designs and chunks) to the state, writes it
   (atomically), and returns the totals so far in run_gnnjax's form."""
@@ -431,11 +465,7 @@ def add_call(state: dict, state_dir: str, ours: dict, results: list) -> dict:
                          "rows": ours["rows"]})
   state["done"].update({r.key.design_id: r.status for r in results})
   state["chunks"].extend(ours["chunk_records"])
-  os.makedirs(state_dir, exist_ok=True)
-  path = os.path.join(state_dir, "progress.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(state, f, indent=1)
-  os.replace(path + ".tmp", path)
+  _write_state(state, state_dir)
   return state_totals(state)
 
 
@@ -451,8 +481,31 @@ def state_totals(state: dict) -> dict:
           "chunk_records": state["chunks"], "calls": len(calls)}
 
 
+def time_pyg_designs(designs, dataset) -> list[dict]:
+  """PyG's timing of each design (`time_pyg_design`), one after another; [] without torch
+  or PyG."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch_geometric  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as error:
+    print(f"PyG skipped: {error}")
+    return []
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  timings = []
+  for design in designs:
+    timings.append(time_pyg_design(design, dataset, device))
+    print(f"PyG {timings[-1]['design']}: {timings[-1]['step_ms']:.2f} ms/step, "
+          f"{timings[-1]['design_s']:.1f} s per design (extrapolated)", flush=True)
+  return timings
+
+
 def main(argv):
   del argv
+  if FLAGS.pyg_only and not FLAGS.state_dir:
+    raise app.UsageError("--pyg_only saves the PyG timings for a later run: it needs "
+                         "--state_dir")
+  if FLAGS.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
   dataset = data_lib.load_dataset(FLAGS.task, FLAGS.data_dir, num_graphs=FLAGS.num_graphs)
   designs = sample_designs()
   print(f"{dataset.name}: {len(dataset.graphs)} graphs; {len(designs)} designs from "
@@ -469,6 +522,14 @@ def main(argv):
     if len(counts) != 1:
       raise app.UsageError("--state_dir measures one device count at a time")
     state = load_state(FLAGS.state_dir, _population_identity(dataset))
+  if FLAGS.pyg_only:
+    timings = time_pyg_designs(designs[:FLAGS.pyg_designs], dataset)
+    if not timings:
+      raise app.UsageError("--pyg_only: PyG did not run (see above)")
+    save_pyg(state, FLAGS.state_dir, timings)
+    print(f"{len(timings)} PyG timings saved in {FLAGS.state_dir}: "
+          f"{3600 / statistics.mean(t['design_s'] for t in timings):,.0f} designs per hour")
+    return
   todo = designs if state is None else [d for d in designs if d.design_id not in state["done"]]
   if state is not None:
     print(f"{FLAGS.state_dir}: {len(state['calls'])} earlier run(s), "
@@ -502,22 +563,16 @@ def main(argv):
   ours_per_hour, steady_per_hour = ours["designs_per_hour"], ours["steady_designs_per_hour"]
   floor_ratio = ours["floor_ratio"]
 
-  pyg, pyg_per_hour = [], math.nan
-  torch = None
-  if FLAGS.pyg and FLAGS.pyg_designs:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-      import torch_geometric  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    except ImportError as error:
-      print(f"PyG skipped: {error}")
-      torch = None
-  if torch is not None:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for design in designs[:FLAGS.pyg_designs]:
-      pyg.append(time_pyg_design(design, dataset, device))
-      print(f"PyG {pyg[-1]['design']}: {pyg[-1]['step_ms']:.2f} ms/step, "
-            f"{pyg[-1]['design_s']:.1f} s per design (extrapolated)")
-    pyg_per_hour = 3600 / statistics.mean(p["design_s"] for p in pyg)
+  pyg = saved_pyg(state, FLAGS.pyg_designs) if FLAGS.pyg_designs else None
+  if pyg is not None:
+    print(f"PyG: {len(pyg)} designs timed on {state['pyg']['device']} at "
+          f"{state['pyg']['date']} (--pyg_only)")
+  elif FLAGS.pyg and FLAGS.pyg_designs:
+    pyg = time_pyg_designs(designs[:FLAGS.pyg_designs], dataset)
+    if state is not None and pyg:
+      save_pyg(state, FLAGS.state_dir, pyg)
+  pyg = pyg or []
+  pyg_per_hour = 3600 / statistics.mean(p["design_s"] for p in pyg) if pyg else math.nan
   ratio = ours_per_hour / pyg_per_hour if pyg else math.nan
   print(f"designs per GPU-hour: gnnjax {ours_per_hour:,.0f}, PyG {pyg_per_hour:,.0f}, "
         f"ratio {ratio:.1f}x (target {TARGET_RATIO:.0f}x)")
@@ -572,7 +627,7 @@ def main(argv):
              "gnnjax_steady_designs_per_hour": steady_per_hour,
              "statuses": ours["statuses"], "pyg": pyg, "pyg_designs_per_hour": pyg_per_hour,
              "ratio": ratio, "copy_gbs": bandwidth, "floor_ratio": floor_ratio,
-             "scaling": scaling,
+             "scaling": scaling, "compilation_cache_dir": FLAGS.compilation_cache_dir,
              "chunks": {count: run["chunk_records"] for count, run in runs.items()},
              "runs": ours.get("calls", 1)}
   targets = {}

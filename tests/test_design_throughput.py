@@ -19,21 +19,35 @@ def _run(*flags):
 
 def test_a_population_measured_over_several_runs(tmp_path):
   state, out = tmp_path / "state", tmp_path / "out"
-  flags = ["--num_designs=4", "--max_seconds=0.001", f"--state_dir={state}", f"--out_dir={out}"]
+  cache = tmp_path / "xla_cache"
+  flags = ["--num_designs=4", "--max_seconds=0.001", f"--state_dir={state}", f"--out_dir={out}",
+           f"--compilation_cache_dir={cache}"]
   walls = []
-  for _ in range(6):  # each run stops after its first chunk; CPU groups make 2-4 chunks
-    proc = _run(*flags)
+  for run in range(6):  # each run stops after its first chunk; CPU groups make 2-4 chunks
+    proc = _run(*flags, "--pyg_designs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     progress = json.loads((state / "progress.json").read_text())
     walls.append(progress["calls"][-1]["wall_s"])
     if (out / "results" / "design_throughput.json").exists():
       break
     assert "rerun the same command to train the other" in proc.stdout
+    if run == 0:  # PyG timings saved by a --pyg_only job (torch is not installed here)
+      progress["pyg"] = {"date": "2026-12-03T10:00:00", "device": "test", "timings": [
+          {"design": f"design {i}", "epochs": 2, "epoch_s": 0.1, "step_ms": 10.0,
+           "eval_s": 0.1, "design_s": 1.0 + i} for i in range(3)]}
+      (state / "progress.json").write_text(json.dumps(progress))
   assert len(progress["calls"]) >= 2 and len(progress["done"]) == 4
   metrics = json.loads((out / "results" / "design_throughput.json").read_text())["metrics"]
+  # The finishing run used the first 2 saved timings (mean 1.5 s per design) for the ratio.
+  assert [p["design"] for p in metrics["pyg"]] == ["design 0", "design 1"]
+  assert abs(metrics["pyg_designs_per_hour"] - 2400) < 1e-6
+  assert abs(metrics["ratio"] - metrics["gnnjax_designs_per_hour"] / 2400) < 1e-9
+  assert "timed on test at 2026-12-03T10:00:00" in proc.stdout
   assert metrics["runs"] == len(progress["calls"]) and metrics["num_designs"] == 4
   assert abs(metrics["gnnjax_wall_s"] - sum(walls)) < 1e-6  # the runs' walls, added up
   assert metrics["statuses"] == {"ok": 4}
+  # The runs shared JAX's persistent compilation cache, which the results record.
+  assert metrics["compilation_cache_dir"] == str(cache) and any(cache.iterdir())
   assert sum(c["members"] for c in metrics["chunks"]["1"]) == 4
   assert f"the sum of {metrics['runs']} runs" in (out / "RESULTS.md").read_text()
   # Another population in the same state folder is refused, nothing is trained or written.
@@ -41,3 +55,19 @@ def test_a_population_measured_over_several_runs(tmp_path):
   proc = _run("--num_designs=5", f"--state_dir={state}", f"--out_dir={out}")
   assert proc.returncode != 0 and "measures another population" in proc.stderr
   assert (state / "progress.json").read_text() == before
+
+
+def test_pyg_only_needs_a_state_and_pyg(tmp_path):
+  proc = _run("--pyg_only", f"--out_dir={tmp_path}")
+  assert proc.returncode != 0 and "needs --state_dir" in proc.stderr
+  state = tmp_path / "state"
+  proc = _run("--num_designs=2", "--pyg_only", "--pyg=true", f"--state_dir={state}",
+              f"--out_dir={tmp_path}")
+  try:
+    import torch_geometric  # noqa: F401
+  except ImportError:  # the CI machine: nothing timed, nothing saved, a clear error
+    assert proc.returncode != 0 and "PyG did not run" in proc.stderr
+    assert not (state / "progress.json").exists()
+  else:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads((state / "progress.json").read_text())["pyg"]["timings"]) == 2
