@@ -50,8 +50,8 @@ flags.DEFINE_enum("one_batch_shape", "auto", ["auto", "on", "off", "adaptive"], 
                   "ladder; adaptive: only where that adds at most "
                   "engine.ONE_SHAPE_MAX_PADDING of the node + edge slots (auto: adaptive).")
 
-POLICY_FLAGS = ("scan_layers", "block_aggregation", "block_extremes", "split_aggregations", "split_stages",
-                "split_depths", "epoch_scan", "precompile", "one_batch_shape")
+POLICY_FLAGS = ("scan_layers", "block_aggregation", "block_extremes", "split_aggregations",
+                "split_stages", "split_depths", "epoch_scan", "precompile", "one_batch_shape")
 
 
 def engine_policies() -> dict[str, bool | str | None]:

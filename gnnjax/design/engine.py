@@ -29,8 +29,8 @@ type decides which modules exist and the batch size the steps per epoch. Designs
 aggregation also form groups of their own (`split_aggregations_by_default`): a member computes
 every aggregation present in its program, and add and mean, on small graphs, are one matmul
 against per-graph dense blocks (`block_nodes_for`, `gnnjax.nn.blocks`) where max/min are a
-masked reduction over the same blocks on accelerators (`block_extremes_by_default`: 3x the
-matmul's cells, each compared) or a scatter of [E, D] messages on CPUs; programs that
+masked reduction over the same blocks on accelerators (`block_extremes_by_default`) or a
+scatter of [E, D] messages on CPUs; programs that
 aggregate by blocks only pad every batch to one shape, and can train an epoch per jitted call
 (`epoch_scan`, a `lax.scan` over its steps). On CPU, skipconcat designs,
 whose stage buffer is (l_mp + 1) d wide, form programs of their own too
@@ -958,7 +958,8 @@ class _Group:
                mesh: jax.sharding.Mesh, max_parallel: int | None,
                saved: tuple[_Program, int, tuple[int, int] | None] | None = None,
                scan_layers: bool = False, block_aggregation: bool = False,
-               block_extremes: bool = False, epoch_scan: bool = False, one_batch_shape: bool | str = False):
+               block_extremes: bool = False, epoch_scan: bool = False,
+               one_batch_shape: bool | str = False):
     """`saved`: (program, padded size, batch padding or None) of a checkpointed chunk holding
     exactly `members` in this order; the group is then that one chunk, with the saved program
     and batch shapes. `epoch_scan`: train an epoch per call where every batch has one shape
@@ -1357,7 +1358,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            split_aggregations: bool | None = None, split_stages: bool | str | None = None,
            split_depths: bool | str | None = None, precompile: bool | str | None = None,
            scan_layers: bool | None = None, block_aggregation: bool | None = None,
-           block_extremes: bool | None = None, epoch_scan: bool | None = None, one_batch_shape: bool | str | None = None
+           block_extremes: bool | None = None, epoch_scan: bool | None = None,
+           one_batch_shape: bool | str | None = None
            ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
   an unknown keyword is a TypeError here, as it would be there)."""
@@ -1415,8 +1417,7 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
                    block_aggregation=block_aggregation, block_extremes=block_extremes,
-                   epoch_scan=epoch_scan,
-                   one_batch_shape=one_batch_shape)
+                   epoch_scan=epoch_scan, one_batch_shape=one_batch_shape)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 
   if precompile is None:

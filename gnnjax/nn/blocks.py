@@ -36,11 +36,8 @@ from gnnjax import graph as graph_lib
 
 Array = jax.Array
 
-# The aggregations that run on blocks: add (`block_sum`), mean (`block_sum` / `block_count`),
-# max (`block_max`) and min (`block_min`).
-AGGREGATIONS = ("add", "mean", "max", "min")
-# The name of block_max's saved forward results (`jax.ad_checkpoint.checkpoint_name`): a
-# rematerialised layer saving them runs one masked reduction fewer in its backward pass.
+# The name of block_max's forward result (`jax.ad_checkpoint.checkpoint_name`): a
+# rematerialised layer that saves it runs one masked reduction fewer in its backward pass.
 REMAT_NAME = "block_extreme"
 
 
@@ -198,7 +195,9 @@ def _masked_block_max_bwd(residuals, cotangent):
   variadic reduction for the max and the tie count in the forward pass compiled for minutes
   on an H200 and ran slower.)"""
   adjacency, h, out = residuals
-  hits = lambda: adjacency[..., None] * (h[:, None, :, :] == out[:, :, None, :])  # [G, i, j, D]
+  # [G, i, j, D] edge counts where j's state is i's max: an expression, never an array; each
+  # reduction below fuses its own copy of it.
+  hits = lambda: adjacency[..., None] * (h[:, None, :, :] == out[:, :, None, :])
   ties = hits().sum(axis=2)
   share = cotangent / jnp.where(ties > 0, ties, 1.0)
   return jnp.zeros_like(adjacency), (hits() * share[:, :, None, :]).sum(axis=1)
