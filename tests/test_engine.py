@@ -218,25 +218,29 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax
     from tests import test_engine as t
     from gnnjax.design import engine
-    shardings = []
+    shardings, layouts = [], []
     init = engine._ChunkRun._initial_state
     def spy(self):
       state, mask, spec = init(self)
       shardings.append(len(jax.tree.leaves(state["params"])[0].sharding.device_set))
+      layouts.append(self.program.layout.blocks_only and self.program.layout.block_extremes)
       return state, mask, spec
     engine._ChunkRun._initial_state = spy
     data = t.tiny_dataset()
     base = t.BASE.replace(layers_mp=1, epochs=3)
-    designs = [base, base.replace(dropout=0.3, optimizer="sgd", learning_rate=0.05)]
+    # A max design on the blocks too (the accelerators' default): its custom VJP, sharded.
+    designs = [base, base.replace(dropout=0.3, optimizer="sgd", learning_rate=0.05),
+               base.replace(aggregation="max", activation="prelu")]
+    policies = dict(block_extremes=True, split_aggregations=False)
     one = engine.train_population(designs, data, [1, 2], eval_every=2,
-                                  devices=jax.devices()[:1])
-    both = engine.train_population(designs, data, [1, 2], eval_every=2)
+                                  devices=jax.devices()[:1], **policies)
+    both = engine.train_population(designs, data, [1, 2], eval_every=2, **policies)
     diff = max(abs(a[k] - b[k]) for x, y in zip(one, both) for a, b in zip(x.history, y.history)
                for k in a)
     same_shape = all(len(x.history) == len(y.history) and x.status == y.status
                      for x, y in zip(one, both))
     print(json.dumps({{"devices": jax.device_count(), "shardings": shardings, "diff": diff,
-                       "same_shape": same_shape}}))
+                       "same_shape": same_shape, "max_on_blocks": layouts}}))
 """)
 
 
@@ -253,6 +257,7 @@ def test_population_axis_shards_over_two_devices_with_the_same_results():
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert report["devices"] == 2
   assert report["shardings"] == [1, 2]  # the state lives on both devices in the second run
+  assert report["max_on_blocks"] == [True, True]
   assert report["same_shape"] and report["diff"] < TOLERANCE
 
 
