@@ -178,7 +178,8 @@ def bytes_per_member_step(layout, budget) -> int:
   n, e, g = budget
   d, h = layout.dim, layout.head_dim
   aggregates = 2 if "max" in layout.aggregations else 1  # add and mean share one sum
-  # Per-graph blocks sum without messages; max still gathers and scatters them.
+  # Per-graph blocks aggregate without messages (max too, with block_extremes); else max
+  # gathers and scatters them.
   scatters = not layout.blocks_only
   forward = layout.dim_in * n + layout.dim_in * d  # input features, first weights
   forward += layout.layers_pre * (2 * n * d + d * d)
@@ -383,7 +384,7 @@ def summarise_chunks(run: dict, bandwidth: float, num_devices: int) -> None:
     run["rows"].append(f"| {num_devices} | {index} | {chunk['members']} ({chunk['size']}) | {steps} | "
                 f"{chunk['budget'][0]} / {chunk['budget'][1]} | {layout.dim} / "
                 f"{layout.head_dim} / {layout.layers_mp} | {'/'.join(layout.aggregations)}"
-                f"{' (blocks)' if layout.block_nodes else ''} | "
+                f"{' (blocks)' if layout.blocks_only else ''} | "
                 f"{member_bytes / 1e6:.1f} | {chunk['floor_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms']:.2f} | "
                 f"{chunk['measured_step_ms'] / chunk['floor_step_ms']:.1f}x |")

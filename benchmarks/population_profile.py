@@ -175,7 +175,7 @@ def main(argv):
   head = (f"{members} members ({len(results)} trials, statuses "
           f"{dict(collections.Counter(r.status for r in results))}); layout D {layout.dim} / "
           f"H {layout.head_dim} / l_mp {layout.layers_mp}, aggregations "
-          f"{'/'.join(layout.aggregations)}{' (blocks)' if layout.block_nodes else ''}; "
+          f"{'/'.join(layout.aggregations)}{' (blocks)' if layout.blocks_only else ''}; "
           f"budget {info_seen['budget']}; {steps} steps traced: {step_ms:.2f} ms per step "
           f"({step_ms / members:.3f} per member), kernels {total / steps * 1e3:.2f} ms per step")
   print(head)
