@@ -511,9 +511,6 @@ def main(argv):
   designs = sample_designs()
   print(f"{dataset.name}: {len(dataset.graphs)} graphs; {len(designs)} designs from "
         f"{FLAGS.space}, epochs {FLAGS.epochs or 'own'}; device {common.device_description()}")
-  bandwidth = copy_bandwidth_gbs()
-  print(f"copy bandwidth {bandwidth:.0f} GB/s")
-
   counts = [int(c) for c in FLAGS.device_counts]
   if any(c < 1 or c > len(jax.local_devices()) for c in counts):
     raise ValueError(f"--device_counts {counts}: this host has {len(jax.local_devices())} "
@@ -531,6 +528,8 @@ def main(argv):
     print(f"{len(timings)} PyG timings saved in {FLAGS.state_dir}: "
           f"{3600 / statistics.mean(t['design_s'] for t in timings):,.0f} designs per hour")
     return
+  bandwidth = copy_bandwidth_gbs()
+  print(f"copy bandwidth {bandwidth:.0f} GB/s")
   todo = designs if state is None else [d for d in designs if d.design_id not in state["done"]]
   if state is not None:
     print(f"{FLAGS.state_dir}: {len(state['calls'])} earlier run(s), "
@@ -567,7 +566,7 @@ def main(argv):
   pyg = saved_pyg(state, FLAGS.pyg_designs) if FLAGS.pyg_designs else None
   if pyg is not None:
     print(f"PyG: {len(pyg)} designs timed on {state['pyg']['device']} at "
-          f"{state['pyg']['date']} (--pyg_only)")
+          f"{state['pyg']['date']} (saved in {FLAGS.state_dir})")
   elif FLAGS.pyg and FLAGS.pyg_designs:
     pyg = time_pyg_designs(designs[:FLAGS.pyg_designs], dataset)
     if state is not None and pyg:
@@ -598,8 +597,9 @@ def main(argv):
       f"{FLAGS.epochs or 'own'}, eval every {FLAGS.eval_every} |",
       f"| gnnjax wall on {counts[0]} device(s) (incl. compile, eval) | {ours['wall_s']:.1f} s "
       f"(first epoch at {ours['first_epoch_s']:.1f} s"
-      + (f"; the sum of {ours['calls']} runs, each compiling its own programs" if
-         ours.get("calls", 1) > 1 else "") + ") |",
+      + (f"; the sum of {ours['calls']} runs, each compiling its own programs"
+         + (" or loading them from --compilation_cache_dir" if FLAGS.compilation_cache_dir
+            else "") if ours.get("calls", 1) > 1 else "") + ") |",
       f"| gnnjax designs / GPU-hour | {ours_per_hour:,.0f} (steady state {steady_per_hour:,.0f}) |",
       f"| PyG designs / GPU-hour ({len(pyg)} designs, {FLAGS.pyg_epochs} timed epochs each, "
       f"extrapolated) | {pyg_per_hour:,.0f} |",

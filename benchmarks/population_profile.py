@@ -82,16 +82,15 @@ def op_kind(name: str) -> str:
 
 
 def keep(design) -> bool:
+  """Whether a (resolved) design is in the group the filters ask for, by the engine's own
+  grouping predicates."""
   if FLAGS.batch_size and design.batch_size != FLAGS.batch_size:
     return False
-  extremal = design.aggregation in engine.EXTREMAL_AGGREGATIONS
-  if FLAGS.aggregation != "any" and extremal != (FLAGS.aggregation == "extremal"):
-    return False
-  skipconcat = design.stage_type == "skipconcat"
-  if FLAGS.stage != "any" and skipconcat != (FLAGS.stage == "skipconcat"):
-    return False
-  deep = design.layers_mp > engine.SHALLOW_LAYERS_MP
-  return FLAGS.depth == "any" or deep == (FLAGS.depth == "deep")
+  filters = ((FLAGS.aggregation, "extremal", engine.is_extremal),
+             (FLAGS.stage, "skipconcat", engine.is_skipconcat),
+             (FLAGS.depth, "deep", engine.is_deep))
+  return all(value == "any" or predicate(design) == (value == selected)
+             for value, selected, predicate in filters)
 
 
 def kernel_events(trace_dir: str) -> list[tuple[str, float]]:
@@ -192,8 +191,10 @@ def main(argv):
   metrics = {"task": dataset.name, "space": FLAGS.space, "members": members,
              "filters": {"batch_size": FLAGS.batch_size, "aggregation": FLAGS.aggregation,
                          "stage": FLAGS.stage, "depth": FLAGS.depth},
+             "engine_flags": engine_flags.flag_values(),
              "layout": {"dim": layout.dim, "head_dim": layout.head_dim,
                         "layers_mp": layout.layers_mp, "block_nodes": layout.block_nodes,
+                        "block_extremes": layout.block_extremes,
                         "aggregations": list(layout.aggregations)},
              "budget": list(info_seen["budget"]), "steps_traced": steps, "step_ms": step_ms,
              "kernel_ms_per_step": total / steps * 1e3,

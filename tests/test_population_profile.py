@@ -41,6 +41,9 @@ def test_profile_of_a_small_group_on_cpu(tmp_path):
   assert metrics["steps_traced"] >= 1 and metrics["step_ms"] > 0
   assert metrics["layout"]["aggregations"] and metrics["layout"]["layers_mp"] <= 4
   assert not {"max", "min"} & set(metrics["layout"]["aggregations"])  # --aggregation=sum
+  # The engine policies are recorded (A/Bs of them differ only there) beside the layout's.
+  assert metrics["engine_flags"]["block_extremes"] == "auto"
+  assert metrics["layout"]["block_extremes"] is False  # the CPU default
   ops = metrics["ops"]
   assert ops and all(op["ms_per_step"] >= 0 for op in ops)
   assert ops == sorted(ops, key=lambda op: -op["ms_per_step"])

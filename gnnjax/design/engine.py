@@ -177,11 +177,11 @@ def _group_key(member: _Member, dataset: ds.GraphDataset, split_aggregations: bo
   key = superset.conv_key(member.resolved) + (
       stream_batch_size(dataset, member.resolved.batch_size),)
   if split_aggregations:  # max/min scatter apart from the sum that add and mean share
-    key += (member.resolved.aggregation in EXTREMAL_AGGREGATIONS,)
+    key += (is_extremal(member.resolved),)
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
-    key += (_is_skipconcat(member),)
+    key += (is_skipconcat(member.resolved),)
   if split_depths:  # shallow designs apart from deep ones, which the scan would make them run
-    key += (_is_deep(member),)
+    key += (is_deep(member.resolved),)
   return key
 
 
@@ -190,12 +190,20 @@ def _group_key(member: _Member, dataset: ds.GraphDataset, split_aggregations: bo
 SHALLOW_LAYERS_MP = 4
 
 
-def _is_skipconcat(member: _Member) -> bool:
-  return member.resolved.stage_type == "skipconcat"
+# The designs the grouping splits apart (`_group_key`, `_group_members`; public for tools that
+# pick one group's designs, e.g. benchmarks/population_profile.py).
 
 
-def _is_deep(member: _Member) -> bool:
-  return member.resolved.layers_mp > SHALLOW_LAYERS_MP
+def is_extremal(design: Design) -> bool:
+  return design.aggregation in EXTREMAL_AGGREGATIONS
+
+
+def is_skipconcat(design: Design) -> bool:
+  return design.stage_type == "skipconcat"
+
+
+def is_deep(design: Design) -> bool:
+  return design.layers_mp > SHALLOW_LAYERS_MP
 
 
 # A split policy: True (always), False (never) or ADAPTIVE: split a group only where every part
@@ -233,14 +241,14 @@ def _group_members(members: Sequence[_Member], dataset: ds.GraphDataset,
     by_key[_group_key(member, dataset, split_aggregations, split_stages is True,
                       split_depths is True)].append(member)
   groups = list(by_key.values())
-  for policy, part_of in ((split_stages, _is_skipconcat), (split_depths, _is_deep)):
+  for policy, part_of in ((split_stages, is_skipconcat), (split_depths, is_deep)):
     if policy != ADAPTIVE:
       continue
     refined = []
     for group in groups:
       parts: dict[bool, list[_Member]] = collections.defaultdict(list)
       for member in group:
-        parts[part_of(member)].append(member)
+        parts[part_of(member.resolved)].append(member)
       if len(parts) > 1 and min(len(p) for p in parts.values()) >= min_members:
         refined.extend(parts.values())
       else:
