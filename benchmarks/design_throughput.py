@@ -116,6 +116,10 @@ def sample_designs() -> list:
   designs = space.sample(FLAGS.sample_seed, FLAGS.num_designs)
   if FLAGS.epochs:
     designs = [d.replace(epochs=FLAGS.epochs) for d in designs]
+    repeats = len(designs) - len({d.design_id for d in designs})
+    if repeats:  # e.g. 3 of GraphGym round 1's first 1,024 at --epochs=100
+      print(f"{repeats} of the {len(designs)} designs repeat an earlier one once --epochs="
+            f"{FLAGS.epochs} pins their epochs; each is trained as drawn")
   return designs
 
 
@@ -425,13 +429,31 @@ def load_state(state_dir: str, identity: dict) -> dict:
   """
   path = os.path.join(state_dir, "progress.json")
   if not os.path.exists(path):
-    return {"population": identity, "done": {}, "calls": [], "chunks": []}
+    return {"population": identity, "done": [], "calls": [], "chunks": []}
   with open(path) as f:
     state = json.load(f)
   if state["population"] != identity:
     raise ValueError(f"{path} measures another population: {state['population']} (this run: "
                      f"{identity}); use another --state_dir")
+  if isinstance(state["done"], dict):  # written before 2026-12-03: one entry per design id
+    state["done"] = [[design_id, status] for design_id, status in state["done"].items()]
   return state
+
+
+def designs_to_train(designs: list, state: dict) -> list:
+  """The designs of the population that no run of the state has trained yet.
+
+  A design can appear more than once (--epochs pins the epochs of designs that differed only
+  there); each appearance is one training, so the state's finished trials are taken off as a
+  multiset."""
+  finished = collections.Counter(design_id for design_id, _ in state["done"])
+  todo = []
+  for design in designs:
+    if finished[design.design_id]:
+      finished[design.design_id] -= 1
+    else:
+      todo.append(design)
+  return todo
 
 
 def _write_state(state: dict, state_dir: str) -> None:
@@ -464,7 +486,7 @@ def add_call(state: dict, state_dir: str, ours: dict, results: list) -> dict:
                          "wall_s": ours["wall_s"], "first_epoch_s": ours["first_epoch_s"],
                          "designs": ours["designs"], "steady_s": ours["steady_s"],
                          "rows": ours["rows"]})
-  state["done"].update({r.key.design_id: r.status for r in results})
+  state["done"].extend([r.key.design_id, r.status] for r in results)
   state["chunks"].extend(ours["chunk_records"])
   _write_state(state, state_dir)
   return state_totals(state)
@@ -476,7 +498,7 @@ def state_totals(state: dict) -> dict:
   return {"wall_s": sum(c["wall_s"] for c in calls), "designs": len(state["done"]),
           "first_epoch_s": calls[0]["first_epoch_s"],
           "steady_s": sum(c["steady_s"] for c in calls),
-          "statuses": dict(collections.Counter(state["done"].values())),
+          "statuses": dict(collections.Counter(status for _, status in state["done"])),
           "rows": [row for c in calls for row in c["rows"]],
           "floor_ratio": _floor_ratio(state["chunks"]),
           "chunk_records": state["chunks"], "calls": len(calls)}
@@ -530,7 +552,7 @@ def main(argv):
     return
   bandwidth = copy_bandwidth_gbs()
   print(f"copy bandwidth {bandwidth:.0f} GB/s")
-  todo = designs if state is None else [d for d in designs if d.design_id not in state["done"]]
+  todo = designs if state is None else designs_to_train(designs, state)
   if state is not None:
     print(f"{FLAGS.state_dir}: {len(state['calls'])} earlier run(s), "
           f"{len(designs) - len(todo)} of {len(designs)} designs done")

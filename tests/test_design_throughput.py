@@ -71,3 +71,35 @@ def test_pyg_only_needs_a_state_and_pyg(tmp_path):
   else:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(json.loads((state / "progress.json").read_text())["pyg"]["timings"]) == 2
+
+
+def test_a_state_counts_repeated_designs_once_per_appearance():
+  """--epochs can make two drawn designs the same; each appearance is one training, and a
+  state written before the states counted appearances (a dict by design id) still loads."""
+  code = """
+import json, os, sys, tempfile
+from absl import flags
+from benchmarks import design_throughput as bench
+from gnnjax.design import spaces
+flags.FLAGS(['bench'])
+a, b = spaces.get_space('graphgym_round1').sample(0, 2)
+designs = [a, b, a, a]
+state = {'done': [[a.design_id, 'ok']]}
+todo = bench.designs_to_train(designs, state)
+assert [d.design_id for d in todo] == [b.design_id, a.design_id, a.design_id], todo
+state['done'] += [[a.design_id, 'ok'], [b.design_id, 'diverged'], [a.design_id, 'ok']]
+assert bench.designs_to_train(designs, state) == []
+state.update(population={'x': 1}, calls=[{'wall_s': 1.0, 'first_epoch_s': 0.5, 'steady_s': 0.2,
+                                          'rows': []}], chunks=[])
+totals = bench.state_totals(state)
+assert totals['designs'] == 4 and totals['statuses'] == {'ok': 3, 'diverged': 1}, totals
+folder = tempfile.mkdtemp()
+with open(os.path.join(folder, 'progress.json'), 'w') as f:
+  json.dump({'population': {'x': 1}, 'done': {a.design_id: 'ok'}, 'calls': [], 'chunks': []}, f)
+old = bench.load_state(folder, {'x': 1})
+assert old['done'] == [[a.design_id, 'ok']], old
+print('ok')
+"""
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
