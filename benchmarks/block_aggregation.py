@@ -19,16 +19,18 @@ gradient with respect to every member's weights and input, under `jax.vmap` over
   it measured no faster (RESULTS.md, 2026-12-02).
 - `scatter`: gather the messages and segment-sum them onto the receivers (no blocks).
 
-With --aggregation=max the aggregation is the max over incoming edges, two ways:
+With --aggregation=max the aggregation is the max over incoming edges, three ways:
 
-- `blocks`: `gnnjax.nn.blocks.block_max`, what the engine runs on accelerators
-  (`engine.block_extremes_by_default`): a masked reduction over the same blocks with a
-  hand-written VJP.
+- `pallas` (GPUs only): `gnnjax.nn.blocks.block_max` with the Pallas kernels of
+  `gnnjax.nn.block_kernels`, what the engine runs on CUDA GPUs
+  (`engine.block_extremes_by_default`, kernel 'auto').
+- `blocks`: the same with kernel='xla': one fused XLA reduction over the blocks per pass, what
+  the engine runs on other accelerators (and ran on GPUs before the kernels).
 - `scatter`: gather the messages and segment-max them onto the receivers.
 
 Every variant's output and gradients are checked against `scatter` before they are timed.
 Ratios (sum) are shared / member_batched (above 1: the member-batched matmul is faster);
-(max) scatter / blocks (above 1: the blocks are faster).
+(max) scatter / blocks and blocks / pallas (above 1: the second is faster).
 """
 
 from __future__ import annotations
@@ -143,12 +145,22 @@ VARIANTS = {
         "scatter": lambda graph, blocks, h: scatter_sum(graph, h),
     },
     "max": {
-        "blocks": lambda graph, blocks, h: blocks_lib.block_max(blocks, h),
+        "pallas": lambda graph, blocks, h: blocks_lib.block_max(blocks, h, kernel="pallas"),
+        "blocks": lambda graph, blocks, h: blocks_lib.block_max(blocks, h, kernel="xla"),
         "scatter": lambda graph, blocks, h: scatter_max(graph, h),
     },
 }
-# The ratio reported per aggregation: (numerator, denominator) variants.
-RATIOS = {"sum": ("shared", "member_batched"), "max": ("scatter", "blocks")}
+# The ratios reported per aggregation: (numerator, denominator) variants.
+RATIOS = {"sum": [("shared", "member_batched")],
+          "max": [("scatter", "blocks"), ("blocks", "pallas")]}
+
+
+def variants_here() -> dict:
+  """The variants of --aggregation this backend runs (the Pallas kernels compile for GPUs)."""
+  variants = dict(VARIANTS[FLAGS.aggregation])
+  if jax.default_backend() != "gpu":
+    variants.pop("pallas", None)
+  return variants
 
 
 def measure(graph, max_nodes: int, k: int, d: int) -> dict[str, float]:
@@ -159,7 +171,7 @@ def measure(graph, max_nodes: int, k: int, d: int) -> dict[str, float]:
   weight = jnp.asarray(rng.normal(size=(k, d, d)) / np.sqrt(d), jnp.float32)
   x = jnp.asarray(rng.normal(size=(k, n, d)), jnp.float32)
   times, results = {}, {}
-  for name, aggregate in VARIANTS[FLAGS.aggregation].items():
+  for name, aggregate in variants_here().items():
     step = make_step(aggregate, graph, max_nodes)
     results[name] = jax.block_until_ready(step(weight, x))
     times[name] = common.time_call(lambda: step(weight, x), jax.block_until_ready,
@@ -178,11 +190,11 @@ def main(argv):
   print(f"device: {common.device_description()}")
   print(f"batch: {int(np.asarray(graph.n_node).shape[0])} graph slots, {n} nodes, "
         f"{int(graph.senders.shape[0])} edges, blocks of M = {max_nodes} nodes")
-  variants = list(VARIANTS[FLAGS.aggregation])
-  top, bottom = RATIOS[FLAGS.aggregation]
-  ratio_name = f"{top}_over_{bottom}"
+  variants = list(variants_here())
+  ratios = [(top, bottom) for top, bottom in RATIOS[FLAGS.aggregation]
+            if top in variants and bottom in variants]
   print(f"{'K':>4} {'D':>5} " + " ".join(f"{v:>15}" for v in variants)
-        + f" {top + '/' + bottom:>16}")
+        + "".join(f" {top + '/' + bottom:>16}" for top, bottom in ratios))
   rows, metrics, stopped = [], {}, ""
   configs = list(itertools.product([int(k) for k in FLAGS.members],
                                    [int(d) for d in FLAGS.widths]))
@@ -193,14 +205,16 @@ def main(argv):
       stopped = f" Interrupted at K = {k}, D = {d}: {len(rows)} of {len(configs)} measured."
       print(stopped.strip())
       break
-    ratio = times[top] / times[bottom]
+    values = [times[top] / times[bottom] for top, bottom in ratios]
     print(f"{k:>4} {d:>5} " + " ".join(f"{times[v]:>12.3f} ms" for v in variants)
-          + f" {ratio:>15.2f}x")
-    metrics[f"K{k}_D{d}"] = {**{f"{v}_ms": times[v] for v in variants}, ratio_name: ratio}
+          + "".join(f" {r:>15.2f}x" for r in values))
+    metrics[f"K{k}_D{d}"] = {**{f"{v}_ms": times[v] for v in variants},
+                             **{f"{t}_over_{b}": r for (t, b), r in zip(ratios, values)}}
     rows.append(f"| {k} | {d} | " + " | ".join(f"{times[v]:.3f}" for v in variants)
-                + f" | {ratio:.2f}x |")
-  table = ("| K | D | " + " | ".join(f"{v} ms" for v in variants) + f" | {top} / {bottom} |\n"
-           + "|---" * (len(variants) + 3) + "|\n" + "\n".join(rows))
+                + "".join(f" | {r:.2f}x" for r in values) + " |")
+  table = ("| K | D | " + " | ".join(f"{v} ms" for v in variants)
+           + "".join(f" | {t} / {b}" for t, b in ratios) + " |\n"
+           + "|---" * (len(variants) + len(ratios) + 2) + "|\n" + "\n".join(rows))
   notes = (f"Task {FLAGS.task}, first batch of {FLAGS.batch_size} graphs ({n} padded nodes, "
            f"M = {max_nodes}); one layer's forward and backward per step, vmapped over K "
            f"members; median of {FLAGS.iters} steps; aggregation {FLAGS.aggregation}.{stopped}")

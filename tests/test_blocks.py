@@ -206,3 +206,59 @@ def test_rematerialised_block_max_reduces_once_per_pass():
 
   assert count_reductions(superset._REMAT_POLICY) == 1
   assert count_reductions(jax.checkpoint_policies.dots_saveable) == 2  # the rerun
+
+
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_pallas_block_extremes_equal_the_xla_ones(kind):
+  """The Pallas kernels (`block_kernels`, interpreted here; run on CUDA GPUs by 'auto') give
+  the XLA reduction's values and, with many exact ties and repeated edges, its gradients, for
+  block sizes and widths that are not powers of two, under vmap over members."""
+  sizes = [6, 1, 5]
+  graph = random_batch(sizes, seed=21)
+  blocks = blocks_lib.graph_blocks(graph, 6)
+  rng = np.random.default_rng(22)
+  n = graph.nodes["x"].shape[0]
+  xs = rng.integers(-2, 3, size=(3, n, 20)).astype(np.float32)  # 20 channels, many ties
+  xs[1] += rng.normal(size=xs[1].shape).astype(np.float32)  # one member without ties
+  xs[:, sum(sizes):] = 1e6  # padding rows
+  xs = jnp.asarray(xs)
+  weights = jnp.asarray(rng.normal(size=xs.shape), jnp.float32)
+  fn = lambda kernel: jax.vmap(lambda v: BLOCK_EXTREMES[kind](blocks, v, kernel=kernel))
+  np.testing.assert_array_equal(fn("interpret")(xs), fn("xla")(xs))
+  loss = lambda kernel: lambda v: jnp.sum(fn(kernel)(v) * weights)
+  np.testing.assert_allclose(jax.grad(loss("interpret"))(xs), jax.grad(loss("xla"))(xs),
+                             rtol=1e-6, atol=1e-6)
+  # The gradient is the scatter's, member by member (what the XLA version is tested against).
+  scatter = jax.grad(lambda v: jnp.sum(scatter_extreme(kind, graph, v) * weights[0]))(xs[0])
+  np.testing.assert_allclose(jax.grad(loss("interpret"))(xs)[0], scatter, rtol=1e-6,
+                             atol=1e-6)
+
+
+def test_block_max_kernel_choice():
+  graph = random_batch([4, 3], seed=23)
+  blocks = blocks_lib.graph_blocks(graph, 4)
+  x = jnp.asarray(graph.nodes["x"])
+  with pytest.raises(ValueError, match="unknown block max kernel 'triton'"):
+    blocks_lib.block_max(blocks, x, kernel="triton")
+  # 'auto' lowers its Pallas branch only for CUDA devices: on this backend, XLA's reduction.
+  hlo = jax.jit(lambda v: blocks_lib.block_max(blocks, v)).lower(x).as_text()
+  if jax.default_backend() != "gpu":
+    assert "triton" not in hlo.lower() and "reduce" in hlo
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the Pallas kernels compile for GPUs")
+def test_pallas_block_max_compiled_on_the_gpu():
+  graph = random_batch([40, 64, 17, 64], seed=24)
+  blocks = blocks_lib.graph_blocks(graph, 64)
+  rng = np.random.default_rng(25)
+  xs = jnp.asarray(rng.integers(-2, 3, size=(2,) + graph.nodes["x"].shape[:1] + (130,)),
+                   jnp.float32)
+  weights = jnp.asarray(rng.normal(size=xs.shape), jnp.float32)
+  for kernel in ("pallas", "auto"):
+    fn = jax.jit(jax.vmap(lambda v, k=kernel: blocks_lib.block_max(blocks, v, kernel=k)))
+    np.testing.assert_array_equal(fn(xs), jax.vmap(
+        lambda v: blocks_lib.block_max(blocks, v, kernel="xla"))(xs))
+    loss = lambda k: lambda v: jnp.sum(jax.vmap(
+        lambda u: blocks_lib.block_max(blocks, u, kernel=k))(v) * weights)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss(kernel)))(xs), jax.grad(loss("xla"))(xs),
+                               rtol=1e-5, atol=1e-5)
