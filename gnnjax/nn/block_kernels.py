@@ -19,7 +19,8 @@ adds the member axis to the grid and every member reads the same adjacency block
 
 Shapes are padded to what the Triton lowering needs (M to a power of two, D to a multiple of
 the column tile) and sliced back. `interpret=True` runs the same kernels on any backend (the
-tests run them on CPU).
+tests run them on CPU). They use Pallas's Triton backend, which JAX 0.11 deprecates in favour
+of Mosaic GPU; where it is gone (`AVAILABLE` false) block max runs on XLA's reductions.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ import functools
 import jax
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pl_triton
 import jax.numpy as jnp
 
+try:  # Pallas's Triton backend: deprecated since JAX 0.11 in favour of Mosaic GPU
+  from jax.experimental.pallas import triton as pl_triton
+except ImportError:  # a JAX without it: `blocks.block_max(kernel='auto')` stays on XLA
+  pl_triton = None
+
 Array = jax.Array
+
+# Whether these kernels can run here (`interpret=True` needs only Pallas itself).
+AVAILABLE = pl_triton is not None
 
 COLUMN_TILE = 64  # columns of D per program: a [64, 64] float32 accumulator over 4 warps
 
@@ -82,7 +90,8 @@ def _call(kernel, adjacencies: list[Array], states: list[Array], num_outputs: in
       functools.partial(kernel, m=m, interpret=interpret), out_shape=[state] * num_outputs,
       grid=(g, d // tile), in_specs=[whole] * len(adjacencies) + [column] * len(states),
       out_specs=[column] * num_outputs, interpret=interpret,
-      compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),
+      compiler_params=(None if interpret else
+                       pl_triton.CompilerParams(num_warps=4, num_stages=1)),
   )(*adjacencies, *states)
   return list(outputs)
 

@@ -214,8 +214,9 @@ def _on_platform(pallas_fn, xla_fn):
 
 # kernel name -> (forward, backward).
 _IMPLEMENTATIONS = {
-    "auto": (_on_platform(block_kernels.masked_max, _xla_masked_max),
-             _on_platform(block_kernels.masked_max_grad, _xla_masked_max_grad)),
+    "auto": ((_on_platform(block_kernels.masked_max, _xla_masked_max),
+              _on_platform(block_kernels.masked_max_grad, _xla_masked_max_grad))
+             if block_kernels.AVAILABLE else (_xla_masked_max, _xla_masked_max_grad)),
     "xla": (_xla_masked_max, _xla_masked_max_grad),
     "pallas": (block_kernels.masked_max, block_kernels.masked_max_grad),
     "interpret": (functools.partial(block_kernels.masked_max, interpret=True),
