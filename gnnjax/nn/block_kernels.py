@@ -48,8 +48,9 @@ COLUMN_TILE = 64  # columns of D per program: a [64, 64] float32 accumulator ove
 def masked_max(adjacency: Array, h: Array, *, interpret: bool = False) -> Array:
   """[G, M, M] edge counts, [G, M, D] states -> [G, M, D]: max over j with adjacency[g, i, j]
   > 0 of h[g, j] (-inf for a row without edges)."""
-  adjacency_p, h_p, (m, d) = _pad(adjacency, h)
-  out = _call(_max_kernel, [adjacency_p], [h_p], 1, interpret)[0]
+  _, m, d = h.shape
+  pad_adjacency, pad_state = _padding(m, d)
+  out = _call(_max_kernel, [pad_adjacency(adjacency)], [pad_state(h)], 1, interpret)[0]
   return out[:, :m, :d]
 
 
@@ -58,23 +59,24 @@ def masked_max_grad(adjacency: Array, h: Array, out: Array, cotangent: Array, *,
   """The cotangent of h for `masked_max`'s output `out` and its cotangent (both [G, M, D]):
   every edge j -> i whose h[j] equals out[i] takes an equal share of cotangent[i], edges
   counted with multiplicity, as the scatter-max's VJP splits it."""
-  adjacency_p, h_p, (m, d) = _pad(adjacency, h)
-  _, out_p, _ = _pad(adjacency, out)
-  _, cotangent_p, _ = _pad(adjacency, cotangent)
-  adjacency_t = jnp.swapaxes(adjacency_p, -1, -2)  # adjacency_t[g, j, i] = adjacency[g, i, j]
-  dh, _ = _call(_grad_kernel, [adjacency_p, adjacency_t], [h_p, out_p, cotangent_p], 2,
-                interpret)
+  _, m, d = h.shape
+  pad_adjacency, pad_state = _padding(m, d)
+  adjacency = pad_adjacency(adjacency)
+  adjacency_t = jnp.swapaxes(adjacency, -1, -2)  # adjacency_t[g, j, i] = adjacency[g, i, j]
+  dh, _ = _call(_grad_kernel, [adjacency, adjacency_t],
+                [pad_state(h), pad_state(out), pad_state(cotangent)], 2, interpret)
   return dh[:, :m, :d]
 
 
-def _pad(adjacency: Array, h: Array) -> tuple[Array, Array, tuple[int, int]]:
-  g, m, d = h.shape
+def _padding(m: int, d: int):
+  """Functions padding [G, M, M] and [G, M, D] arrays to the shapes the Triton lowering
+  needs: M to a power of two, D to a whole number of column tiles (both at least 16)."""
   m_p = max(pl.next_power_of_2(m), 16)
   tile = min(COLUMN_TILE, max(pl.next_power_of_2(d), 16))
   d_p = -(-d // tile) * tile
-  adjacency = jnp.pad(adjacency, ((0, 0), (0, m_p - m), (0, m_p - m)))
-  h = jnp.pad(h, ((0, 0), (0, m_p - m), (0, d_p - d)))
-  return adjacency, h, (m, d)
+  pad_adjacency = lambda a: jnp.pad(a, ((0, 0), (0, m_p - m), (0, m_p - m)))
+  pad_state = lambda x: jnp.pad(x, ((0, 0), (0, m_p - m), (0, d_p - d)))
+  return pad_adjacency, pad_state
 
 
 def _call(kernel, adjacencies: list[Array], states: list[Array], num_outputs: int,
