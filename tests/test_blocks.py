@@ -262,3 +262,16 @@ def test_pallas_block_max_compiled_on_the_gpu():
         lambda u: blocks_lib.block_max(blocks, u, kernel=k))(v) * weights)
     np.testing.assert_allclose(jax.jit(jax.grad(loss(kernel)))(xs), jax.grad(loss("xla"))(xs),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_layouts_check_their_block_kernel():
+  from gnnjax.design import spaces
+  from gnnjax.models import superset
+  design = spaces.get_space("graphgym_round1").sample(0, 1)[0].replace(aggregation="max",
+                                                                        dim_inner=8)
+  layout = superset.Layout.from_designs([design], 3, 2, ds.NODE, block_nodes=8,
+                                        block_extremes=True, block_kernel="xla")
+  assert layout.block_kernel == "xla" and engine.block_kernel_for(1) == "auto"
+  assert engine.block_kernel_for(2) == "xla"
+  with pytest.raises(ValueError, match="unknown block kernel 'cuda'"):
+    superset.Layout.from_designs([design], 3, 2, ds.NODE, block_nodes=8, block_kernel="cuda")

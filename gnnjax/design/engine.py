@@ -385,6 +385,13 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
   return True
 
 
+def block_kernel_for(num_devices: int) -> str:
+  """Block max/min's implementation for a population over `num_devices` devices
+  (`superset.Layout.block_kernel`): the Pallas kernels on one device ('auto': on CUDA GPUs),
+  XLA's reductions when it is sharded, which its SPMD partitioner can split by member."""
+  return "auto" if num_devices == 1 else "xla"
+
+
 def block_extremes_by_default(devices: Sequence[jax.Device]) -> bool:
   """The policy for max/min on blocks (`blocks.block_max`): on for accelerators, off on CPUs.
 
@@ -993,7 +1000,8 @@ class _Group:
     layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
                                           dataset.task_level, scan_mp=scan_layers,
                                           block_nodes=block_nodes,
-                                          block_extremes=block_extremes)
+                                          block_extremes=block_extremes,
+                                          block_kernel=block_kernel_for(self.num_devices))
     self.streams = _streams_for_layout(streams, layout, epochs, one_batch_shape)
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)
