@@ -234,12 +234,17 @@ def test_pallas_block_extremes_equal_the_xla_ones(kind):
                              atol=1e-6)
 
 
-def test_block_max_kernel_choice():
+def test_block_max_kernel_choice(monkeypatch):
   graph = random_batch([4, 3], seed=23)
   blocks = blocks_lib.graph_blocks(graph, 4)
   x = jnp.asarray(graph.nodes["x"])
   with pytest.raises(ValueError, match="unknown block max kernel 'triton'"):
     blocks_lib.block_max(blocks, x, kernel="triton")
+  # Without Pallas's Triton backend, asking for the kernels says so ('auto' falls back).
+  from gnnjax.nn import block_kernels
+  monkeypatch.setattr(block_kernels, "AVAILABLE", False)
+  with pytest.raises(RuntimeError, match="no Pallas Triton backend"):
+    block_kernels.masked_max(blocks.adjacency, blocks_lib.to_blocks(blocks, x))
   # 'auto' lowers its Pallas branch only for CUDA devices: on this backend, XLA's reduction.
   hlo = jax.jit(lambda v: blocks_lib.block_max(blocks, v)).lower(x).as_text()
   if jax.default_backend() != "gpu":

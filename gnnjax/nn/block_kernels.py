@@ -83,6 +83,9 @@ def _call(kernel, adjacencies: list[Array], states: list[Array], num_outputs: in
           interpret: bool) -> list[Array]:
   """One program per (graph, column tile): `adjacencies` ([G, M, M]) come whole to each,
   `states` ([G, M, D]) and the `num_outputs` outputs (the same shape) as [M, tile] tiles."""
+  if not interpret and not AVAILABLE:
+    raise RuntimeError("this JAX has no Pallas Triton backend for the block max kernels; use "
+                       "blocks.block_max(kernel='auto') or kernel='xla'")
   g, m, d = states[0].shape
   tile = min(COLUMN_TILE, d)
   whole = pl.BlockSpec((None, m, m), lambda gi, di: (gi, 0, 0))
