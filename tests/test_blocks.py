@@ -13,6 +13,7 @@ from gnnjax import graph as graph_lib
 from gnnjax.data import dataset as ds
 from gnnjax.design import engine
 from gnnjax.nn import aggregate as agg_lib
+from gnnjax.nn import block_kernels as block_kernels_lib
 from gnnjax.nn import blocks as blocks_lib
 
 
@@ -244,11 +245,13 @@ def test_block_max_kernel_choice(monkeypatch):
   hlo = jax.jit(lambda v: blocks_lib.block_max(blocks, v)).lower(x).as_text()
   if jax.default_backend() != "gpu":
     assert "triton" not in hlo.lower() and "reduce" in hlo
+  with pytest.raises(ValueError, match="float32 arrays"):
+    block_kernels_lib.masked_max(blocks.adjacency, blocks_lib.to_blocks(blocks, x).astype(
+        jnp.bfloat16), interpret=True)
   # Without Pallas's Triton backend, asking for the kernels says so ('auto' then uses XLA).
-  from gnnjax.nn import block_kernels
-  monkeypatch.setattr(block_kernels, "AVAILABLE", False)
+  monkeypatch.setattr(block_kernels_lib, "AVAILABLE", False)
   with pytest.raises(RuntimeError, match="no Pallas Triton backend"):
-    block_kernels.masked_max(blocks.adjacency, blocks_lib.to_blocks(blocks, x))
+    block_kernels_lib.masked_max(blocks.adjacency, blocks_lib.to_blocks(blocks, x))
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="the Pallas kernels compile for GPUs")

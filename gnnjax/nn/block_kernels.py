@@ -3,7 +3,7 @@
 XLA fuses block max into one reduction over a [G, i, j, D] broadcast, but it runs that
 reduction far below the GPU's arithmetic rate (about 3 ms per layer for 39 members of a batch of
 64 graphs of 64 nodes at D = 255 on an H200, 25x off the compare-and-select count). These
-kernels give every (graph, column tile) pair one program that keeps its [M, bd] running max
+kernels give every (graph, column tile) pair one program that keeps its [M, tile] running max
 in registers and walks the graph's M source nodes one at a time:
 
     out[i, :] = max over j with adjacency[i, j] > 0 of h[j, :]          (masked_max)
@@ -86,6 +86,9 @@ def _call(kernel, adjacencies: list[Array], states: list[Array], num_outputs: in
   if not interpret and not AVAILABLE:
     raise RuntimeError("this JAX has no Pallas Triton backend for the block max kernels; use "
                        "blocks.block_max(kernel='auto') or kernel='xla'")
+  if any(x.dtype != jnp.float32 for x in adjacencies + states):
+    raise ValueError("the block max kernels take float32 arrays (the engine's); got "
+                     f"{sorted({str(x.dtype) for x in adjacencies + states})}: use kernel='xla'")
   g, m, d = states[0].shape
   tile = min(COLUMN_TILE, d)
   whole = pl.BlockSpec((None, m, m), lambda gi, di: (gi, 0, 0))
