@@ -49,8 +49,8 @@ def masked_max(adjacency: Array, h: Array, *, interpret: bool = False) -> Array:
   """[G, M, M] edge counts, [G, M, D] states -> [G, M, D]: max over j with adjacency[g, i, j]
   > 0 of h[g, j] (-inf for a row without edges)."""
   _, m, d = h.shape
-  pad_adjacency, pad_state = _padding(m, d)
-  out = _call(_max_kernel, [pad_adjacency(adjacency)], [pad_state(h)], 1, interpret)[0]
+  pad_adjacency, pad_state, tile = _padding(m, d)
+  out = _call(_max_kernel, [pad_adjacency(adjacency)], [pad_state(h)], 1, tile, interpret)[0]
   return out[:, :m, :d]
 
 
@@ -60,26 +60,27 @@ def masked_max_grad(adjacency: Array, h: Array, out: Array, cotangent: Array, *,
   every edge j -> i whose h[j] equals out[i] takes an equal share of cotangent[i], edges
   counted with multiplicity, as the scatter-max's VJP splits it."""
   _, m, d = h.shape
-  pad_adjacency, pad_state = _padding(m, d)
+  pad_adjacency, pad_state, tile = _padding(m, d)
   adjacency = pad_adjacency(adjacency)
   adjacency_t = jnp.swapaxes(adjacency, -1, -2)  # adjacency_t[g, j, i] = adjacency[g, i, j]
   dh, _ = _call(_grad_kernel, [adjacency, adjacency_t],
-                [pad_state(h), pad_state(out), pad_state(cotangent)], 2, interpret)
+                [pad_state(h), pad_state(out), pad_state(cotangent)], 2, tile, interpret)
   return dh[:, :m, :d]
 
 
 def _padding(m: int, d: int):
   """Functions padding [G, M, M] and [G, M, D] arrays to the shapes the Triton lowering
-  needs: M to a power of two, D to a whole number of column tiles (both at least 16)."""
+  needs (M to a power of two, D to a whole number of column tiles, both at least 16), and the
+  column tile."""
   m_p = max(pl.next_power_of_2(m), 16)
   tile = min(COLUMN_TILE, max(pl.next_power_of_2(d), 16))
   d_p = -(-d // tile) * tile
   pad_adjacency = lambda a: jnp.pad(a, ((0, 0), (0, m_p - m), (0, m_p - m)))
   pad_state = lambda x: jnp.pad(x, ((0, 0), (0, m_p - m), (0, d_p - d)))
-  return pad_adjacency, pad_state
+  return pad_adjacency, pad_state, tile
 
 
-def _call(kernel, adjacencies: list[Array], states: list[Array], num_outputs: int,
+def _call(kernel, adjacencies: list[Array], states: list[Array], num_outputs: int, tile: int,
           interpret: bool) -> list[Array]:
   """One program per (graph, column tile): `adjacencies` ([G, M, M]) come whole to each,
   `states` ([G, M, D]) and the `num_outputs` outputs (the same shape) as [M, tile] tiles."""
@@ -90,7 +91,6 @@ def _call(kernel, adjacencies: list[Array], states: list[Array], num_outputs: in
     raise ValueError("the block max kernels take float32 arrays (the engine's); got "
                      f"{sorted({str(x.dtype) for x in adjacencies + states})}: use kernel='xla'")
   g, m, d = states[0].shape
-  tile = min(COLUMN_TILE, d)
   whole = pl.BlockSpec((None, m, m), lambda gi, di: (gi, 0, 0))
   column = pl.BlockSpec((None, m, tile), lambda gi, di: (gi, 0, di))
   state = jax.ShapeDtypeStruct((g, m, d), jnp.float32)
