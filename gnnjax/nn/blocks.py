@@ -232,7 +232,7 @@ def _masked_block_max(kernel: str, adjacency: Array, h: Array) -> Array:
 
 def _masked_block_max_fwd(kernel, adjacency, h):
   # Named, so a remat policy can keep it (REMAT_NAME) rather than rerun the reduction.
-  out = ad_checkpoint.checkpoint_name(_masked_block_max(kernel, adjacency, h), REMAT_NAME)
+  out = ad_checkpoint.checkpoint_name(_IMPLEMENTATIONS[kernel][0](adjacency, h), REMAT_NAME)
   return out, (adjacency, h, out)
 
 
