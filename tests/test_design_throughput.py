@@ -103,3 +103,31 @@ print('ok')
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_pyg_only_saves_timings_that_a_later_run_reads(tmp_path):
+  """--pyg_only's success path without torch: PyG's timer stubbed, the timings land in the
+  state (and nothing is trained), and `saved_pyg` hands the first --pyg_designs of them on."""
+  code = f"""
+import json, os
+from absl import flags
+from benchmarks import design_throughput as bench
+flags.FLAGS(['bench', {", ".join(repr(f) for f in COMMON)}, '--num_designs=3', '--pyg_only',
+             '--pyg_designs=2', '--state_dir={tmp_path / "state"}', '--out_dir={tmp_path}'])
+timed = []
+def fake_timer(designs, dataset):
+  timed.extend(d.design_id for d in designs)
+  return [{{'design': d.design_id, 'design_s': 2.0 + i}} for i, d in enumerate(designs)]
+bench.time_pyg_designs = fake_timer
+bench.main([])
+assert len(timed) == 2, timed
+state = json.load(open(os.path.join('{tmp_path / "state"}', 'progress.json')))
+assert [t['design'] for t in state['pyg']['timings']] == timed and state['done'] == []
+assert bench.saved_pyg(state, 1) == state['pyg']['timings'][:1]
+assert bench.saved_pyg(state, 3) is None  # fewer saved than asked: time them again
+print('ok')
+"""
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+  assert "2 PyG timings saved in" in proc.stdout and "1,440 designs per hour" in proc.stdout
