@@ -108,7 +108,10 @@ def _max_kernel(adjacency_ref, h_ref, out_ref, *, m: int, interpret: bool):
   del interpret
   def visit(j, running):  # source node j: its row of h, to every i with an edge from j
     edge = adjacency_ref[:, pl.ds(j, 1)] > 0  # [M, 1]
-    return jnp.maximum(running, jnp.where(edge, h_ref[pl.ds(j, 1), :], -jnp.inf))
+    candidate = jnp.where(edge, h_ref[pl.ds(j, 1), :], -jnp.inf)
+    # A NaN wins and then stays, as in XLA's max and the scatter (a diverged member's states
+    # must reach its loss); Triton lowers jnp.maximum to maxnumf, which drops NaNs.
+    return jnp.where((candidate > running) | (candidate != candidate), candidate, running)
   out_ref[...] = lax.fori_loop(0, m, visit, jnp.full(out_ref.shape, -jnp.inf, jnp.float32))
 
 
