@@ -213,7 +213,7 @@ def test_progress_reports_every_epoch_and_each_chunk(with_diverging):
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import dataclasses, json, os, sys
     sys.path.insert(0, {repo!r})
     import jax
     from tests import test_engine as t
@@ -227,6 +227,27 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       layouts.append([layout.blocks_only and layout.block_extremes, layout.block_kernel])
       return state, mask, spec
     engine._ChunkRun._initial_state = spy
+
+    class Recorder:  # a jitted function that keeps its first call's abstract arguments
+      def __init__(self, fn):
+        self.fn, self.args = fn, None
+      def __call__(self, *args):
+        if self.args is None:
+          self.args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+              a.shape, a.dtype, sharding=a.sharding) if isinstance(a, jax.Array) else a, args)
+        return self.fn(*args)
+      def lower(self, *args):
+        return self.fn.lower(*args)
+    members = lambda functions: [getattr(functions, f.name)
+                                 for f in dataclasses.fields(functions)]
+    recorded, compiled = [], engine._compiled
+    def spy_compiled(program, mesh):
+      functions = compiled(program, mesh)
+      if mesh.size > 1:
+        functions = engine._Functions(*(Recorder(f) for f in members(functions)))
+        recorded.append(functions)
+      return functions
+    engine._compiled = spy_compiled
     data = t.tiny_dataset()
     base = t.BASE.replace(layers_mp=1, epochs=3)
     # A max design on the blocks too (the accelerators' default): its custom VJP, sharded.
@@ -240,8 +261,20 @@ _SHARDED_SCRIPT = textwrap.dedent("""
                for k in a)
     same_shape = all(len(x.history) == len(y.history) and x.status == y.status
                      for x, y in zip(one, both))
+    # Each device runs its own members: the sharded programs communicate nothing.
+    collectives = [op for functions in recorded for f in members(functions)
+                   if f.args is not None
+                   for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute")
+                   if op in f.fn.lower(*f.args).compile().as_text()]
+    called = sum(f.args is not None for functions in recorded
+                 for f in members(functions))
+    manual = all(any(m in f.fn.lower(*f.args).as_text()
+                     for m in ("sdy.manual_computation", "SPMDFullToShardShape"))
+                 for functions in recorded for f in members(functions) if f.args is not None)
     print(json.dumps({{"devices": jax.device_count(), "shardings": shardings, "diff": diff,
-                       "same_shape": same_shape, "max_on_blocks": layouts}}))
+                       "same_shape": same_shape, "max_on_blocks": layouts,
+                       "collectives": collectives, "sharded_functions_called": called,
+                       "manual": manual}}))
 """)
 
 
@@ -258,9 +291,11 @@ def test_population_axis_shards_over_two_devices_with_the_same_results():
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert report["devices"] == 2
   assert report["shardings"] == [1, 2]  # the state lives on both devices in the second run
-  # Max on the blocks both times; sharded, by XLA's reductions (a Pallas call would make the
-  # SPMD partitioner gather the population onto each device).
-  assert report["max_on_blocks"] == [[True, "auto"], [True, "xla"]]
+  # Max on the blocks both times, by the same kernel choice ('auto': Pallas on CUDA GPUs),
+  # sharded too: each device runs its members as a one-device program, with no collectives.
+  assert report["max_on_blocks"] == [[True, "auto"], [True, "auto"]]
+  assert report["sharded_functions_called"] >= 3 and report["collectives"] == []
+  assert report["manual"]  # shard_map's per-device programs, not the SPMD partitioner's split
   assert report["same_shape"] and report["diff"] < TOLERANCE
 
 

@@ -52,6 +52,8 @@ chunk's members finish at similar epochs.
 Devices. The population axis of every per-member array is sharded over the devices
 (`NamedSharding(make_mesh((n,), ('pop',)), P('pop'))`); batches are replicated. A chunk is padded
 to a multiple of the device count with frozen copies of its last member, dropped afterwards.
+On several devices the programs are `shard_map`ped over that axis (`_per_device`): members
+never interact, so each device runs its own as a one-device program, with no collectives.
 Nothing changes between 1 CPU, 1 GPU and 8 GPUs.
 
 Checkpoints and streaming. `iter_population` yields each chunk's results when the chunk ends
@@ -383,13 +385,6 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
   (scatter), 3,274 for 128 designs with blocks, split groups and scanned layers."""
   del devices
   return True
-
-
-def block_kernel_for(num_devices: int) -> str:
-  """Block max/min's implementation for a population over `num_devices` devices
-  (`superset.Layout.block_kernel`): the Pallas kernels on one device ('auto': on CUDA GPUs),
-  XLA's reductions when it is sharded, which its SPMD partitioner can split by member."""
-  return "auto" if num_devices == 1 else "xla"
 
 
 def block_extremes_by_default(devices: Sequence[jax.Device]) -> bool:
@@ -761,9 +756,25 @@ def _population_step_fn(program: _Program) -> Callable:
   return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, 0))
 
 
+def _per_device(fn: Callable, mesh: jax.sharding.Mesh, in_specs, out_specs) -> Callable:
+  """`fn` of population arrays, run on each device for its own members (`jax.shard_map`)
+  where the mesh has several devices. Members never interact, so every device's slice is a
+  one-device program: no partitioner decisions to go wrong, no collectives, and the Pallas
+  block max kernels (which XLA's SPMD partitioner cannot split) run sharded too. On one
+  device, `fn` itself."""
+  if mesh.size == 1:
+    return fn
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+_POP = jax.sharding.PartitionSpec(POP_AXIS)
+_ALL = jax.sharding.PartitionSpec()
+
+
 def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
                      replicated: jax.sharding.Sharding, compiler_options=None) -> Callable:
-  population_step = _population_step_fn(program)
+  population_step = _per_device(_population_step_fn(program), pop.mesh,
+                                (_POP, _POP, _POP, _ALL, _ALL, _POP), (_POP, _POP))
 
   def train_step(state, mask, spec, batches, step, active):
     TRACE_COUNTS["train_step"] += 1
@@ -781,15 +792,20 @@ def _make_train_epoch(program: _Program, pop: jax.sharding.Sharding,
   state and the [steps, size] losses; step k of the epoch is global step first_step + k."""
   population_step = _population_step_fn(program)
 
-  def train_epoch(state, mask, spec, epoch_batches, first_step, active):
-    TRACE_COUNTS["train_epoch"] += 1
-
+  def epoch(state, mask, spec, epoch_batches, first_step, active):
     def body(state, inputs):
       batches, offset = inputs
       return population_step(state, mask, spec, batches, first_step + offset, active)
 
     steps = jax.tree.leaves(epoch_batches)[0].shape[0]
     return jax.lax.scan(body, state, (epoch_batches, jnp.arange(steps, dtype=jnp.int32)))
+
+  epoch = _per_device(epoch, pop.mesh, (_POP, _POP, _POP, _ALL, _ALL, _POP),
+                      (_POP, jax.sharding.PartitionSpec(None, POP_AXIS)))
+
+  def train_epoch(state, mask, spec, epoch_batches, first_step, active):
+    TRACE_COUNTS["train_epoch"] += 1
+    return epoch(state, mask, spec, epoch_batches, first_step, active)
 
   return jax.jit(train_epoch, donate_argnums=0,
                  in_shardings=(pop, pop, pop, replicated, replicated, pop),
@@ -811,9 +827,12 @@ def _make_predict(program: _Program, pop: jax.sharding.Sharding,
     outputs, _ = superset.apply(layout, params, batch_stats, spec, batch, train=False)
     return outputs
 
+  population_predict = _per_device(jax.vmap(member_predict, in_axes=(0, 0, 0, None)), pop.mesh,
+                                   (_POP, _POP, _POP, _ALL), _POP)
+
   def predict(params, batch_stats, spec, batches):
     TRACE_COUNTS["predict"] += 1
-    return jax.vmap(member_predict, in_axes=(0, 0, 0, None))(params, batch_stats, spec, batches)
+    return population_predict(params, batch_stats, spec, batches)
 
   return jax.jit(predict, in_shardings=(pop, pop, pop, replicated), out_shardings=pop,
                  compiler_options=compiler_options)
@@ -821,9 +840,12 @@ def _make_predict(program: _Program, pop: jax.sharding.Sharding,
 
 def _make_init(program: _Program, pop: jax.sharding.Sharding,
                compiler_options=None) -> Callable:
+  population_init = _per_device(jax.vmap(lambda spec, key: _init_state(program, spec, key)),
+                                pop.mesh, (_POP, _POP), _POP)
+
   def init(init_spec, keys):
     TRACE_COUNTS["init"] += 1
-    return jax.vmap(lambda spec, key: _init_state(program, spec, key))(init_spec, keys)
+    return population_init(init_spec, keys)
 
   return jax.jit(init, in_shardings=(pop, pop), out_shardings=pop,
                  compiler_options=compiler_options)
@@ -1000,8 +1022,7 @@ class _Group:
     layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
                                           dataset.task_level, scan_mp=scan_layers,
                                           block_nodes=block_nodes,
-                                          block_extremes=block_extremes,
-                                          block_kernel=block_kernel_for(self.num_devices))
+                                          block_extremes=block_extremes)
     self.streams = _streams_for_layout(streams, layout, epochs, one_batch_shape)
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)

@@ -93,9 +93,8 @@ class Layout:
     block_extremes: max and min also run on the blocks (a fused masked reduction,
       `blocks.block_max`; only with block_nodes).
     block_kernel: block max/min's implementation (`blocks.KERNELS`): 'auto' (Pallas kernels
-      on CUDA GPUs) for a population on one device; 'xla' where it is sharded over several,
-      since a Pallas call is opaque to XLA's SPMD partitioner, which would gather every
-      member's states onto every device around it.
+      on CUDA GPUs, XLA's reductions elsewhere), sharded or not, since the engine runs a
+      sharded population's members device by device (`engine._per_device`); 'xla' for A/Bs.
   """
 
   dim_in: int
