@@ -195,7 +195,6 @@ def main(argv):
              "layout": {"dim": layout.dim, "head_dim": layout.head_dim,
                         "layers_mp": layout.layers_mp, "block_nodes": layout.block_nodes,
                         "block_extremes": layout.block_extremes,
-                        "block_kernel": layout.block_kernel,
                         "aggregations": list(layout.aggregations)},
              "budget": list(info_seen["budget"]), "steps_traced": steps, "step_ms": step_ms,
              "kernel_ms_per_step": total / steps * 1e3,

@@ -282,17 +282,3 @@ def test_pallas_block_max_compiled_on_the_gpu():
     np.testing.assert_allclose(jax.jit(jax.grad(loss(kernel)))(xs), jax.grad(loss("xla"))(xs),
                                rtol=1e-5, atol=1e-5)
 
-
-def test_layouts_check_their_block_kernel():
-  from gnnjax.design import spaces
-  from gnnjax.models import superset
-  design = spaces.get_space("graphgym_round1").sample(0, 1)[0].replace(aggregation="max",
-                                                                        dim_inner=8)
-  default = superset.Layout.from_designs([design], 3, 2, ds.NODE, block_nodes=8,
-                                         block_extremes=True)
-  layout = superset.Layout.from_designs([design], 3, 2, ds.NODE, block_nodes=8,
-                                        block_extremes=True, block_kernel="xla")
-  assert default.block_kernel == "auto" and layout.block_kernel == "xla"
-  assert default != layout  # a program's cache key and checkpoint manifests tell them apart
-  with pytest.raises(ValueError, match="unknown block kernel 'cuda'"):
-    superset.Layout.from_designs([design], 3, 2, ds.NODE, block_nodes=8, block_kernel="cuda")

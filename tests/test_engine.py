@@ -223,8 +223,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     def spy(self):
       state, mask, spec = init(self)
       shardings.append(len(jax.tree.leaves(state["params"])[0].sharding.device_set))
-      layout = self.program.layout
-      layouts.append([layout.blocks_only and layout.block_extremes, layout.block_kernel])
+      layouts.append(self.program.layout.blocks_only and self.program.layout.block_extremes)
       return state, mask, spec
     engine._ChunkRun._initial_state = spy
 
@@ -291,12 +290,24 @@ def test_population_axis_shards_over_two_devices_with_the_same_results():
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert report["devices"] == 2
   assert report["shardings"] == [1, 2]  # the state lives on both devices in the second run
-  # Max on the blocks both times, by the same kernel choice ('auto': Pallas on CUDA GPUs),
-  # sharded too: each device runs its members as a one-device program, with no collectives.
-  assert report["max_on_blocks"] == [[True, "auto"], [True, "auto"]]
+  # Max on the blocks both times; sharded, each device runs its members as a one-device
+  # program (so block max's Pallas kernels can run there on GPUs), with no collectives.
+  assert report["max_on_blocks"] == [True, True]
   assert report["sharded_functions_called"] >= 3 and report["collectives"] == []
   assert report["manual"]  # shard_map's per-device programs, not the SPMD partitioner's split
   assert report["same_shape"] and report["diff"] < TOLERANCE
+
+
+def test_chunks_saved_with_a_retired_layout_field_resume():
+  """Manifests written between 2026-12-03 12:40 and the field's removal hold the layout's
+  block_kernel, which chose an implementation, not a shape: their programs still rebuild."""
+  from gnnjax.design import checkpoints as checkpoints_lib
+  layout = superset.Layout.from_designs([BASE.replace(dim_inner=8)], 3, 2, ds.NODE)
+  program = engine._Program(layout, ("adam",), "classification", 3)
+  payload = checkpoints_lib.program_to_json(program)
+  assert engine._program_from_json(payload) == program
+  payload["layout"]["block_kernel"] = "xla"
+  assert engine._program_from_json(payload) == program
 
 
 # ----------------------------------------------------------------------------------------------

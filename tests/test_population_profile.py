@@ -44,7 +44,6 @@ def test_profile_of_a_small_group_on_cpu(tmp_path):
   # The engine policies are recorded (A/Bs of them differ only there) beside the layout's.
   assert metrics["engine_flags"]["block_extremes"] == "auto"
   assert metrics["layout"]["block_extremes"] is False  # the CPU default
-  assert metrics["layout"]["block_kernel"] == "auto"  # one device
   ops = metrics["ops"]
   assert ops and all(op["ms_per_step"] >= 0 for op in ops)
   assert ops == sorted(ops, key=lambda op: -op["ms_per_step"])

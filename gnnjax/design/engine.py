@@ -1596,9 +1596,15 @@ def _describe(dataset: ds.GraphDataset, fingerprint: str, eval_every: int,
       pad_to=group.streams.pad_to)
 
 
+# Layout fields that manifests of earlier versions hold and that no longer exist. They chose an
+# implementation, not a shape, so a chunk saved with them resumes as it is.
+_RETIRED_LAYOUT_FIELDS = ("block_kernel",)  # 2026-12-03: block max is 'auto' everywhere
+
+
 def _program_from_json(payload: Mapping[str, Any]) -> _Program:
   layout = superset.Layout(**{k: checkpoints_lib.tuples(v)
-                              for k, v in payload["layout"].items()})
+                              for k, v in payload["layout"].items()
+                              if k not in _RETIRED_LAYOUT_FIELDS})
   return _Program(layout, tuple(payload["optimizers"]), payload["task_type"],
                   int(payload["steps_per_epoch"]))
 

@@ -92,9 +92,6 @@ class Layout:
       scatter over the edges.
     block_extremes: max and min also run on the blocks (a fused masked reduction,
       `blocks.block_max`; only with block_nodes).
-    block_kernel: block max/min's implementation (`blocks.KERNELS`): 'auto' (Pallas kernels
-      on CUDA GPUs, XLA's reductions elsewhere), sharded or not, since the engine runs a
-      sharded population's members device by device (`engine._per_device`); 'xla' for A/Bs.
   """
 
   dim_in: int
@@ -118,12 +115,11 @@ class Layout:
   scan_mp: bool = False
   block_nodes: int = 0
   block_extremes: bool = False
-  block_kernel: str = "auto"
 
   @classmethod
   def from_designs(cls, designs: Sequence[Design], dim_in: int, num_outputs: int,
                    task_level: str, scan_mp: bool = False, block_nodes: int = 0,
-                   block_extremes: bool = False, block_kernel: str = "auto") -> "Layout":
+                   block_extremes: bool = False) -> "Layout":
     """The smallest layout holding every design (dim_inner must be resolved).
 
     `scan_mp`: run the message-passing layers as one `lax.scan` where `scan_possible` (fewer
@@ -131,15 +127,10 @@ class Layout:
     data, to aggregate add/mean by per-graph blocks (GeneralConv layouts; 0: by scatter).
     `block_extremes`: max/min too (with block_nodes; a fused reduction over G M^2 D cells
     instead of a scatter of E D messages, which pays on GPUs but not on CPUs).
-    `block_kernel`: their implementation (see the attribute).
 
     Raises:
-      ValueError: an unresolved dim_inner, designs with different conv settings, or an
-        unknown block_kernel.
+      ValueError: an unresolved dim_inner, or designs with different conv settings.
     """
-    if block_kernel not in blocks_lib.KERNELS:
-      raise ValueError(f"unknown block kernel {block_kernel!r}; choose from "
-                       f"{blocks_lib.KERNELS}")
     if not designs:
       raise ValueError("a layout needs at least one design")
     if task_level not in (ds.NODE, ds.GRAPH):
@@ -178,8 +169,7 @@ class Layout:
         dropout=any(d.dropout > 0 for d in designs),
         scan_mp=scan_mp and scan_possible(layers_mp),
         block_nodes=block_nodes,
-        block_extremes=bool(block_extremes) and block_nodes > 0,
-        block_kernel=block_kernel)
+        block_extremes=bool(block_extremes) and block_nodes > 0)
 
   @property
   def conv_type(self) -> str:
@@ -649,14 +639,15 @@ _REMAT_POLICY = jax.checkpoint_policies.save_from_both_policies(
 
 
 def _aggregations(kinds: Sequence[str], h: Array, graph: jraph.GraphsTuple,
-                  blocks: blocks_lib.GraphBlocks | None, block_extremes: bool = False,
-                  block_kernel: str = "auto") -> list[Array]:
+                  blocks: blocks_lib.GraphBlocks | None,
+                  block_extremes: bool = False) -> list[Array]:
   """agg_lib.aggregate(kind, h[senders], ...) for each kind over the real edges of `graph`.
 
   'add' and 'mean' share one sum (mean = sum / count, agg_lib.segment_mean's ops): with
   `blocks`, a per-graph matmul; else one segment sum (one scatter forward and one gather
   backward for both). 'max'/'min': with `blocks` and `block_extremes`, a fused per-graph
-  reduction (`blocks_lib.block_max` with `block_kernel`); else a scatter of the gathered
+  reduction (`blocks_lib.block_max`: Pallas kernels on CUDA GPUs, sharded or not, since the
+  engine runs a sharded population device by device); else a scatter of the gathered
   messages."""
   n, edge_mask = h.shape[0], graph_lib.edge_mask(graph)
   messages = None
@@ -677,7 +668,7 @@ def _aggregations(kinds: Sequence[str], h: Array, graph: jraph.GraphsTuple,
                  else agg_lib.segment_count(graph.receivers, n, edge_mask))
       out.append(total / jnp.maximum(count, 1.0)[:, None])
     elif blocks is not None and block_extremes and kind in _BLOCK_EXTREMES:
-      out.append(_BLOCK_EXTREMES[kind](blocks, h, kernel=block_kernel))
+      out.append(_BLOCK_EXTREMES[kind](blocks, h))
     else:
       if messages is None:
         messages = h[graph.senders]
@@ -780,8 +771,7 @@ class _Member:
     h = x @ kernel
     out = select(self.spec["aggregation"], _aggregations(self.layout.aggregations, h, graph,
                                                          self.blocks,
-                                                         self.layout.block_extremes,
-                                                         self.layout.block_kernel))
+                                                         self.layout.block_extremes))
     if self_kernel is not None:
       out = out + x @ self_kernel
     return out + bias
