@@ -769,12 +769,15 @@ def _per_device(fn: Callable, mesh: jax.sharding.Mesh, in_specs, out_specs) -> C
 
 _POP = jax.sharding.PartitionSpec(POP_AXIS)
 _ALL = jax.sharding.PartitionSpec()
+# (state, mask, spec, batches, step, active) of a train step or epoch: batches and the step
+# are the same for every member.
+_STEP_SPECS = (_POP, _POP, _POP, _ALL, _ALL, _POP)
 
 
 def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
                      replicated: jax.sharding.Sharding, compiler_options=None) -> Callable:
-  population_step = _per_device(_population_step_fn(program), pop.mesh,
-                                (_POP, _POP, _POP, _ALL, _ALL, _POP), (_POP, _POP))
+  population_step = _per_device(_population_step_fn(program), pop.mesh, _STEP_SPECS,
+                                (_POP, _POP))
 
   def train_step(state, mask, spec, batches, step, active):
     TRACE_COUNTS["train_step"] += 1
@@ -800,7 +803,7 @@ def _make_train_epoch(program: _Program, pop: jax.sharding.Sharding,
     steps = jax.tree.leaves(epoch_batches)[0].shape[0]
     return jax.lax.scan(body, state, (epoch_batches, jnp.arange(steps, dtype=jnp.int32)))
 
-  epoch = _per_device(epoch, pop.mesh, (_POP, _POP, _POP, _ALL, _ALL, _POP),
+  epoch = _per_device(epoch, pop.mesh, _STEP_SPECS,
                       (_POP, jax.sharding.PartitionSpec(None, POP_AXIS)))
 
   def train_epoch(state, mask, spec, epoch_batches, first_step, active):
