@@ -261,15 +261,15 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     same_shape = all(len(x.history) == len(y.history) and x.status == y.status
                      for x, y in zip(one, both))
     # Each device runs its own members: the sharded programs communicate nothing.
-    collectives = [op for functions in recorded for f in members(functions)
-                   if f.args is not None
+    lowered = [f.fn.lower(*f.args) for functions in recorded for f in members(functions)
+               if f.args is not None]
+    collectives = [op for program in lowered
                    for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute")
-                   if op in f.fn.lower(*f.args).compile().as_text()]
-    called = sum(f.args is not None for functions in recorded
-                 for f in members(functions))
-    manual = all(any(m in f.fn.lower(*f.args).as_text()
+                   if op in program.compile().as_text()]
+    called = len(lowered)
+    manual = all(any(m in program.as_text()
                      for m in ("sdy.manual_computation", "SPMDFullToShardShape"))
-                 for functions in recorded for f in members(functions) if f.args is not None)
+                 for program in lowered)
     print(json.dumps({{"devices": jax.device_count(), "shardings": shardings, "diff": diff,
                        "same_shape": same_shape, "max_on_blocks": layouts,
                        "collectives": collectives, "sharded_functions_called": called,
