@@ -354,6 +354,39 @@ def test_pool_agreement_ranks_shared_designs_and_reaches_the_study_table(tmp_pat
   assert f"{expected_mean:+.3f}" in efficiency.format_table(result)
 
 
+def test_seed_agreement_compares_seeds_of_one_task_and_reaches_the_study_table(tmp_path):
+  designs = BIG.sample(8, 30)
+  rng = np.random.default_rng(1)
+  first = rng.random(30)
+  second = first + 0.5 * rng.random(30)  # partly the same ranking
+  third = rng.random(30)  # unrelated
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    fill_bank(bank, "a", designs, list(first), seeds=(1,))
+    fill_bank(bank, "a", designs, list(second - 0.001), seeds=(2,))  # fill_bank adds 0.001/seed
+    fill_bank(bank, "a", designs[:20], list(third[:20] - 0.003), seeds=(3,))
+    fill_bank(bank, "one_seed", designs, list(first), seeds=(1,))
+    fill_bank(bank, "few", designs[:5], list(first[:5]), seeds=(1, 2))
+    lookup = BankLookup(bank, "a", BIG)
+    tau, most = lookup.seed_agreement()
+    assert most == 30  # seeds 1 and 2; seed 3 ran 20 designs
+    expected = np.mean([_brute_force_tau(first, second), _brute_force_tau(first[:20], third[:20]),
+                        _brute_force_tau(second[:20], third[:20])])
+    assert tau == pytest.approx(expected)
+    assert lookup.seed_agreement(min_shared=21) == (pytest.approx(
+        _brute_force_tau(first, second)), 30)  # pairs with seed 3 share too few designs
+    assert math.isnan(BankLookup(bank, "one_seed", BIG).seed_agreement()[0])
+    assert BankLookup(bank, "few", BIG).seed_agreement()[1] == 5
+    assert math.isnan(BankLookup(bank, "few", BIG).seed_agreement()[0])
+    result = efficiency.search_efficiency(
+        bank, BIG, ["a", "one_seed"], {"a": {"one_seed": 0.1}, "one_seed": {"a": 0.1}},
+        efficiency.StudyConfig(runs=1, trials=2, algorithms=("random",), min_source_designs=10),
+        print_fn=None)
+  assert result.pool[0]["seed_tau"] == pytest.approx(expected)
+  assert result.pool[0]["seed_shared"] == 30 and result.pool[1]["seed_tau"] is None
+  footer = efficiency.format_table(result).split("pool: the held-out task")[1].splitlines()
+  assert footer[-2].split()[-1] == f"{expected:+.3f}" and footer[-1].split()[-1] == "-"
+
+
 def _script(*args):
   return subprocess.run([sys.executable, "-m", "experiments.autotransfer", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)

@@ -190,7 +190,9 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
       evaluate_fn, evaluate_batch, pool = lookup, None, lookup.pool
       higher_is_better = lookup.higher_is_better
       reports = lookup.reports()
+      seed_tau, seed_shared = lookup.seed_agreement()
       pools.append({"size": len(lookup), "has_test": lookup.has_report,
+                    "seed_tau": _finite_or_none(seed_tau), "seed_shared": seed_shared,
                     "best_objective": float(lookup.values().max() if higher_is_better
                                             else lookup.values().min()),
                     "best_report": float(reports.max() if higher_is_better else reports.min()),
@@ -214,7 +216,9 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
                                    for t in transfer.weights],
                       "pool_shared": [agreement.get(t, (math.nan, 0))[1]
                                       for t in transfer.weights]})
-    say(f"[{ti + 1}/{len(tasks)}] {task}: pool {pools[-1].get('size', '-')}, prior from "
+    seeds = (f" (seed tau {pools[-1]['seed_tau']:+.2f} over {pools[-1]['seed_shared']} designs)"
+             if pools[-1].get("seed_tau") is not None else "")
+    say(f"[{ti + 1}/{len(tasks)}] {task}: pool {pools[-1].get('size', '-')}{seeds}, prior from "
         + ", ".join(f"{t} (w={w:.2f}" + (f", pool tau {agreement[t][0]:+.2f} over "
                                           f"{agreement[t][1]} shared" if t in agreement else "")
                     + ")" for t, w in transfer.weights.items()))
@@ -333,13 +337,17 @@ def format_table(result: EfficiencyResult, name: str = "report") -> str:
     reach = row["trials_to_reference"]
     lines.append(f"{row['task'][-34:]:<34} {row['algorithm']:>9} {row['prior']:>11} {cells} "
                  f"{'-' if reach is None else reach:>9}")
-  agreements = [(task, prior_agreement(transfer))
-                for task, transfer in zip(result.tasks, result.transfers)]
-  if any(tau is not None for _, tau in agreements):
-    lines += ["", "pool tau: Kendall tau between the held-out task's and its prior's source tasks'"
-              " results over the designs both hold (transfer-weighted mean)"]
-    lines += [f"  {task[-34:]:<34} {'-' if tau is None else f'{tau:+.3f}'}"
-              for task, tau in agreements]
+  agreements = [(task, prior_agreement(transfer), pool.get("seed_tau"))
+                for task, transfer, pool in zip(result.tasks, result.transfers, result.pool)]
+  if any(tau is not None for _, *taus in agreements for tau in taus):
+    lines += ["", "Kendall tau, pool: the held-out task's results against its prior's source"
+              " tasks' over the designs both hold (transfer-weighted mean); seeds: one training"
+              " seed's results against another's on the held-out task itself (mean over seed"
+              " pairs; '-': one seed)",
+              f"  {'task':<34} {'pool':>6} {'seeds':>6}"]
+    lines += [f"  {task[-34:]:<34} " + " ".join(f"{'-' if tau is None else f'{tau:+.3f}':>6}"
+                                                for tau in taus)
+              for task, *taus in agreements]
   return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ from gnnjax.design.spaces import DesignSpace
 from gnnjax.design.trial import OK, TrialKey, TrialResult
 from gnnjax.search.base import CandidatePool, Evaluation
 from gnnjax.tasks import prior as prior_lib
+from gnnjax.tasks import similarity as similarity_lib
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class _Entry:
   keys: list[TrialKey]
   value: float
   report: float | None
+  by_seed: dict[int, float]  # objective of each training seed
 
 
 class BankLookup:
@@ -86,7 +88,8 @@ class BankLookup:
       self._entries[vector] = _Entry(
           design=trials[0].design, keys=[r.key for r in trials],
           value=float(np.mean([r.best["val"][self.metric] for r in trials])),
-          report=float(np.mean(reports)) if reports else None)
+          report=float(np.mean(reports)) if reports else None,
+          by_seed={r.key.seed: float(r.best["val"][self.metric]) for r in trials})
     self.has_report = any(e.report is not None for e in self._entries.values())
     self.pool = CandidatePool(space, [e.design for e in self._entries.values()])
     self._curves: dict[str, dict[TrialKey, list[tuple[int, float]]]] | None = None
@@ -101,6 +104,25 @@ class BankLookup:
   def objectives(self) -> dict[tuple[int, ...], float]:
     """Objective of every pool design, keyed by its choice vector in the space."""
     return {vector: e.value for vector, e in self._entries.items()}
+
+  def seed_agreement(self, min_shared: int = 10) -> tuple[float, int]:
+    """How well one training seed's ranking of the pool predicts another's: the mean Kendall
+    tau between two seeds' objectives over the designs trained with both, over every pair of
+    seeds sharing at least `min_shared` designs, and the most designs a pair shares (tau NaN
+    without such a pair). On GraphGym's split a seed also redraws the train/val split. A
+    source task can hardly rank one seed's results better than a second seed of the task
+    itself does, so this is the scale against which to read `efficiency.pool_agreement`."""
+    seeds = sorted({s for e in self._entries.values() for s in e.by_seed})
+    taus, most = [], 0
+    for i, first in enumerate(seeds):
+      for second in seeds[i + 1:]:
+        both = [e.by_seed for e in self._entries.values()
+                if first in e.by_seed and second in e.by_seed]
+        most = max(most, len(both))
+        if len(both) >= max(min_shared, 2):
+          taus.append(similarity_lib.kendall_tau([v[first] for v in both],
+                                                 [v[second] for v in both]))
+    return (float(np.mean(taus)) if taus else math.nan), most
 
   def reports(self) -> np.ndarray:
     """Report metric of every pool design (objective where there is none)."""
