@@ -340,10 +340,10 @@ def format_table(result: EfficiencyResult, name: str = "report") -> str:
   agreements = [(task, prior_agreement(transfer), pool.get("seed_tau"))
                 for task, transfer, pool in zip(result.tasks, result.transfers, result.pool)]
   if any(tau is not None for _, *taus in agreements for tau in taus):
-    lines += ["", "Kendall tau, pool: the held-out task's results against its prior's source"
-              " tasks' over the designs both hold (transfer-weighted mean); seeds: one training"
-              " seed's results against another's on the held-out task itself (mean over seed"
-              " pairs; '-': one seed)",
+    lines += ["", "Kendall tau. pool: the held-out task's results against its prior's source "
+              "tasks' over the designs both hold", "  (transfer-weighted mean); seeds: one "
+              "training seed's results against another's on the held-out task itself",
+              "  (mean over seed pairs; '-': one seed)",
               f"  {'task':<34} {'pool':>6} {'seeds':>6}"]
     lines += [f"  {task[-34:]:<34} " + " ".join(f"{'-' if tau is None else f'{tau:+.3f}':>6}"
                                                 for tau in taus)
