@@ -52,7 +52,7 @@ chunk's members finish at similar epochs.
 Devices. The population axis of every per-member array is sharded over the devices
 (`NamedSharding(make_mesh((n,), ('pop',)), P('pop'))`); batches are replicated. A chunk is padded
 to a multiple of the device count with frozen copies of its last member, dropped afterwards.
-On several devices the programs are `shard_map`ped over that axis (`_per_device`): members
+On several devices the programs are `shard_map`ped over that axis (`_jit_per_device`): members
 never interact, so each device runs its own as a one-device program, with no collectives.
 Nothing changes between 1 CPU, 1 GPU and 8 GPUs.
 
@@ -127,6 +127,10 @@ from gnnjax.training import loop, losses
 ProgressFn = Callable[[int, int, dict], None]
 
 POP_AXIS = "pop"
+_POP = jax.sharding.PartitionSpec(POP_AXIS)  # an array with one row per member
+_ALL = jax.sharding.PartitionSpec()  # the same for every member (batches, the step)
+# (state, mask, spec, batches, step, active) of a train step or epoch.
+_STEP_SPECS = (_POP, _POP, _POP, _ALL, _ALL, _POP)
 
 
 def _host_memory_bytes(fallback: int = 2 * 2**30) -> int:
@@ -756,40 +760,39 @@ def _population_step_fn(program: _Program) -> Callable:
   return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, 0))
 
 
-def _per_device(fn: Callable, mesh: jax.sharding.Mesh, in_specs, out_specs) -> Callable:
-  """`fn` of population arrays, run on each device for its own members (`jax.shard_map`)
-  where the mesh has several devices. Members never interact, so every device's slice is a
-  one-device program: no partitioner decisions to go wrong, no collectives, and the Pallas
-  block max kernels (which XLA's SPMD partitioner cannot split) run sharded too. On one
-  device, `fn` itself."""
-  if mesh.size == 1:
-    return fn
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+def _jit_per_device(name: str, fn: Callable, mesh: jax.sharding.Mesh, in_specs, out_specs,
+                    compiler_options=None, donate_argnums=()) -> Callable:
+  """`jax.jit` of `fn`, a function of population arrays laid out over `mesh` as the
+  PartitionSpecs `in_specs`/`out_specs` say, counting its traces in TRACE_COUNTS[name].
+
+  Where the mesh has several devices, `fn` runs on each device for its own members
+  (`jax.shard_map`). Members never interact, so every device's slice is a one-device program:
+  no partitioner decisions to go wrong, no collectives, and the Pallas block max kernels (which
+  XLA's SPMD partitioner cannot split) run sharded too. On one device, `fn` itself."""
+  if mesh.size > 1:
+    fn = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+  def traced(*args):
+    TRACE_COUNTS[name] += 1
+    return fn(*args)
+
+  def named(specs):  # a PartitionSpec, or a tuple of them
+    if isinstance(specs, jax.sharding.PartitionSpec):
+      return jax.sharding.NamedSharding(mesh, specs)
+    return tuple(jax.sharding.NamedSharding(mesh, spec) for spec in specs)
+
+  return jax.jit(traced, in_shardings=named(in_specs), out_shardings=named(out_specs),
+                 donate_argnums=donate_argnums, compiler_options=compiler_options)
 
 
-_POP = jax.sharding.PartitionSpec(POP_AXIS)
-_ALL = jax.sharding.PartitionSpec()
-# (state, mask, spec, batches, step, active) of a train step or epoch: batches and the step
-# are the same for every member.
-_STEP_SPECS = (_POP, _POP, _POP, _ALL, _ALL, _POP)
+def _make_train_step(program: _Program, mesh: jax.sharding.Mesh,
+                     compiler_options=None) -> Callable:
+  return _jit_per_device("train_step", _population_step_fn(program), mesh, _STEP_SPECS,
+                         (_POP, _POP), compiler_options, donate_argnums=0)
 
 
-def _make_train_step(program: _Program, pop: jax.sharding.Sharding,
-                     replicated: jax.sharding.Sharding, compiler_options=None) -> Callable:
-  population_step = _per_device(_population_step_fn(program), pop.mesh, _STEP_SPECS,
-                                (_POP, _POP))
-
-  def train_step(state, mask, spec, batches, step, active):
-    TRACE_COUNTS["train_step"] += 1
-    return population_step(state, mask, spec, batches, step, active)
-
-  return jax.jit(train_step, donate_argnums=0,
-                 in_shardings=(pop, pop, pop, replicated, replicated, pop),
-                 out_shardings=(pop, pop), compiler_options=compiler_options)
-
-
-def _make_train_epoch(program: _Program, pop: jax.sharding.Sharding,
-                      replicated: jax.sharding.Sharding, compiler_options=None) -> Callable:
+def _make_train_epoch(program: _Program, mesh: jax.sharding.Mesh,
+                      compiler_options=None) -> Callable:
   """A whole epoch as one call: `lax.scan` of the population step over the epoch's batches
   stacked on a leading [steps] axis (every batch of the epoch has one shape). Returns the
   state and the [steps, size] losses; step k of the epoch is global step first_step + k."""
@@ -803,26 +806,17 @@ def _make_train_epoch(program: _Program, pop: jax.sharding.Sharding,
     steps = jax.tree.leaves(epoch_batches)[0].shape[0]
     return jax.lax.scan(body, state, (epoch_batches, jnp.arange(steps, dtype=jnp.int32)))
 
-  epoch = _per_device(epoch, pop.mesh, _STEP_SPECS,
-                      (_POP, jax.sharding.PartitionSpec(None, POP_AXIS)))
-
-  def train_epoch(state, mask, spec, epoch_batches, first_step, active):
-    TRACE_COUNTS["train_epoch"] += 1
-    return epoch(state, mask, spec, epoch_batches, first_step, active)
-
-  return jax.jit(train_epoch, donate_argnums=0,
-                 in_shardings=(pop, pop, pop, replicated, replicated, pop),
-                 out_shardings=(pop, jax.sharding.NamedSharding(
-                     pop.mesh, jax.sharding.PartitionSpec(None, POP_AXIS))),
-                 compiler_options=compiler_options)
+  return _jit_per_device("train_epoch", epoch, mesh, _STEP_SPECS,
+                         (_POP, jax.sharding.PartitionSpec(None, POP_AXIS)), compiler_options,
+                         donate_argnums=0)
 
 
 def _tree_where_masked(mask, new, old):
   return jax.tree.map(lambda m, x, y: jnp.where(m, x, y), mask, new, old)
 
 
-def _make_predict(program: _Program, pop: jax.sharding.Sharding,
-                  replicated: jax.sharding.Sharding, compiler_options=None) -> Callable:
+def _make_predict(program: _Program, mesh: jax.sharding.Mesh,
+                  compiler_options=None) -> Callable:
   layout = program.layout
 
   def member_predict(params, batch_stats, spec, batches):
@@ -830,28 +824,13 @@ def _make_predict(program: _Program, pop: jax.sharding.Sharding,
     outputs, _ = superset.apply(layout, params, batch_stats, spec, batch, train=False)
     return outputs
 
-  population_predict = _per_device(jax.vmap(member_predict, in_axes=(0, 0, 0, None)), pop.mesh,
-                                   (_POP, _POP, _POP, _ALL), _POP)
-
-  def predict(params, batch_stats, spec, batches):
-    TRACE_COUNTS["predict"] += 1
-    return population_predict(params, batch_stats, spec, batches)
-
-  return jax.jit(predict, in_shardings=(pop, pop, pop, replicated), out_shardings=pop,
-                 compiler_options=compiler_options)
+  return _jit_per_device("predict", jax.vmap(member_predict, in_axes=(0, 0, 0, None)), mesh,
+                         (_POP, _POP, _POP, _ALL), _POP, compiler_options)
 
 
-def _make_init(program: _Program, pop: jax.sharding.Sharding,
-               compiler_options=None) -> Callable:
-  population_init = _per_device(jax.vmap(lambda spec, key: _init_state(program, spec, key)),
-                                pop.mesh, (_POP, _POP), _POP)
-
-  def init(init_spec, keys):
-    TRACE_COUNTS["init"] += 1
-    return population_init(init_spec, keys)
-
-  return jax.jit(init, in_shardings=(pop, pop), out_shardings=pop,
-                 compiler_options=compiler_options)
+def _make_init(program: _Program, mesh: jax.sharding.Mesh, compiler_options=None) -> Callable:
+  return _jit_per_device("init", jax.vmap(lambda spec, key: _init_state(program, spec, key)),
+                         mesh, (_POP, _POP), _POP, compiler_options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -866,13 +845,11 @@ class _Functions:
 def _compiled(program: _Program, mesh: jax.sharding.Mesh) -> _Functions:
   """The jitted functions of a program on a mesh (the recent ones are kept with their
   compilations, so a repeated population does not compile again)."""
-  pop = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(POP_AXIS))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   options = compiler_options_for(mesh.devices.flat)
-  return _Functions(_make_init(program, pop, options),
-                    _make_train_step(program, pop, replicated, options),
-                    _make_train_epoch(program, pop, replicated, options),
-                    _make_predict(program, pop, replicated, options))
+  return _Functions(_make_init(program, mesh, options),
+                    _make_train_step(program, mesh, options),
+                    _make_train_epoch(program, mesh, options),
+                    _make_predict(program, mesh, options))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1068,8 +1045,8 @@ class _ChunkRun:
       self.metric_names = [self.metric] + self.metric_names
     self.selection_split = "val" if "val" in self.streams.split_names else "train"
     self.size = size or group.size
-    self.pop = jax.sharding.NamedSharding(group.mesh, jax.sharding.PartitionSpec(POP_AXIS))
-    self.replicated = jax.sharding.NamedSharding(group.mesh, jax.sharding.PartitionSpec())
+    self.pop = jax.sharding.NamedSharding(group.mesh, _POP)
+    self.replicated = jax.sharding.NamedSharding(group.mesh, _ALL)
     self.epochs = np.array([m.resolved.epochs for m in members]
                            + [0] * (self.size - len(members)))
     self.trackers = [_Tracker() for _ in members]
