@@ -7,8 +7,10 @@ Examples:
   # Only successful skip-sum designs with batch norm, exported to CSV:
   python -m experiments.bank --db=results/design_space/bank.sqlite --status=ok \
       --where=stage_type=skipsum,batch_norm=True --export=skipsum.csv
-  # Every task in the bank:
+  # Every task in the bank, with its trials per seed:
   python -m experiments.bank --db=results/design_space/bank.sqlite --tasks
+  # Gather banks trained elsewhere (GPU jobs, hosts) into one; rows already there are kept:
+  python -m experiments.bank --db=bank/bank.sqlite --merge=job1.sqlite,job2.sqlite
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ flags.DEFINE_string("where", None, "Design-field filter: comma-separated field=v
 flags.DEFINE_string("metric", "val_accuracy", "Order by this final metric, '[best_]<split>_"
                     "<metric>' (e.g. val_accuracy, best_val_roc_auc, val_loss), or num_params.")
 flags.DEFINE_string("export", None, "Also write the selected trials to this .csv or .json file.")
-flags.DEFINE_bool("tasks", False, "List the bank's tasks with their trial counts and exit.")
+flags.DEFINE_bool("tasks", False, "List the bank's tasks with their trial counts (per seed) "
+                  "and exit.")
+flags.DEFINE_list("merge", [], "Copy into --db (created if missing) the trials of these bank "
+                  "files that --db lacks, with their evaluations, then exit. Trials already in "
+                  "--db are never touched, so merging twice is harmless.")
 
 # Fields shown in the table, with short headers.
 _SHOWN_FIELDS = (("stage_type", "stage"), ("layers_pre_mp", "pre"), ("layers_mp", "mp"),
@@ -112,14 +118,43 @@ def format_results(results: Sequence[TrialResult], metric: str = "val_accuracy")
   return "\n".join(lines)
 
 
+def merge_banks(db: str, sources: Sequence[str]) -> int:
+  """Copies into the bank at `db` the trials of each source bank it lacks; prints a line per
+  source and returns the trials copied. Every source is checked before anything is copied."""
+  missing = [source for source in sources if not os.path.exists(source)]
+  if missing:
+    raise ValueError(f"--merge: no bank at {', '.join(missing)}")
+  total = 0
+  with bank_lib.Bank(db) as bank:
+    for source in sources:
+      copied = bank.merge_from(source)
+      total += copied
+      print(f"merged {copied} new trial(s) from {source}")
+    print(f"{db}: {bank.count()} trial(s)")
+  return total
+
+
+def format_tasks(bank: bank_lib.Bank) -> str:
+  """One line per task: its trial count, and per seed where there are several."""
+  lines = []
+  for task in bank.tasks():
+    seeds = bank.seed_counts(task)
+    per_seed = ("" if len(seeds) < 2 else
+                " (" + ", ".join(f"seed {s}: {n}" for s, n in seeds.items()) + ")")
+    lines.append(f"{task}\t{sum(seeds.values())} trials{per_seed}")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
+  if FLAGS.merge:
+    merge_banks(FLAGS.db, FLAGS.merge)
+    return
   if not os.path.exists(FLAGS.db):
     raise ValueError(f"no bank at {FLAGS.db} (run experiments.design_space to create one)")
   with bank_lib.Bank(FLAGS.db) as bank:
     if FLAGS.tasks:
-      for task in bank.tasks():
-        print(f"{task}\t{bank.count(task)} trials")
+      print(format_tasks(bank))
       return
     query = dict(task=FLAGS.task, status=FLAGS.status, where=parse_where(FLAGS.where),
                  order_by=FLAGS.metric, top=FLAGS.top or None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -422,6 +423,36 @@ def test_bank_cli(tmp_path):
   assert all(row["batch_norm"] == "True" for row in exported)
   bad = _run("experiments.bank", f"--db={tmp_path / 'bank.sqlite'}", "--where=depth=3")
   assert bad.returncode == 2 and "unknown Design field 'depth'" in bad.stderr
+
+
+def test_bank_cli_merges_banks_and_counts_seeds(tmp_path):
+  designs = designs_sample(4)
+  with bank_lib.Bank(tmp_path / "job1.sqlite") as bank:  # seed 1 of all four
+    for design in designs:
+      bank.add(fake_result(design, 1))
+  with bank_lib.Bank(tmp_path / "job2.sqlite") as bank:  # seed 2 of two, one of them also seed 1
+    for design in designs[:2]:
+      bank.add(fake_result(design, 2))
+    clash = fake_result(designs[0], 1)
+    bank.add(dataclasses.replace(clash, final={"val": {"accuracy": 0.0}}))
+  db = tmp_path / "all.sqlite"
+  merge = ["experiments.bank", f"--db={db}",
+           f"--merge={tmp_path / 'job1.sqlite'},{tmp_path / 'job2.sqlite'}"]
+  out = _run(*merge)
+  assert out.returncode == 0, out.stderr
+  assert "merged 4 new trial(s)" in out.stdout and "merged 2 new trial(s)" in out.stdout
+  again = _run(*merge)
+  assert "merged 0 new trial(s)" in again.stdout and f"{db}: 6 trial(s)" in again.stdout
+  with bank_lib.Bank(db) as bank:
+    assert bank.seed_counts(TASK) == {1: 4, 2: 2}
+    kept = bank.get(TrialKey(TASK, designs[0].design_id, 1))
+  assert kept.final["val"]["accuracy"] == fake_accuracy(designs[0], 1)  # the first copy stays
+  listed = _run("experiments.bank", f"--db={db}", "--tasks")
+  assert listed.stdout.split("\n")[0] == f"{TASK}\t6 trials (seed 1: 4, seed 2: 2)"
+  before = db.read_bytes()
+  bad = _run("experiments.bank", f"--db={db}", f"--merge={tmp_path / 'job1.sqlite'},nope.sqlite")
+  assert bad.returncode == 2 and "--merge: no bank at nope.sqlite" in bad.stderr
+  assert db.read_bytes() == before
 
 
 def test_design_space_cli_help():

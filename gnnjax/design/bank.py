@@ -428,6 +428,11 @@ class Bank:
     sql = "SELECT COUNT(*) FROM trials" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     return self._db.execute(sql, params).fetchone()[0]
 
+  def seed_counts(self, task: str) -> dict[int, int]:
+    """{seed: trials of `task` with that seed}, seeds in order."""
+    return dict(self._db.execute("SELECT seed, COUNT(*) FROM trials WHERE task = ? "
+                                 "GROUP BY seed ORDER BY seed", (task,)).fetchall())
+
   def __len__(self) -> int:
     return self.count()
 
