@@ -25,8 +25,10 @@ such tasks it falls back to 'feature'), 'feature' (cosine distance of the raw FI
 'graphgym' (1 - Kendall tau of anchor performance; needs the new task's anchors in the bank: an
 oracle for comparisons), 'pool' (1 - Kendall tau of the two tasks' results over the
 designs both hold in the bank, `efficiency.pool_distances`: an oracle that reads the held-out
-task's own results, for the study's upper bound), or 'file' (--distances_json: {"task":
-distance} or, in study mode, {"held_out": {"task": distance}}). FIM features are cached in
+task's own results, for the study's upper bound), 'file' (--distances_json: {"task":
+distance} or, in study mode, {"held_out": {"task": distance}}), or, in study mode only, 'self':
+no other task at all, each held-out task's prior comes from its own other training seeds
+(`efficiency.self_transfer`; searches see --held_seeds), the best source any bank could hold. FIM features are cached in
 --features (JSON task -> vector; missing tasks are computed, loading each task by its bank
 name, and written back).
 
@@ -85,9 +87,13 @@ flags.DEFINE_float("smoothing", 0.0, "Mix this much of the uniform prior into th
                    "one (0: choices unseen in the near tasks' top-K stay impossible, as the "
                    "paper).")
 flags.DEFINE_enum("distance", "embedding",
-                  ["embedding", "feature", "graphgym", "pool", "file"],
+                  ["embedding", "feature", "graphgym", "pool", "file", "self"],
                   "How task distances are computed (see the module docstring; 'pool' is an "
-                  "oracle that reads the held-out task's own results).")
+                  "oracle that reads the held-out task's own results). --mode=study only: "
+                  "'self' takes each held-out task's prior from its own other seeds "
+                  "(efficiency.self_transfer: the best source a bank could hold).")
+flags.DEFINE_list("held_seeds", ["1"], "--distance=self: the seeds whose results the searches "
+                  "see; the prior comes from the task's other seeds.")
 flags.DEFINE_string("distances_json", None, "--distance=file: the distances JSON.")
 flags.DEFINE_string("features", None, "JSON cache of FIM task features (task -> vector); "
                     "default <out_dir>/features.json.")
@@ -188,6 +194,9 @@ def _json_default(value: Any) -> Any:
 
 
 def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
+  if FLAGS.distance == "self":
+    raise ValueError("--distance=self is a study of the bank's own tasks: use it with "
+                     "--mode=study")
   task = FLAGS.dataset
   bank_tasks = [t for t in bank.tasks() if t != task]
   if task in bank.tasks():
@@ -269,7 +278,42 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
   return report
 
 
+def _study_config() -> efficiency.StudyConfig:
+  return efficiency.StudyConfig(
+      algorithms=tuple(FLAGS.algorithms), runs=FLAGS.runs, trials=FLAGS.trials,
+      top_k=FLAGS.top_k, min_source_designs=FLAGS.min_source_pool, nearest=FLAGS.nearest,
+      d_thres=FLAGS.d_thres,
+      smoothing=FLAGS.smoothing, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+      searcher_kwargs={a: searcher_kwargs()[a] for a in FLAGS.algorithms})
+
+
+def _report(result: efficiency.EfficiencyResult) -> efficiency.EfficiencyResult:
+  print()
+  print(efficiency.format_table(result))
+  for path in efficiency.save(result, FLAGS.out_dir):
+    print(f"wrote {path}")
+  return result
+
+
+def run_self_transfer_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResult:
+  """--mode=study --distance=self: every task with designs trained on a held seed and
+  another (or --tasks), searched over its held seeds with the prior from the others."""
+  held = {int(s) for s in FLAGS.held_seeds}
+  if FLAGS.tasks:
+    tasks = data_lib.expand_task_names(FLAGS.tasks)
+  else:
+    tasks = [t for t in bank.tasks() if len(bank.seed_counts(t)) > 1
+             and held & set(bank.seed_counts(t))]
+  if not tasks:
+    raise ValueError(f"--distance=self: no bank task has trials of one of the seeds "
+                     f"{sorted(held)} and of another seed")
+  print(f"self-transfer study: {len(tasks)} task(s), searches see seeds {sorted(held)}")
+  return _report(efficiency.self_transfer(bank, space, tasks, _study_config(), held))
+
+
 def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResult:
+  if FLAGS.distance == "self":
+    return run_self_transfer_mode(bank, space)
   all_tasks = bank.tasks()
   distributions = prior_lib.bank_distributions(bank, space, all_tasks, FLAGS.top_k)
   if FLAGS.tasks:
@@ -286,12 +330,8 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   for task in tasks:
     distances[task] = _distances_for(bank, space, task,
                                      [t for t in distributions if t != task], similarity)
-  config = efficiency.StudyConfig(
-      algorithms=tuple(FLAGS.algorithms), runs=FLAGS.runs, trials=FLAGS.trials,
-      top_k=FLAGS.top_k, min_source_designs=FLAGS.min_source_pool, nearest=FLAGS.nearest,
-      d_thres=FLAGS.d_thres,
-      smoothing=FLAGS.smoothing, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      searcher_kwargs={a: searcher_kwargs()[a] for a in FLAGS.algorithms})
+  config = _study_config()
+
   def training_evaluator(task):
     evaluator = TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
                                   eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap,
@@ -299,14 +339,9 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
     return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
 
   trains = (FLAGS.evaluator or "bank") == "train"
-  result = efficiency.search_efficiency(bank, space, tasks, distances, config,
-                                        training_evaluator if trains else None,
-                                        bank_tasks=all_tasks)
-  print()
-  print(efficiency.format_table(result))
-  for path in efficiency.save(result, FLAGS.out_dir):
-    print(f"wrote {path}")
-  return result
+  return _report(efficiency.search_efficiency(bank, space, tasks, distances, config,
+                                               training_evaluator if trains else None,
+                                               bank_tasks=all_tasks))
 
 
 def main(argv):

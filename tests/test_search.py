@@ -387,6 +387,42 @@ def test_seed_agreement_compares_seeds_of_one_task_and_reaches_the_study_table(t
   assert footer[-2].split()[-1] == f"{expected:+.3f}" and footer[-1].split()[-1] == "-"
 
 
+def test_self_transfer_takes_the_prior_from_the_tasks_other_seeds(tmp_path):
+  designs = BIG.sample(9, 40)
+  target = choice_vector(BIG, BIG.design_at(1234))  # scores: agreement with this design
+  base = np.array([np.mean(choice_vector(BIG, d) == target) for d in designs])
+  rng = np.random.default_rng(2)
+  seed1 = base + 0.01 * rng.random(40)  # two seeds: the same ranking up to a little noise
+  seed2 = base + 0.01 * rng.random(40)
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    fill_bank(bank, "a", designs, list(seed1), seeds=(1,))
+    fill_bank(bank, "a", designs[:30], list(seed2[:30] - 0.002), seeds=(2,))
+    fill_bank(bank, "one_seed", designs, list(seed1), seeds=(1,))
+    # The lookup's filters: one seed, some designs.
+    held = BankLookup(bank, "a", BIG, seeds={1}, design_ids={d.design_id for d in designs[:30]})
+    assert len(held) == 30
+    np.testing.assert_allclose(sorted(held.values()), sorted(seed1[:30] + 0.001))
+    with pytest.raises(ValueError, match="among the seeds and designs asked for"):
+      BankLookup(bank, "one_seed", BIG, seeds={2})
+    config = efficiency.StudyConfig(runs=10, trials=8, algorithms=("random", "tpe"))
+    result = efficiency.self_transfer(bank, BIG, ["a"], config, held_seeds=(1,),
+                                      print_fn=None)
+    with pytest.raises(ValueError, match="no design trained with one of the seeds"):
+      efficiency.self_transfer(bank, BIG, ["one_seed"], config, print_fn=None)
+  assert result.transfers[0]["tasks"] == ["a seeds 2"]
+  assert result.pool[0]["size"] == 30 and result.pool[0]["seed_shared"] == 30
+  assert result.pool[0]["seed_tau"] > 0.5  # over both seeds of the 30 designs
+  assert result.pool[0]["best_objective"] == pytest.approx(seed1[:30].max() + 0.001)
+  # The prior is the top 16 of seed 2, which are seed 1's best too: it finds them sooner.
+  for ai in range(2):
+    transferred = result.mean_curve(0, config.algorithms[ai], "transferred")
+    uniform = result.mean_curve(0, config.algorithms[ai], "uniform")
+    assert transferred[0] > uniform[0] and transferred[2] >= uniform[2]
+  assert "a seeds 2" not in efficiency.format_table(result)  # sources are not in the table
+  assert efficiency.format_table(result).splitlines()[-1].split()[-1] == \
+      f"{result.pool[0]['seed_tau']:+.3f}"
+
+
 def _script(*args):
   return subprocess.run([sys.executable, "-m", "experiments.autotransfer", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
@@ -438,3 +474,18 @@ def test_autotransfer_script_search_and_study(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   study = json.loads((tmp_path / "oracle" / "search_efficiency.json").read_text())
   assert [t["tasks"] for t in study["transfers"]] == [["a2"], ["b1"]]
+  # The self-transfer ceiling needs a second seed, and is a study only.
+  out = _script(f"--db={tmp_path / 'shared.sqlite'}", "--mode=study", "--distance=self",
+                "--algorithms=random", "--runs=1", "--trials=3")
+  assert out.returncode != 0 and "no bank task has trials of one of the seeds [1]" in out.stderr
+  with bank_lib.Bank(tmp_path / "shared.sqlite") as bank:
+    fill_bank(bank, "b2", BIG.sample(100, 40)[:20], list(np.linspace(0, 1, 20)), seeds=(3,))
+  out = _script(f"--db={tmp_path / 'shared.sqlite'}", "--mode=study", "--distance=self",
+                "--algorithms=random", "--runs=1", "--trials=3", f"--out_dir={tmp_path / 'self'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "self-transfer study: 1 task(s), searches see seeds [1]" in out.stdout
+  study = json.loads((tmp_path / "self" / "search_efficiency.json").read_text())
+  assert study["tasks"] == ["b2"] and study["transfers"][0]["tasks"] == ["b2 seeds 3"]
+  assert study["pool"][0]["size"] == 20
+  out = _script(f"--db={tmp_path / 'shared.sqlite'}", "--dataset=b2", "--distance=self")
+  assert out.returncode != 0 and "use it with --mode=study" in out.stderr

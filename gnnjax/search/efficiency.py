@@ -26,11 +26,12 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
 from gnnjax.design.spaces import DesignSpace
+from gnnjax.design.trial import OK
 from gnnjax.search import make_searcher
 from gnnjax.search.base import run_search
 from gnnjax.search.evaluate import BankLookup
@@ -152,6 +153,46 @@ def _distances_for(distances: Distances, task: str) -> dict[str, float]:
   return {t: float(d) for t, d in values.items() if t != task}
 
 
+def _pool_summary(lookup: BankLookup) -> dict[str, Any]:
+  """What `EfficiencyResult.pool` records of a held-out task's tabular pool."""
+  values, reports = lookup.values(), lookup.reports()
+  best = np.max if lookup.higher_is_better else np.min
+  seed_tau, seed_shared = lookup.seed_agreement()
+  return {"size": len(lookup), "has_test": lookup.has_report,
+          "seed_tau": _finite_or_none(seed_tau), "seed_shared": seed_shared,
+          "best_objective": float(best(values)), "best_report": float(best(reports)),
+          "median_report": float(np.median(reports))}
+
+
+def _search_task(curves: dict[str, np.ndarray], ti: int, config: StudyConfig,
+                 space: DesignSpace, transferred: prior_lib.Prior, evaluate_fn, evaluate_batch,
+                 pool, higher_is_better: bool, say: Callable[[str], None]) -> None:
+  """Every (algorithm, prior, run) search of held-out task `ti`, into `curves[...][ti]`."""
+  for ai, algorithm in enumerate(config.algorithms):
+    kwargs = dict(config.searcher_kwargs.get(algorithm, {}))
+    for pi, prior_kind in enumerate(config.priors):
+      prior = transferred if prior_kind == "transferred" else None
+      for run in range(config.runs):
+        searcher = make_searcher(algorithm, space, prior, seed=config.seed + run, pool=pool,
+                                 **kwargs)
+        result = run_search(searcher, evaluate_fn, config.trials,
+                            batch_size=config.batch_size, evaluate_batch=evaluate_batch,
+                            higher_is_better=higher_is_better)
+        n = len(result.trials)
+        report = np.where(np.isnan(result.report_best_so_far), result.best_so_far,
+                          result.report_best_so_far)
+        at_best = np.where(np.isnan(result.report_at_best), result.best_so_far,
+                           result.report_at_best)
+        curves["report"][ti, ai, pi, run, :n] = report
+        curves["objective"][ti, ai, pi, run, :n] = result.best_so_far
+        curves["report_at_best"][ti, ai, pi, run, :n] = at_best
+        curves["epochs"][ti, ai, pi, run, :n] = result.epochs_so_far
+      mean = np.nanmean(curves["report"][ti, ai, pi], axis=0)
+      say(f"    {algorithm:>9} {prior_kind:>11}: best after "
+          + ", ".join(f"t={t}: {mean[t - 1]:.4f}" for t in REPORT_TRIALS
+                      if t <= config.trials))
+
+
 def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances: Distances,
                       config: StudyConfig = StudyConfig(),
                       make_evaluator: EvaluatorFactory | None = None,
@@ -189,14 +230,7 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
       lookup = _lookup(bank, task, space, lookups)
       evaluate_fn, evaluate_batch, pool = lookup, None, lookup.pool
       higher_is_better = lookup.higher_is_better
-      reports = lookup.reports()
-      seed_tau, seed_shared = lookup.seed_agreement()
-      pools.append({"size": len(lookup), "has_test": lookup.has_report,
-                    "seed_tau": _finite_or_none(seed_tau), "seed_shared": seed_shared,
-                    "best_objective": float(lookup.values().max() if higher_is_better
-                                            else lookup.values().min()),
-                    "best_report": float(reports.max() if higher_is_better else reports.min()),
-                    "median_report": float(np.median(reports))})
+      pools.append(_pool_summary(lookup))
     else:
       evaluate_fn, evaluate_batch, pool, higher_is_better = make_evaluator(task)
       pools.append({})
@@ -222,29 +256,62 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
         + ", ".join(f"{t} (w={w:.2f}" + (f", pool tau {agreement[t][0]:+.2f} over "
                                           f"{agreement[t][1]} shared" if t in agreement else "")
                     + ")" for t, w in transfer.weights.items()))
-    for ai, algorithm in enumerate(config.algorithms):
-      kwargs = dict(config.searcher_kwargs.get(algorithm, {}))
-      for pi, prior_kind in enumerate(config.priors):
-        prior = transferred if prior_kind == "transferred" else None
-        for run in range(config.runs):
-          searcher = make_searcher(algorithm, space, prior, seed=config.seed + run, pool=pool,
-                                   **kwargs)
-          result = run_search(searcher, evaluate_fn, config.trials,
-                              batch_size=config.batch_size, evaluate_batch=evaluate_batch,
-                              higher_is_better=higher_is_better)
-          n = len(result.trials)
-          report = np.where(np.isnan(result.report_best_so_far), result.best_so_far,
-                            result.report_best_so_far)
-          at_best = np.where(np.isnan(result.report_at_best), result.best_so_far,
-                             result.report_at_best)
-          curves["report"][ti, ai, pi, run, :n] = report
-          curves["objective"][ti, ai, pi, run, :n] = result.best_so_far
-          curves["report_at_best"][ti, ai, pi, run, :n] = at_best
-          curves["epochs"][ti, ai, pi, run, :n] = result.epochs_so_far
-        mean = np.nanmean(curves["report"][ti, ai, pi], axis=0)
-        say(f"    {algorithm:>9} {prior_kind:>11}: best after "
-            + ", ".join(f"t={t}: {mean[t - 1]:.4f}" for t in REPORT_TRIALS
-                        if t <= config.trials))
+    _search_task(curves, ti, config, space, transferred, evaluate_fn, evaluate_batch, pool,
+                 higher_is_better, say)
+  return EfficiencyResult(config=config, tasks=list(tasks), curves=curves,
+                          higher_is_better=higher, pool=pools, transfers=transfers,
+                          seconds=time.time() - started)
+
+
+def self_transfer(bank, space: DesignSpace, tasks: Sequence[str],
+                  config: StudyConfig = StudyConfig(), held_seeds: Collection[int] = (1,),
+                  print_fn: Callable[[str], None] | None = print) -> EfficiencyResult:
+  """The study with the best source any bank could hold: each task's own other seeds.
+
+  Task t's pool is its designs trained with both a seed in `held_seeds` and another seed,
+  scored on the `held_seeds` only; the transferred prior is t's design distribution over its
+  other seeds' results on the same designs (top-K of their mean). A perfect task embedding
+  next to a bank task that ranks designs exactly as t does up to training noise gives no
+  better source, so what TPE with this prior needs to reach uniform TPE's result bounds what a
+  prior transferred from other tasks can do on this pool. The result has the shape of
+  `search_efficiency`'s; `transfers[i]["tasks"]` names the source as '<task> seeds <list>'.
+
+  Raises:
+    ValueError: a task without a design trained with a held seed and another seed.
+  """
+  started = time.time()
+  say = print_fn or (lambda _: None)
+  held = {int(s) for s in held_seeds}
+  shape = (len(tasks), len(config.algorithms), len(config.priors), config.runs, config.trials)
+  curves = {name: np.full(shape, np.nan)
+            for name in ("report", "objective", "report_at_best", "epochs")}
+  higher, pools, transfers = [], [], []
+  for ti, task in enumerate(tasks):
+    results = bank.query(task=task, status=OK)
+    seeds_of: dict[str, set[int]] = {}
+    for r in results:
+      seeds_of.setdefault(r.key.design_id, set()).add(r.key.seed)
+    both = {d for d, seeds in seeds_of.items() if seeds & held and seeds - held}
+    if not both:
+      raise ValueError(f"task {task!r} has no design trained with one of the seeds "
+                       f"{sorted(held)} and another seed")
+    lookup = BankLookup(bank, task, space, seeds=held, design_ids=both)
+    others = [r for r in results if r.key.design_id in both and r.key.seed not in held]
+    source_seeds = sorted({r.key.seed for r in others})
+    prior = prior_lib.task_distribution(others, space, config.top_k, lookup.metric)
+    transferred = prior.smoothed(config.smoothing) if config.smoothing else prior
+    pools.append(_pool_summary(lookup))
+    # The pool scores one seed; its seed agreement is the task's over every seed of the pool.
+    seed_tau, _ = BankLookup(bank, task, space, design_ids=both).seed_agreement()
+    pools[-1].update(seed_tau=_finite_or_none(seed_tau), seed_shared=len(both))
+    higher.append(bool(lookup.higher_is_better))
+    source = f"{task} seeds {','.join(map(str, source_seeds))}"
+    transfers.append({"tasks": [source], "weights": [1.0], "distances": [0.0], "rule": "self",
+                      "fallback": False, "pool_tau": [None], "pool_shared": [len(both)]})
+    say(f"[{ti + 1}/{len(tasks)}] {task}: pool {len(lookup)} (seeds {sorted(held)}), prior "
+        f"from {source}")
+    _search_task(curves, ti, config, space, transferred, lookup, None, lookup.pool,
+                 lookup.higher_is_better, say)
   return EfficiencyResult(config=config, tasks=list(tasks), curves=curves,
                           higher_is_better=higher, pool=pools, transfers=transfers,
                           seconds=time.time() - started)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -57,6 +57,8 @@ class BankLookup:
     task: the task.
     space: the search space; trials outside it are not in the pool.
     metric: metric name (default: the task's, `prior.task_metric`).
+    seeds: only trials of these training seeds (default: every seed).
+    design_ids: only these designs (default: every design of the task).
 
   Attributes:
     pool: the task's designs in the space (pass it to the searchers).
@@ -64,10 +66,15 @@ class BankLookup:
     has_report: whether the trials carry a test metric.
   """
 
-  def __init__(self, bank, task: str, space: DesignSpace, metric: str | None = None):
-    results = bank.query(task=task, status=OK)
+  def __init__(self, bank, task: str, space: DesignSpace, metric: str | None = None,
+               seeds: Collection[int] | None = None, design_ids: Collection[str] | None = None):
+    results = [r for r in bank.query(task=task, status=OK)
+               if (seeds is None or r.key.seed in seeds)
+               and (design_ids is None or r.key.design_id in design_ids)]
     if not results:
-      raise ValueError(f"the bank has no ok trial of task {task!r}")
+      raise ValueError(f"the bank has no ok trial of task {task!r}"
+                       + ("" if seeds is None and design_ids is None else
+                          " among the seeds and designs asked for"))
     self.bank, self.task, self.space = bank, task, space
     self.metric = metric or prior_lib.task_metric(results)
     self.higher_is_better = metrics_lib.get_metric(self.metric).higher_is_better
