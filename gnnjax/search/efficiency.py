@@ -153,6 +153,13 @@ def _distances_for(distances: Distances, task: str) -> dict[str, float]:
   return {t: float(d) for t, d in values.items() if t != task}
 
 
+def _empty_curves(num_tasks: int, config: StudyConfig) -> dict[str, np.ndarray]:
+  """NaN [tasks, algorithms, priors, runs, trials] arrays, one per `EfficiencyResult` curve."""
+  shape = (num_tasks, len(config.algorithms), len(config.priors), config.runs, config.trials)
+  return {name: np.full(shape, np.nan)
+          for name in ("report", "objective", "report_at_best", "epochs")}
+
+
 def _pool_summary(lookup: BankLookup) -> dict[str, Any]:
   """What `EfficiencyResult.pool` records of a held-out task's tabular pool."""
   values, reports = lookup.values(), lookup.reports()
@@ -220,9 +227,7 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
   if thin:
     say(f"not prior sources (fewer than {config.min_source_designs} designs): "
         + ", ".join(thin))
-  shape = (len(tasks), len(config.algorithms), len(config.priors), config.runs, config.trials)
-  curves = {name: np.full(shape, np.nan)
-            for name in ("report", "objective", "report_at_best", "epochs")}
+  curves = _empty_curves(len(tasks), config)
   higher, pools, transfers = [], [], []
   lookups: dict[str, BankLookup] = {}
   for ti, task in enumerate(tasks):
@@ -282,9 +287,7 @@ def self_transfer(bank, space: DesignSpace, tasks: Sequence[str],
   started = time.time()
   say = print_fn or (lambda _: None)
   held = {int(s) for s in held_seeds}
-  shape = (len(tasks), len(config.algorithms), len(config.priors), config.runs, config.trials)
-  curves = {name: np.full(shape, np.nan)
-            for name in ("report", "objective", "report_at_best", "epochs")}
+  curves = _empty_curves(len(tasks), config)
   higher, pools, transfers = [], [], []
   for ti, task in enumerate(tasks):
     results = bank.query(task=task, status=OK)
