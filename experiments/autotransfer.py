@@ -28,9 +28,9 @@ designs both hold in the bank, `efficiency.pool_distances`: an oracle that reads
 task's own results, for the study's upper bound), 'file' (--distances_json: {"task":
 distance} or, in study mode, {"held_out": {"task": distance}}), or, in study mode only, 'self':
 no other task at all, each held-out task's prior comes from its own other training seeds
-(`efficiency.self_transfer`; searches see --held_seeds), the best source any bank could hold. FIM features are cached in
---features (JSON task -> vector; missing tasks are computed, loading each task by its bank
-name, and written back).
+(`efficiency.self_transfer`; searches see --held_seeds), the best source any bank could hold.
+FIM features are cached in --features (JSON task -> vector; missing tasks are computed,
+loading each task by its bank name, and written back).
 
 Quick CPU run (tiny): see tests/test_search.py for a bank-lookup run; with real training:
   python -m experiments.autotransfer --db=/tmp/bank.sqlite --dataset=<task> --trials=4 \
@@ -302,8 +302,8 @@ def run_self_transfer_mode(bank, space: spaces.DesignSpace) -> efficiency.Effici
   if FLAGS.tasks:
     tasks = data_lib.expand_task_names(FLAGS.tasks)
   else:
-    tasks = [t for t in bank.tasks() if len(bank.seed_counts(t)) > 1
-             and held & set(bank.seed_counts(t))]
+    seeds = {t: set(bank.seed_counts(t)) for t in bank.tasks()}
+    tasks = [t for t in seeds if len(seeds[t]) > 1 and held & seeds[t]]
   if not tasks:
     raise ValueError(f"--distance=self: no bank task has trials of one of the seeds "
                      f"{sorted(held)} and of another seed")

@@ -160,11 +160,12 @@ def _empty_curves(num_tasks: int, config: StudyConfig) -> dict[str, np.ndarray]:
           for name in ("report", "objective", "report_at_best", "epochs")}
 
 
-def _pool_summary(lookup: BankLookup) -> dict[str, Any]:
-  """What `EfficiencyResult.pool` records of a held-out task's tabular pool."""
+def _pool_summary(lookup: BankLookup, seeds_of: BankLookup | None = None) -> dict[str, Any]:
+  """What `EfficiencyResult.pool` records of a held-out task's tabular pool; the seed agreement
+  is `seeds_of`'s where the pool itself scores fewer seeds (default: the pool's own)."""
   values, reports = lookup.values(), lookup.reports()
   best = np.max if lookup.higher_is_better else np.min
-  seed_tau, seed_shared = lookup.seed_agreement()
+  seed_tau, seed_shared = (seeds_of or lookup).seed_agreement()
   return {"size": len(lookup), "has_test": lookup.has_report,
           "seed_tau": _finite_or_none(seed_tau), "seed_shared": seed_shared,
           "best_objective": float(best(values)), "best_report": float(best(reports)),
@@ -298,15 +299,14 @@ def self_transfer(bank, space: DesignSpace, tasks: Sequence[str],
     if not both:
       raise ValueError(f"task {task!r} has no design trained with one of the seeds "
                        f"{sorted(held)} and another seed")
-    lookup = BankLookup(bank, task, space, seeds=held, design_ids=both)
+    lookup = BankLookup(bank, task, space, seeds=held, design_ids=both, results=results)
     others = [r for r in results if r.key.design_id in both and r.key.seed not in held]
     source_seeds = sorted({r.key.seed for r in others})
     prior = prior_lib.task_distribution(others, space, config.top_k, lookup.metric)
     transferred = prior.smoothed(config.smoothing) if config.smoothing else prior
-    pools.append(_pool_summary(lookup))
-    # The pool scores one seed; its seed agreement is the task's over every seed of the pool.
-    seed_tau, _ = BankLookup(bank, task, space, design_ids=both).seed_agreement()
-    pools[-1].update(seed_tau=_finite_or_none(seed_tau), seed_shared=len(both))
+    # The pool scores the held seeds; the seed agreement is over every seed of its designs.
+    pools.append(_pool_summary(lookup, seeds_of=BankLookup(bank, task, space, design_ids=both,
+                                                            results=results)))
     higher.append(bool(lookup.higher_is_better))
     source = f"{task} seeds {','.join(map(str, source_seeds))}"
     transfers.append({"tasks": [source], "weights": [1.0], "distances": [0.0], "rule": "self",

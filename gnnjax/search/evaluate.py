@@ -49,6 +49,15 @@ class _Entry:
   by_seed: dict[int, float]  # objective of each training seed
 
 
+def _mean_by_seed(trials: Sequence[TrialResult], metric: str) -> dict[int, float]:
+  """{seed: mean best val metric of `trials` with that seed} (several designs of a pool
+  entry, differing only outside the space, can share a seed)."""
+  values: dict[int, list[float]] = {}
+  for r in trials:
+    values.setdefault(r.key.seed, []).append(float(r.best["val"][metric]))
+  return {seed: float(np.mean(v)) for seed, v in values.items()}
+
+
 class BankLookup:
   """Tabular evaluation of a task's designs stored in a bank.
 
@@ -59,6 +68,8 @@ class BankLookup:
     metric: metric name (default: the task's, `prior.task_metric`).
     seeds: only trials of these training seeds (default: every seed).
     design_ids: only these designs (default: every design of the task).
+    results: the task's ok trials, when the caller has queried them already (default: the
+      bank is queried).
 
   Attributes:
     pool: the task's designs in the space (pass it to the searchers).
@@ -67,8 +78,11 @@ class BankLookup:
   """
 
   def __init__(self, bank, task: str, space: DesignSpace, metric: str | None = None,
-               seeds: Collection[int] | None = None, design_ids: Collection[str] | None = None):
-    results = [r for r in bank.query(task=task, status=OK)
+               seeds: Collection[int] | None = None, design_ids: Collection[str] | None = None,
+               results: Sequence[TrialResult] | None = None):
+    if results is None:
+      results = bank.query(task=task, status=OK)
+    results = [r for r in results
                if (seeds is None or r.key.seed in seeds)
                and (design_ids is None or r.key.design_id in design_ids)]
     if not results:
@@ -96,7 +110,7 @@ class BankLookup:
           design=trials[0].design, keys=[r.key for r in trials],
           value=float(np.mean([r.best["val"][self.metric] for r in trials])),
           report=float(np.mean(reports)) if reports else None,
-          by_seed={r.key.seed: float(r.best["val"][self.metric]) for r in trials})
+          by_seed=_mean_by_seed(trials, self.metric))
     self.has_report = any(e.report is not None for e in self._entries.values())
     self.pool = CandidatePool(space, [e.design for e in self._entries.values()])
     self._curves: dict[str, dict[TrialKey, list[tuple[int, float]]]] | None = None
