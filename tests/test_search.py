@@ -387,6 +387,22 @@ def test_seed_agreement_compares_seeds_of_one_task_and_reaches_the_study_table(t
   assert footer[-2].split()[-1] == f"{expected:+.3f}" and footer[-1].split()[-1] == "-"
 
 
+def test_seed_agreement_averages_designs_that_share_a_pool_entry_and_a_seed(tmp_path):
+  designs = BIG.sample(8, 20)
+  twin = designs[0].replace(dropout=0.5 if designs[0].dropout != 0.5 else 0.0)  # same vector
+  rng = np.random.default_rng(3)
+  first, second = rng.random(20), rng.random(20)
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    fill_bank(bank, "a", designs, list(first), seeds=(1,))
+    fill_bank(bank, "a", [twin], [first[0] + 0.6], seeds=(1,))
+    fill_bank(bank, "a", designs, list(second - 0.001), seeds=(2,))
+    lookup = BankLookup(bank, "a", BIG)
+  assert len(lookup) == 20
+  seed1 = first.copy()
+  seed1[0] += 0.3  # the entry's seed-1 objective: the mean of the design and its twin
+  assert lookup.seed_agreement()[0] == pytest.approx(_brute_force_tau(seed1, second))
+
+
 def test_self_transfer_takes_the_prior_from_the_tasks_other_seeds(tmp_path):
   designs = BIG.sample(9, 40)
   target = choice_vector(BIG, BIG.design_at(1234))  # scores: agreement with this design
