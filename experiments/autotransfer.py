@@ -129,6 +129,9 @@ flags.DEFINE_list("tasks", None, "study mode: held-out tasks or @groups of them 
                   "bank task with at least --min_pool designs in the space).")
 task_flags.check_task_groups()
 flags.DEFINE_integer("min_pool", 30, "study mode: smallest pool a held-out task needs.")
+flags.DEFINE_bool("full_coverage_sources", False, "Use only bank tasks whose pools tried every "
+                  "choice of every dimension as prior sources (a partial pool's prior gives its "
+                  "untried choices no mass); off: such tasks are used, and named.")
 flags.DEFINE_integer("min_source_pool", 32, "Smallest pool (designs with a result in the space) "
                      "a bank task needs to be a prior source: a top-K distribution of a pool "
                      "not much larger than K is mostly the pool itself (default: 2 x the "
@@ -210,9 +213,18 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
   if thin:
     print(f"not prior sources (fewer than --min_source_pool={FLAGS.min_source_pool} designs): "
           + ", ".join(thin))
+  covering, partial = prior_lib.split_by_coverage(sources)
+  if partial:
+    print(("not prior sources" if FLAGS.full_coverage_sources else "prior sources")
+          + " whose pools never tried some choices (--full_coverage_sources): "
+          + prior_lib.describe_untried(partial))
+    if FLAGS.full_coverage_sources:
+      sources = covering
   if not sources:
     raise ValueError(f"no bank task has --min_source_pool={FLAGS.min_source_pool} designs in "
-                     f"space {space.name!r}")
+                     f"space {space.name!r}"
+                     + (" and a pool that tried every choice" if FLAGS.full_coverage_sources
+                        else ""))
   distances = _distances_for(bank, space, task, list(distributions))
   transfer = prior_lib.transfer_prior(sources, distances, FLAGS.d_thres, FLAGS.nearest)
   print_nearest(distances, transfer)
@@ -282,6 +294,7 @@ def _study_config() -> efficiency.StudyConfig:
   return efficiency.StudyConfig(
       algorithms=tuple(FLAGS.algorithms), runs=FLAGS.runs, trials=FLAGS.trials,
       top_k=FLAGS.top_k, min_source_designs=FLAGS.min_source_pool, nearest=FLAGS.nearest,
+      full_coverage_sources=FLAGS.full_coverage_sources,
       d_thres=FLAGS.d_thres,
       smoothing=FLAGS.smoothing, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       searcher_kwargs={a: searcher_kwargs()[a] for a in FLAGS.algorithms})

@@ -17,6 +17,7 @@ from gnnjax.design import spaces
 from gnnjax.search import efficiency, tpe
 from gnnjax.search.base import CandidatePool, PendingResults, run_search
 from gnnjax.search.evaluate import BankLookup
+from gnnjax.tasks import prior as prior_lib
 from gnnjax.tasks.prior import Prior, choice_vector
 from tests.test_prior import fill_bank
 
@@ -306,6 +307,45 @@ def test_study_leaves_thin_pools_out_of_the_prior(tmp_path):
                                  min_source_designs=61), print_fn=None)
 
 
+def test_partial_pools_are_named_and_can_be_left_out_of_the_prior(tmp_path):
+  # b1's pool never tried two conv choices (as a population stopped after its first program
+  # groups); a1 and a2 hold uniform draws.
+  tasks = {"a1": 0, "a2": 0, "b1": 1}
+  build_fake_bank(tmp_path / "bank.sqlite", tasks)
+  conv = BIG.dim_names.index("conv")
+  dropped = {0, 1}
+  partial = [d for d in BIG.sample(7, 400) if choice_vector(BIG, d)[conv] not in dropped][:60]
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    fill_bank(bank, "b2", partial, [0.5 + 0.001 * i for i in range(60)])
+    distributions = prior_lib.bank_distributions(bank, BIG)
+    # The untried choices, against a brute-force count over each pool's designs.
+    for task, prior in distributions.items():
+      designs = partial if task == "b2" else BIG.sample(100 + list(tasks).index(task), 60)
+      vectors = np.array([choice_vector(BIG, d) for d in designs])
+      want = {dim: [prior_lib._short_label(c) for i, c in enumerate(BIG.dims[dim])
+                    if not (vectors[:, j] == i).any()]
+              for j, dim in enumerate(BIG.dim_names)}
+      assert prior.info["untried_choices"] == {d: c for d, c in want.items() if c}, task
+    assert sorted(distributions["b2"].info["untried_choices"]["conv"]) == sorted(
+        prior_lib._short_label(BIG.dims["conv"][i]) for i in dropped)
+    kept, untried = prior_lib.split_by_coverage(distributions)
+    assert sorted(kept) == ["a1", "a2", "b1"] and list(untried) == ["b2"]
+    assert prior_lib.describe_untried(untried).startswith("b2 (conv: ")
+
+    distances = {"a1": {"a2": 0.5, "b1": 0.9, "b2": 0.1}}
+    lines = []
+    for full_coverage, want_tasks in ((False, ["b2", "a2"]), (True, ["a2", "b1"])):
+      result = efficiency.search_efficiency(
+          bank, BIG, ["a1"], distances,
+          efficiency.StudyConfig(algorithms=("random",), runs=1, trials=2, nearest=2,
+                                 full_coverage_sources=full_coverage), print_fn=lines.append)
+      assert result.transfers[0]["tasks"] == want_tasks, full_coverage
+  assert any(line.startswith("prior sources whose pools never tried some choices: b2 (conv")
+             for line in lines)
+  assert any(line.startswith("not prior sources whose pools never tried some choices: b2")
+             for line in lines)
+
+
 def _brute_force_tau(x, y):
   """Kendall's tau over all pairs (no ties in the data below)."""
   n = len(x)
@@ -465,6 +505,22 @@ def test_autotransfer_script_search_and_study(tmp_path):
   assert out.returncode != 0
   assert "not prior sources (fewer than --min_source_pool=41 designs): a2, b1, b2" in out.stdout
   assert "no bank task has --min_source_pool=41 designs" in out.stderr
+  # A pool that never tried some choices is named, and left out under --full_coverage_sources.
+  conv = BIG.dim_names.index("conv")
+  covering = tmp_path / "covering.sqlite"
+  covering.write_bytes((tmp_path / "bank.sqlite").read_bytes())
+  with bank_lib.Bank(covering) as bank:
+    fill_bank(bank, "c1", [d for d in BIG.sample(7, 200) if choice_vector(BIG, d)[conv] != 0][:40],
+              [0.5] * 40)
+  with_c1 = tmp_path / "distances_c1.json"
+  with_c1.write_text(json.dumps({"c1": 0.01, "a2": 0.05, "b1": 0.8, "b2": 0.9}))
+  out = _script(f"--db={covering}", "--dataset=a1", "--distance=file",
+                f"--distances_json={with_c1}", "--evaluator=bank", "--trials=2", "--nearest=1",
+                "--full_coverage_sources", f"--out_dir={tmp_path / 'covering'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "not prior sources whose pools never tried some choices (--full_coverage_sources): c1 (conv: " in out.stdout
+  written = json.loads((tmp_path / "covering" / "autotransfer_a1_tpe_transferred.json").read_text())
+  assert written["transfer"]["tasks"] == ["a2"]
   # Study mode with raw-feature distances from a feature file (no FIM computation needed).
   features = {"a1": [1.0, 0.1, 0.0], "a2": [0.9, 0.2, 0.0], "b1": [0.0, 0.1, 1.0],
               "b2": [0.1, 0.0, 0.9]}

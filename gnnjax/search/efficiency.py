@@ -54,6 +54,8 @@ class StudyConfig:
     top_k: K of the bank design distributions.
     min_source_designs: smallest pool (designs with a result in the space) a bank task needs to
       be a prior source (`prior.split_by_pool`).
+    full_coverage_sources: keep only prior sources whose pools tried every choice of every
+      dimension (`prior.split_by_coverage`); off: such sources are used and named.
     nearest: k nearest tasks (rule of the released code; also the threshold's fallback).
     d_thres: the paper's distance threshold (None: the k nearest).
     smoothing: mix this much uniform into the transferred prior (0: as the paper).
@@ -68,6 +70,7 @@ class StudyConfig:
   trials: int = 30
   top_k: int = prior_lib.DEFAULT_TOP_K
   min_source_designs: int = 1
+  full_coverage_sources: bool = False
   nearest: int = prior_lib.DEFAULT_NEAREST
   d_thres: float | None = None
   smoothing: float = 0.0
@@ -228,6 +231,12 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
   if thin:
     say(f"not prior sources (fewer than {config.min_source_designs} designs): "
         + ", ".join(thin))
+  covering, partial = prior_lib.split_by_coverage(distributions)
+  if partial:
+    say(("not prior sources" if config.full_coverage_sources else "prior sources")
+        + " whose pools never tried some choices: " + prior_lib.describe_untried(partial))
+    if config.full_coverage_sources:
+      distributions = covering
   curves = _empty_curves(len(tasks), config)
   higher, pools, transfers = [], [], []
   lookups: dict[str, BankLookup] = {}

@@ -100,6 +100,13 @@ def _label(choice: Any) -> Any:
   return dict(choice) if isinstance(choice, Mapping) else choice
 
 
+def _short_label(choice: Any) -> str:
+  """A choice for messages: 'gcn' or 'conv_type=gat,heads=4' for joint choices."""
+  if isinstance(choice, Mapping):
+    return ",".join(f"{k}={v}" for k, v in choice.items())
+  return str(choice)
+
+
 class Prior:
   """Per dimension of a space, a probability vector over its choices.
 
@@ -392,9 +399,17 @@ def task_distribution(results: Sequence[TrialResult], space: DesignSpace,
   for s in best:
     for dim, index in zip(space.dim_names, s.vector):
       counts[dim][index] += 1
+  tried = {d: np.zeros(len(c), int) for d, c in space.dims.items()}
+  for s in scored:
+    for dim, index in zip(space.dim_names, s.vector):
+      tried[dim][index] += 1
+  # A choice the pool never tried gets no top-K mass whatever its merit: the distribution says
+  # nothing about it (`split_by_coverage`).
+  untried = {d: [_short_label(space.dims[d][i]) for i in np.flatnonzero(n == 0)]
+             for d, n in tried.items() if (n == 0).any()}
   info = {"kind": "task", "k": k, "designs_used": len(best), "designs_scored": len(scored),
           "trials_left_out": skipped, "metric": f"{which}_{split}_{metric}",
-          "top_score": best[0].score, "kth_score": best[-1].score}
+          "top_score": best[0].score, "kth_score": best[-1].score, "untried_choices": untried}
   return Prior.from_counts(space, counts, info)
 
 
@@ -422,6 +437,31 @@ def split_by_pool(distributions: Mapping[str, Prior], min_designs: int
   whatever the task prefers, so such tasks are poor prior sources."""
   kept = {t: p for t, p in distributions.items() if p.info["designs_scored"] >= min_designs}
   return kept, sorted(set(distributions) - set(kept))
+
+
+def split_by_coverage(distributions: Mapping[str, Prior]
+                      ) -> tuple[dict[str, Prior], dict[str, dict[str, list[str]]]]:
+  """(the distributions whose pools tried every choice of every dimension, {task: {dimension:
+  untried choices}} for the others).
+
+  A pool that never tried a choice (a partial pool: a population stopped after its first
+  program groups holds only some conv types) gives that choice no top-K mass, so its prior
+  steers every search away from it on no evidence. AutoTransfer's bank pools are uniform draws
+  that cover the space; this keeps only such sources."""
+  kept, partial = {}, {}
+  for task, prior in distributions.items():
+    untried = prior.info.get("untried_choices") or {}
+    if untried:
+      partial[task] = untried
+    else:
+      kept[task] = prior
+  return kept, partial
+
+
+def describe_untried(partial: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
+  """'task (dim: a, b; dim2: c), ...' for `split_by_coverage`'s second result."""
+  return ", ".join(f"{task} (" + "; ".join(f"{d}: {', '.join(c)}" for d, c in dims.items())
+                   + ")" for task, dims in sorted(partial.items()))
 
 
 # ----------------------------------------------------------------------------------------------
