@@ -213,13 +213,10 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
   if thin:
     print(f"not prior sources (fewer than --min_source_pool={FLAGS.min_source_pool} designs): "
           + ", ".join(thin))
-  covering, partial = prior_lib.split_by_coverage(sources)
-  if partial:
-    print(("not prior sources" if FLAGS.full_coverage_sources else "prior sources")
-          + " whose pools never tried some choices (--full_coverage_sources): "
-          + prior_lib.describe_untried(partial))
-    if FLAGS.full_coverage_sources:
-      sources = covering
+  sources, note = prior_lib.select_by_coverage(sources, FLAGS.full_coverage_sources,
+                                               " (--full_coverage_sources)")
+  if note:
+    print(note)
   if not sources:
     raise ValueError(f"no bank task has --min_source_pool={FLAGS.min_source_pool} designs in "
                      f"space {space.name!r}"
@@ -354,7 +351,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   trains = (FLAGS.evaluator or "bank") == "train"
   return _report(efficiency.search_efficiency(bank, space, tasks, distances, config,
                                                training_evaluator if trains else None,
-                                               bank_tasks=all_tasks))
+                                               distributions=distributions))
 
 
 def main(argv):

@@ -322,12 +322,12 @@ def test_partial_pools_are_named_and_can_be_left_out_of_the_prior(tmp_path):
     for task, prior in distributions.items():
       designs = partial if task == "b2" else BIG.sample(100 + list(tasks).index(task), 60)
       vectors = np.array([choice_vector(BIG, d) for d in designs])
-      want = {dim: [prior_lib._short_label(c) for i, c in enumerate(BIG.dims[dim])
+      want = {dim: [prior_lib._short(c) for i, c in enumerate(BIG.dims[dim])
                     if not (vectors[:, j] == i).any()]
               for j, dim in enumerate(BIG.dim_names)}
       assert prior.info["untried_choices"] == {d: c for d, c in want.items() if c}, task
     assert sorted(distributions["b2"].info["untried_choices"]["conv"]) == sorted(
-        prior_lib._short_label(BIG.dims["conv"][i]) for i in dropped)
+        prior_lib._short(BIG.dims["conv"][i]) for i in dropped)
     kept, untried = prior_lib.split_by_coverage(distributions)
     assert sorted(kept) == ["a1", "a2", "b1"] and list(untried) == ["b2"]
     assert prior_lib.describe_untried(untried).startswith("b2 (conv: ")

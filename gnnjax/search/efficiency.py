@@ -208,7 +208,9 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
                       config: StudyConfig = StudyConfig(),
                       make_evaluator: EvaluatorFactory | None = None,
                       bank_tasks: Sequence[str] | None = None,
-                      print_fn: Callable[[str], None] | None = print) -> EfficiencyResult:
+                      print_fn: Callable[[str], None] | None = print,
+                      distributions: Mapping[str, prior_lib.Prior] | None = None
+                      ) -> EfficiencyResult:
   """Runs the leave-one-task-out study.
 
   Args:
@@ -222,21 +224,22 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
       the tabular `BankLookup` over the task's designs in the bank.
     bank_tasks: tasks whose distributions may be transferred (default: every bank task).
     print_fn: progress lines (None: silent).
+    distributions: the bank tasks' design distributions at `config.top_k`, when the caller has
+      them already (`prior.bank_distributions`; default: read from the bank for `bank_tasks`).
   """
   started = time.time()
   say = print_fn or (lambda _: None)
   distributions, thin = prior_lib.split_by_pool(
-      prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k),
+      distributions if distributions is not None
+      else prior_lib.bank_distributions(bank, space, bank_tasks, config.top_k),
       config.min_source_designs)
   if thin:
     say(f"not prior sources (fewer than {config.min_source_designs} designs): "
         + ", ".join(thin))
-  covering, partial = prior_lib.split_by_coverage(distributions)
-  if partial:
-    say(("not prior sources" if config.full_coverage_sources else "prior sources")
-        + " whose pools never tried some choices: " + prior_lib.describe_untried(partial))
-    if config.full_coverage_sources:
-      distributions = covering
+  distributions, note = prior_lib.select_by_coverage(distributions,
+                                                     config.full_coverage_sources)
+  if note:
+    say(note)
   curves = _empty_curves(len(tasks), config)
   higher, pools, transfers = [], [], []
   lookups: dict[str, BankLookup] = {}

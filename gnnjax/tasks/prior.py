@@ -100,13 +100,6 @@ def _label(choice: Any) -> Any:
   return dict(choice) if isinstance(choice, Mapping) else choice
 
 
-def _short_label(choice: Any) -> str:
-  """A choice for messages: 'gcn' or 'conv_type=gat,heads=4' for joint choices."""
-  if isinstance(choice, Mapping):
-    return ",".join(f"{k}={v}" for k, v in choice.items())
-  return str(choice)
-
-
 class Prior:
   """Per dimension of a space, a probability vector over its choices.
 
@@ -399,13 +392,12 @@ def task_distribution(results: Sequence[TrialResult], space: DesignSpace,
   for s in best:
     for dim, index in zip(space.dim_names, s.vector):
       counts[dim][index] += 1
-  tried = {d: np.zeros(len(c), int) for d, c in space.dims.items()}
-  for s in scored:
-    for dim, index in zip(space.dim_names, s.vector):
-      tried[dim][index] += 1
   # A choice the pool never tried gets no top-K mass whatever its merit: the distribution says
   # nothing about it (`split_by_coverage`).
-  untried = {d: [_short_label(space.dims[d][i]) for i in np.flatnonzero(n == 0)]
+  vectors = np.array([s.vector for s in scored])
+  tried = {d: np.bincount(vectors[:, j], minlength=len(space.dims[d]))
+           for j, d in enumerate(space.dim_names)}
+  untried = {d: [_short(space.dims[d][i]) for i in np.flatnonzero(n == 0)]
              for d, n in tried.items() if (n == 0).any()}
   info = {"kind": "task", "k": k, "designs_used": len(best), "designs_scored": len(scored),
           "trials_left_out": skipped, "metric": f"{which}_{split}_{metric}",
@@ -462,6 +454,19 @@ def describe_untried(partial: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
   """'task (dim: a, b; dim2: c), ...' for `split_by_coverage`'s second result."""
   return ", ".join(f"{task} (" + "; ".join(f"{d}: {', '.join(c)}" for d, c in dims.items())
                    + ")" for task, dims in sorted(partial.items()))
+
+
+def select_by_coverage(distributions: Mapping[str, Prior], leave_out_partial: bool,
+                       hint: str = "") -> tuple[dict[str, Prior], str | None]:
+  """(the prior sources: all of `distributions`, or with `leave_out_partial` only those whose
+  pools tried every choice; a line naming the partial pools, None when there are none).
+  `hint` follows the line's subject (e.g. the flag that leaves them out)."""
+  covering, partial = split_by_coverage(distributions)
+  if not partial:
+    return dict(distributions), None
+  note = (("not prior sources" if leave_out_partial else "prior sources")
+          + f" whose pools never tried some choices{hint}: " + describe_untried(partial))
+  return (covering if leave_out_partial else dict(distributions)), note
 
 
 # ----------------------------------------------------------------------------------------------
