@@ -173,6 +173,39 @@ def test_alpha_hand_made_and_scale_invariant():
   assert float(fisher.alpha(37.0 * f)) == pytest.approx(float(fisher.alpha(f)), rel=1e-6)
 
 
+def test_alpha_is_finite_where_float32_moments_are_not():
+  """The plain ratio of float32 moments is NaN for these scales (F^2 under- or overflows);
+  alpha is computed on F / max(F), so it keeps the exact value 7.5 / 6.25."""
+  f = jnp.array([1.0, 2.0, 3.0, 4.0], jnp.float32)
+  for c in (1e-30, 1e21, 1e35):
+    scaled = jnp.float32(c) * f
+    assert not np.isfinite(float(jnp.mean(scaled * scaled) / jnp.mean(scaled) ** 2))
+    assert float(fisher.alpha(scaled)) == pytest.approx(7.5 / 6.25, rel=1e-6)
+  batched = jax.jit(jax.vmap(fisher.alpha))(jnp.stack([f, 1e21 * f, jnp.zeros(4)]))
+  np.testing.assert_allclose(np.asarray(batched), [1.2, 1.2, 1.0], rtol=1e-6)
+
+
+def test_alpha_of_a_zero_fisher_is_one_and_nans_propagate():
+  assert float(fisher.alpha(jnp.zeros(5))) == 1.0
+  assert np.isnan(float(fisher.alpha(jnp.array([1.0, jnp.nan, 2.0]))))
+
+
+def test_task_feature_is_finite_on_constant_features():
+  """Constant node features: train-mode batch norm turns the identical rows into rounding noise
+  over sqrt(eps), so a deep max-aggregation anchor's Fisher overflows float32 moments (the raw
+  m2 is inf, as on GraphGym's */const tasks on the GPU); the feature must stay finite."""
+  data = tiny_dataset(ds.GRAPH, num_graphs=20)
+  data.graphs = [g._replace(nodes={**g.nodes, "x": np.ones_like(g.nodes["x"])})
+                 for g in data.graphs]
+  anchor = TINY_ANCHOR.replace(aggregation="max", stage_type="skipsum", layers_pre_mp=2,
+                               layers_mp=6, dim_inner=32)
+  config = fisher.FisherConfig(num_seeds=2, head_epochs=5, batch_size=4, chunk_size=8)
+  result = fisher.task_feature(data, [anchor], config)
+  assert not np.all(np.isfinite(result.m2))  # the case the scaled alpha exists for
+  assert np.all(np.isfinite(result.alphas)) and np.all(result.alphas >= 1.0)
+  assert np.all(np.isfinite(result.feature))
+
+
 def _tiny_forward(level, task_type=ds.MULTICLASS):
   data = tiny_dataset(level, task_type=task_type)
   from gnnjax import batching

@@ -23,7 +23,8 @@ For one anchor design and one seed r (the AutoTransfer brief, sec. 2):
    squared-and-summed chunk by chunk (`lax.scan`), so no per-example gradient outlives its
    chunk. Sampled labels: categorical (multiclass), Bernoulli (binary / multi-task, per task),
    y = f + N(0, 1) (regression, unit-variance Gaussian likelihood).
-5. alpha = m2 / m1^2 with m1 = tr(F)/n = mean(F), m2 = tr(F^2)/n = mean(F^2) (F diagonal).
+5. alpha = m2 / m1^2 with m1 = tr(F)/n = mean(F), m2 = tr(F^2)/n = mean(F^2) (F diagonal),
+   computed on F / max(F) so float32 neither overflows nor underflows (`alpha`).
 
 A task's feature averages alpha over the R seeds per anchor, concatenates the U anchors and
 divides by the L2 norm (`task_feature`).
@@ -134,13 +135,22 @@ class FisherConfig:
 
 
 def alpha(fisher_diagonal: Array) -> Array:
-  """alpha = m2 / m1^2, m1 = mean(F), m2 = mean(F^2), for a diagonal Fisher F [n] (>= 1).
+  """alpha = m2 / m1^2, m1 = mean(F), m2 = mean(F^2), for a diagonal Fisher F [n] (in [1, n]).
 
-  Invariant to F -> c F (so to scaling the log-likelihood gradients); NaN if F == 0."""
+  Invariant to F -> c F (so to scaling the log-likelihood gradients), and computed on F / max(F)
+  so that it stays finite where float32 moments do not. Seen on GraphGym's constant-feature
+  tasks: every node enters message passing with the same features, which train-mode batch norm
+  turns into rounding noise divided by sqrt(eps), layer after layer, so the max-aggregation
+  anchors' Fisher reaches mean(F) ~ 1e20, whose square overflows (alpha inf or NaN); a tiny
+  Fisher underflows the same way. An identically zero Fisher (no message weight gets a
+  gradient) has no defined alpha; it gets 1, the value of every constant Fisher (the limit of
+  alpha(c * 1) as c -> 0) and the statistic's minimum. NaNs in F propagate."""
   f = jnp.asarray(fisher_diagonal)
-  m1 = jnp.mean(f)
-  m2 = jnp.mean(f * f)
-  return m2 / (m1 * m1)
+  scale = jnp.max(jnp.abs(f))
+  zero = scale == 0
+  g = f / jnp.where(zero, 1.0, scale)
+  m1 = jnp.mean(g)
+  return jnp.where(zero, 1.0, jnp.mean(g * g) / (m1 * m1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,9 +555,8 @@ def make_anchor_program(model: graphgym.GraphGymGNN, task: PreparedTask, config:
     fisher, _ = jax.lax.scan(batch_fisher, zeros, (val, val_rows, val_weights, keys))
     flat = jnp.concatenate([fisher[k].reshape(-1) for k in sorted(fisher, key=lambda k: (
         int(k.split("/")[0].split("_")[1]), k))])
-    m1 = jnp.mean(flat)
-    m2 = jnp.mean(flat * flat)
-    return {"alpha": m2 / (m1 * m1), "m1": m1, "m2": m2, "head_epochs": epochs,
+    return {"alpha": alpha(flat), "m1": jnp.mean(flat), "m2": jnp.mean(flat * flat),
+            "head_epochs": epochs,
             "head_loss": head_loss, "num_params": jnp.int32(flat.size)}
 
   return jax.jit(jax.vmap(one_seed))
@@ -660,10 +669,13 @@ def task_feature(dataset: ds.GraphDataset | PreparedTask,
     for k in out:
       out[k].append(np.asarray(result[k]))
     if progress is not None:
+      zero = int(np.sum(out["m1"][-1] == 0))
       progress(f"anchor {u + 1}/{len(anchors)} ({design.summary()}): alpha "
                f"{np.round(out['alpha'][-1], 2).tolist()}, head epochs "
                f"{out['head_epochs'][-1].tolist()}, compile {compile_s[u]:.1f} s, "
-               f"run {run_s[-1]:.2f} s")
+               f"run {run_s[-1]:.2f} s"
+               + (f" ({zero} seed(s) with an all-zero Fisher: no message weight gets a "
+                  f"gradient; alpha set to 1)" if zero else ""))
   alphas = np.stack(out["alpha"])
   return FeatureResult(feature=normalize_feature(alphas.mean(axis=1)), alphas=alphas,
                        m1=np.stack(out["m1"]), m2=np.stack(out["m2"]),
