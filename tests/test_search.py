@@ -331,6 +331,10 @@ def test_partial_pools_are_named_and_can_be_left_out_of_the_prior(tmp_path):
     kept, untried = prior_lib.split_by_coverage(distributions)
     assert sorted(kept) == ["a1", "a2", "b1"] and list(untried) == ["b2"]
     assert prior_lib.describe_untried(untried).startswith("b2 (conv: ")
+    # Tasks missing the same choices are named once, together.
+    same = {"x": {"conv": ["gcn"], "lr": ["0.1"]}, "b": {"conv": ["gcn"], "lr": ["0.1"]},
+            "c": {"conv": ["gat"]}}
+    assert prior_lib.describe_untried(same) == "b, x (conv: gcn; lr: 0.1); c (conv: gat)"
 
     distances = {"a1": {"a2": 0.5, "b1": 0.9, "b2": 0.1}}
     lines = []

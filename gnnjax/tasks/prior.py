@@ -451,9 +451,14 @@ def split_by_coverage(distributions: Mapping[str, Prior]
 
 
 def describe_untried(partial: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
-  """'task (dim: a, b; dim2: c), ...' for `split_by_coverage`'s second result."""
-  return ", ".join(f"{task} (" + "; ".join(f"{d}: {', '.join(c)}" for d, c in dims.items())
-                   + ")" for task, dims in sorted(partial.items()))
+  """'task, task2 (dim: a, b; dim2: c); task3 (dim: d)' for `split_by_coverage`'s second
+  result: tasks that miss the same choices are named together (a bank built with a dimension
+  pinned misses the same choices in every task)."""
+  groups: dict[str, list[str]] = {}
+  for task, dims in sorted(partial.items()):
+    missing = "; ".join(f"{d}: {', '.join(c)}" for d, c in dims.items())
+    groups.setdefault(missing, []).append(task)
+  return "; ".join(f"{', '.join(tasks)} ({missing})" for missing, tasks in groups.items())
 
 
 def select_by_coverage(distributions: Mapping[str, Prior], leave_out_partial: bool,
