@@ -191,8 +191,8 @@ def test_alpha_of_a_zero_fisher_is_one_and_nans_propagate():
 
 
 def test_task_feature_is_finite_on_constant_features():
-  """Constant node features: train-mode batch norm turns the identical rows into rounding noise
-  over sqrt(eps), so a deep max-aggregation anchor's Fisher overflows float32 moments (the raw
+  """Constant node features: train-mode batch norm over identical rows has a Jacobian of ~1/sqrt
+  (eps) per layer, so a deep max-aggregation anchor's Fisher overflows float32 moments (the raw
   m2 is inf, as on GraphGym's */const tasks on the GPU); the feature must stay finite."""
   data = tiny_dataset(ds.GRAPH, num_graphs=20)
   data.graphs = [g._replace(nodes={**g.nodes, "x": np.ones_like(g.nodes["x"])})

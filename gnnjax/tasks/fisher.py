@@ -139,10 +139,11 @@ def alpha(fisher_diagonal: Array) -> Array:
 
   Invariant to F -> c F (so to scaling the log-likelihood gradients), and computed on F / max(F)
   so that it stays finite where float32 moments do not. Seen on GraphGym's constant-feature
-  tasks: every node enters message passing with the same features, which train-mode batch norm
-  turns into rounding noise divided by sqrt(eps), layer after layer, so the max-aggregation
-  anchors' Fisher reaches mean(F) ~ 1e20, whose square overflows (alpha inf or NaN); a tiny
-  Fisher underflows the same way. An identically zero Fisher (no message weight gets a
+  tasks: every node carries the same features, so train-mode batch norm sees a variance of ~0
+  and its Jacobian is ~1/sqrt(eps) (316) per layer; through a deep max- or mean-aggregation
+  anchor, whose nodes stay identical, the gradients grow as its power and the Fisher reaches
+  mean(F) ~ 1e20, whose square overflows (alpha inf or NaN); a tiny Fisher underflows the same
+  way. An identically zero Fisher (no message weight gets a
   gradient) has no defined alpha; it gets 1, the value of every constant Fisher (the limit of
   alpha(c * 1) as c -> 0) and the statistic's minimum. NaNs in F propagate."""
   f = jnp.asarray(fisher_diagonal)
