@@ -15,7 +15,6 @@ import scipy.stats
 from gnnjax.data import dataset as ds
 from gnnjax.design import spaces
 from gnnjax.design import trial as trial_lib
-from gnnjax.design.design import Design
 from gnnjax.models import graphgym
 from gnnjax.tasks import anchors, embedding, fisher, similarity
 

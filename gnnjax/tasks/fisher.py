@@ -143,9 +143,9 @@ def alpha(fisher_diagonal: Array) -> Array:
   and its Jacobian is ~1/sqrt(eps) (316) per layer; through a deep max- or mean-aggregation
   anchor, whose nodes stay identical, the gradients grow as its power and the Fisher reaches
   mean(F) ~ 1e20, whose square overflows (alpha inf or NaN); a tiny Fisher underflows the same
-  way. An identically zero Fisher (no message weight gets a
-  gradient) has no defined alpha; it gets 1, the value of every constant Fisher (the limit of
-  alpha(c * 1) as c -> 0) and the statistic's minimum. NaNs in F propagate."""
+  way. An identically zero Fisher (no message weight gets a gradient) has no defined alpha; it
+  gets 1, the value of every constant Fisher (the limit of alpha(c * 1) as c -> 0) and the
+  statistic's minimum. NaNs in F propagate."""
   f = jnp.asarray(fisher_diagonal)
   scale = jnp.max(jnp.abs(f))
   zero = scale == 0
@@ -557,8 +557,7 @@ def make_anchor_program(model: graphgym.GraphGymGNN, task: PreparedTask, config:
     flat = jnp.concatenate([fisher[k].reshape(-1) for k in sorted(fisher, key=lambda k: (
         int(k.split("/")[0].split("_")[1]), k))])
     return {"alpha": alpha(flat), "m1": jnp.mean(flat), "m2": jnp.mean(flat * flat),
-            "head_epochs": epochs,
-            "head_loss": head_loss, "num_params": jnp.int32(flat.size)}
+            "head_epochs": epochs, "head_loss": head_loss, "num_params": jnp.int32(flat.size)}
 
   return jax.jit(jax.vmap(one_seed))
 
