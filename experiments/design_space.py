@@ -32,7 +32,11 @@ With --workers=N > 1 and several tasks, the tasks are spread over N worker proce
 (gnnjax.design.workers): one child per task re-runs this module with --tasks=<task> --workers=1
 and the other flags as given, worker k pinned to GPU --worker_devices[k % #devices] (default:
 every GPU visible; empty: no pinning, e.g. on a CPU host) with an equal share of its memory, so
-the tasks compile and train side by side instead of one after another. All children write into
+the tasks compile and train side by side instead of one after another. Tasks whose programs
+have one shape (`gnnjax.data.program_group`: GraphGym's 20 synthetic tasks form 4 groups, by
+graph family and node or graph label) run one after another in one worker where that leaves
+no worker idle: the later ones load the first one's programs from the compilation cache
+instead of compiling them at the same time. All children write into
 the same bank (--db, SQLite in WAL mode); each has its own out_dir (<out_dir>/tasks/<task>) and
 population checkpoints under it, and its output lines are streamed prefixed with [<task>]. The
 parent never initialises JAX devices before they end; then it prints a table of (task, return
@@ -62,12 +66,10 @@ import functools
 import os
 import sys
 
-import jax
 from absl import app, flags
 
 from experiments import engine_flags, task_flags
 from gnnjax import data as data_lib
-from gnnjax.data import sources
 from gnnjax.design import analysis
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import checkpoints
@@ -134,9 +136,7 @@ flags.DEFINE_integer("plan_seed", 0, "Seed of the controlled random search plan.
 flags.DEFINE_integer("checkpoint_every", 10, "Save the in-flight population chunk every this "
                      "many epochs (0: no population checkpoints; finished trials are in the bank "
                      "either way).")
-flags.DEFINE_string("compilation_cache_dir", "", "Persistent XLA compilation cache "
-                    "(default: $JAX_COMPILATION_CACHE_DIR, else <gnnjax cache>/xla); 'none' "
-                    "disables it.")
+flags.DEFINE_string("compilation_cache_dir", "", task_flags.COMPILATION_CACHE_HELP)
 flags.DEFINE_string("checkpoint_dir", None, "Where population checkpoints go (default: "
                     "<out_dir>/checkpoints, removed when the study is complete; a given folder "
                     "is left as it is, minus the chunks that finished).")
@@ -174,14 +174,8 @@ def _trainer_and_kwargs():
 
 
 def enable_compilation_cache() -> str | None:
-  """Points JAX's persistent compilation cache at --compilation_cache_dir (JAX keys entries
-  by program, compile options, device and version, so a stale entry is never reused)."""
-  if FLAGS.compilation_cache_dir == "none":
-    return None
-  path = (FLAGS.compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-          or os.path.join(sources.cache_dir(), "xla"))
-  jax.config.update("jax_compilation_cache_dir", path)
-  return path
+  """Points JAX's persistent compilation cache at --compilation_cache_dir."""
+  return task_flags.use_compilation_cache(FLAGS.compilation_cache_dir)
 
 
 def run_and_report(space: spaces.DesignSpace, db: str, task_names: list[str]) -> None:
@@ -301,7 +295,8 @@ def run_workers(space: spaces.DesignSpace, db: str, task_names: list[str]) -> in
   db, out_dir = os.path.abspath(db), os.path.abspath(FLAGS.out_dir)
   devices = (workers_lib.accelerator_ids() if FLAGS.worker_devices is None
              else FLAGS.worker_devices)
-  jobs = [workers_lib.Job(task, worker_argv(task, os.path.join(out_dir, "tasks", folder), db))
+  jobs = [workers_lib.Job(task, worker_argv(task, os.path.join(out_dir, "tasks", folder), db),
+                          group=data_lib.program_group(task))
           for task, folder in zip(task_names, workers_lib.folder_names(task_names))]
   print(f"{len(jobs)} tasks over {min(FLAGS.workers, len(jobs))} worker processes "
         f"(devices: {','.join(devices) if devices else 'not pinned'}); bank: {db}", flush=True)

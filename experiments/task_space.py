@@ -6,7 +6,10 @@ trained (population engine, GraphGym's protocol, --anchor_epochs) into the task-
 --fisher_seeds initialisations, `gnnjax.tasks.fisher`) is added to the feature cache
 (--features; cached tasks are skipped). With --workers > 1 the tasks are spread over worker
 processes pinned to the host's GPUs (`gnnjax.design.workers`), all writing into the same bank;
-each worker writes its own feature file, which the parent merges.
+each worker writes its own feature file, which the parent merges. Compiled programs go to a
+persistent cache (--compilation_cache_dir), and tasks of one program group
+(`gnnjax.data.program_group`) run one after another where that leaves no worker idle, so the
+later ones compile next to nothing.
 
 Analyse (--mode=analyze or all): GraphGym's task similarity (Kendall tau between the anchors'
 performance rankings on two tasks) for every pair of tasks that have all anchors in the bank,
@@ -70,7 +73,10 @@ flags.DEFINE_integer("fisher_probes", 0, "0: exact per-example Fisher; P > 0: P 
 flags.DEFINE_integer("compile_workers", 4, "Anchor programs compiled in parallel for features.")
 flags.DEFINE_integer("runs", 10, "Trainings of g per held-out task.")
 flags.DEFINE_integer("seed", 0, "Seed of g's trainings.")
-flags.DEFINE_integer("workers", 1, "Worker processes for --mode=build over several tasks.")
+flags.DEFINE_integer("workers", 1, "Worker processes for --mode=build over several tasks; tasks "
+                     "of one program group (`gnnjax.data.program_group`) run one after another "
+                     "where that leaves no worker idle, so they share compiled programs.")
+flags.DEFINE_string("compilation_cache_dir", "", task_flags.COMPILATION_CACHE_HELP)
 flags.DEFINE_list("worker_devices", None, "GPU ids the workers are pinned to (default: every "
                   "visible GPU; empty: no pinning).")
 
@@ -130,7 +136,8 @@ def build_in_workers(task_names: list[str], db: str) -> int:
                 for task, folder in zip(task_names, workers_lib.folder_names(task_names))}
   jobs = [workers_lib.Job(task, [sys.executable, "-m", "experiments.task_space", "--mode=build",
                                  f"--tasks={task}", "--workers=1", f"--db={db}",
-                                 f"--out_dir={out_dir}", f"--features={path}", *forwarded])
+                                 f"--out_dir={out_dir}", f"--features={path}", *forwarded],
+                          group=data_lib.program_group(task))
           for task, path in part_files.items()]
   print(f"{len(jobs)} tasks over {min(FLAGS.workers, len(jobs))} workers (devices: "
         f"{','.join(devices) if devices else 'not pinned'}); bank {db}", flush=True)
@@ -196,6 +203,7 @@ def main(argv):
   status = 0
   task_names = data_lib.expand_task_names(FLAGS.tasks or [])
   if FLAGS.mode in ("all", "build"):
+    task_flags.use_compilation_cache(FLAGS.compilation_cache_dir)
     if not task_names:
       raise app.UsageError("--mode=build/all needs --tasks")
     if FLAGS.workers > 1 and len(task_names) > 1:

@@ -111,3 +111,28 @@ def test_every_bank_task_loads(data_dir):
   for name in data_lib.TASK_GROUPS["autotransfer_bank"]:
     dataset = data_lib.load_dataset(name, data_dir, limit=20)
     assert len(dataset) > 0, name
+
+
+def test_program_groups_hold_tasks_whose_arrays_have_one_shape(data_dir):
+  # The key's claim, checked on the data: within a group every task has the same graphs,
+  # input width, class count and task level, so its padded arrays have one shape.
+  synthetic_tasks = data_lib.TASK_GROUPS["synthetic"]
+  groups: dict[str, list[str]] = {}
+  for task in synthetic_tasks:
+    groups.setdefault(data_lib.program_group(task), []).append(task)
+  assert sorted(groups) == ["scalefree/graph", "scalefree/node", "smallworld/graph",
+                            "smallworld/node"]
+  assert sorted(len(tasks) for tasks in groups.values()) == [4, 4, 6, 6]
+
+  def signature(task):
+    dataset = data_lib.load_dataset(task, data_dir)
+    return (dataset.num_outputs, dataset.task_level,
+            tuple((int(g.n_node[0]), int(g.n_edge[0]), g.nodes["x"].shape)
+                  for g in dataset.graphs))
+
+  signatures = {group: {signature(task) for task in tasks} for group, tasks in groups.items()}
+  assert all(len(found) == 1 for found in signatures.values()), signatures.keys()
+  assert len({next(iter(found)) for found in signatures.values()}) == 4  # groups differ
+  # Everything else is its own group: ID-GNN's ba/ws labels tie into fewer classes.
+  for name in ("cora", "MUTAG", "ba/clustering/const", "generated/smallworld/clustering/onehot"):
+    assert data_lib.program_group(name) == name

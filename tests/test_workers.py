@@ -74,6 +74,42 @@ def test_a_failing_job_does_not_stop_the_others():
   assert lines.lines[-1] == "[good] ok"
 
 
+def test_chain_jobs_groups_jobs_and_cuts_chains_for_idle_slots():
+  groups = ["a", "b", "a", None, "a"]
+  assert workers.chain_jobs(groups, 1) == [[0, 2, 4], [1], [3]]
+  assert workers.chain_jobs(groups, 3) == [[0, 2, 4], [1], [3]]  # no slot idle
+  assert workers.chain_jobs(groups, 4) == [[0, 2], [4], [1], [3]]
+  assert workers.chain_jobs(groups, 9) == [[0], [2], [4], [1], [3]]  # all alone
+  assert workers.chain_jobs([None, None], 1) == [[0], [1]]
+  assert workers.chain_jobs([], 2) == []
+  with pytest.raises(ValueError, match="slots must be >= 1, got 0"):
+    workers.chain_jobs(["a"], 0)
+  # Every job exactly once, a group's jobs in job order, for many shapes.
+  for slots in range(1, 8):
+    for groups in (["x"] * 7, ["x", "y"] * 4, ["x", None, "y", "x", None, "z", "x"]):
+      chains = workers.chain_jobs(groups, slots)
+      assert sorted(sum(chains, [])) == list(range(len(groups)))
+      assert all(chain == sorted(chain) and len({groups[i] for i in chain}) == 1
+                 for chain in chains)
+
+
+def test_jobs_of_one_group_run_one_after_another(tmp_path):
+  # Each child records when it ran; 'a' jobs must not overlap while 'b' overlaps them.
+  code = f"""
+      import sys, time
+      start = time.time(); time.sleep(0.6)
+      open({str(tmp_path)!r} + '/' + sys.argv[1], 'w').write(f'{{start}} {{time.time()}}')
+  """
+  jobs = [workers.Job(name, _python(code) + [name], group=group)
+          for name, group in (("a1", "a"), ("b1", None), ("a2", "a"))]
+  results = workers.run_jobs(jobs, workers=2, print_fn=_Lines())
+  assert [r.returncode for r in results] == [0, 0, 0]
+  spans = {name: [float(v) for v in (tmp_path / name).read_text().split()]
+           for name in ("a1", "b1", "a2")}
+  assert spans["a2"][0] >= spans["a1"][1]  # chained: a2 started after a1 ended
+  assert spans["b1"][0] < spans["a1"][1]  # the other slot ran b1 meanwhile
+
+
 def test_devices_pin_slots_and_split_memory():
   code = """
       import os, time

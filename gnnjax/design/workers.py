@@ -9,6 +9,10 @@ processes, worker slot k pinned to GPU `devices[k % len(devices)]`:
             for task in tasks]
     results = run_jobs(jobs, workers=2, devices=accelerator_ids())
 
+Jobs given one `group` (tasks whose programs have one shape: `data.program_group`) run one
+after another in one slot where the slots allow, so the later ones find the first one's
+programs in the persistent compilation cache instead of compiling them at the same time.
+
 Each child sees only its GPU (CUDA_VISIBLE_DEVICES) and preallocates a share of its memory
 (XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / children sharing that GPU), so children sharing one GPU
 fit together. Output lines of every child are streamed as they arrive, prefixed with
@@ -60,10 +64,15 @@ class Job:
   Attributes:
     name: short label prefixing its output lines, e.g. the task name.
     argv: the full command, e.g. [sys.executable, '-m', 'experiments.design_space', ...].
+    group: jobs with one group compile the same programs (e.g. `data.program_group` of their
+      tasks); `run_jobs` runs them one after another in one slot where the slots allow
+      (`chain_jobs`), so the later ones load the first one's programs from the persistent
+      compilation cache instead of compiling them side by side. None: a group of its own.
   """
 
   name: str
   argv: list[str]
+  group: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +141,39 @@ def print_failures(results: Sequence[JobResult],
   return failed
 
 
+def chain_jobs(groups: Sequence[str | None], slots: int) -> list[list[int]]:
+  """The job indices as chains, each run one job after another in one slot.
+
+  Jobs of one group (not None) form one chain, in job order; chains are ordered by their first
+  job. While there are fewer chains than `slots` and one is longer than a job, the longest is
+  cut in two (its first half stays first): an idle slot costs more than compiling a group's
+  programs twice at once.
+
+  Example: groups ['a', 'b', 'a', None, 'a'], slots 2 -> [[0, 2, 4], [1], [3]];
+  slots 4 -> [[0, 2], [1], [3], [4]].
+  """
+  if slots < 1:
+    raise ValueError(f"slots must be >= 1, got {slots}")
+  chains: list[list[int]] = []
+  by_group: dict[str, list[int]] = {}
+  for index, group in enumerate(groups):
+    if group is None:
+      chains.append([index])
+    elif group in by_group:
+      by_group[group].append(index)
+    else:
+      by_group[group] = [index]
+      chains.append(by_group[group])
+  while len(chains) < slots:
+    longest = max(range(len(chains)), key=lambda k: len(chains[k]), default=None)
+    if longest is None or len(chains[longest]) < 2:
+      break
+    chain = chains[longest]
+    half = (len(chain) + 1) // 2
+    chains[longest:longest + 1] = [chain[:half], chain[half:]]
+  return chains
+
+
 def slot_environments(workers: int, devices: Sequence[str] | None) -> list[dict[str, str]]:
   """The pinning variables of each of `workers` slots: slot k gets devices[k % len(devices)]
   and an equal share of 0.9 of that device's memory; with no devices, no variables."""
@@ -154,9 +196,9 @@ class _Runner:
     self._jobs = list(jobs)
     self._slot_envs = slot_envs
     self._print = print_fn
-    self._queue: queue.Queue[int] = queue.Queue()
-    for index in range(len(self._jobs)):
-      self._queue.put(index)
+    self._queue: queue.Queue[list[int]] = queue.Queue()
+    for chain in chain_jobs([job.group for job in self._jobs], len(slot_envs)):
+      self._queue.put(chain)
     self._results: list[JobResult | None] = [None] * len(self._jobs)
     self._lock = threading.Lock()  # guards _running, _stopping and print_fn
     self._running: dict[int, subprocess.Popen] = {}
@@ -212,15 +254,16 @@ class _Runner:
   def _slot(self, slot: int) -> None:
     while True:
       try:
-        index = self._queue.get_nowait()
+        chain = self._queue.get_nowait()
       except queue.Empty:
         return
-      try:
-        self._results[index] = self._run_one(self._jobs[index], self._slot_envs[slot])
-      except BaseException as error:  # pylint: disable=broad-except
-        self._errors.append(error)  # re-raised by run(); the other slots stop too
-        self.stop()
-        return
+      for index in chain:  # a failed job does not stop the rest of its chain
+        try:
+          self._results[index] = self._run_one(self._jobs[index], self._slot_envs[slot])
+        except BaseException as error:  # pylint: disable=broad-except
+          self._errors.append(error)  # re-raised by run(); the other slots stop too
+          self.stop()
+          return
 
   def _run_one(self, job: Job, slot_env: Mapping[str, str]) -> JobResult:
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -276,7 +319,9 @@ def run_jobs(jobs: Sequence[Job], workers: int, devices: Sequence[str] | None = 
   Args:
     jobs: the commands. Each child inherits this process's environment plus `env`, with
       PYTHONUNBUFFERED=1 (so its lines arrive as printed).
-    workers: most children at once; the slots used are min(workers, len(jobs)).
+    workers: most children at once; the slots used are min(workers, len(jobs)). Jobs that
+      share a `group` run one after another in one slot where that leaves no slot idle
+      (`chain_jobs`).
     devices: GPU ids (e.g. `accelerator_ids()`). Slot k runs its jobs with
       CUDA_VISIBLE_DEVICES=devices[k % len(devices)] and XLA_PYTHON_CLIENT_MEM_FRACTION =
       0.9 / (slots on that device), to 3 decimals (these override `env`). None or empty: no
