@@ -146,11 +146,11 @@ def chain_jobs(groups: Sequence[str | None], slots: int) -> list[list[int]]:
 
   Jobs of one group (not None) form one chain, in job order; chains are ordered by their first
   job. While there are fewer chains than `slots` and one is longer than a job, the longest is
-  cut in two (its first half stays first): an idle slot costs more than compiling a group's
-  programs twice at once.
+  cut in two in its place (first half, then second): an idle slot costs more than compiling a
+  group's programs twice at once.
 
   Example: groups ['a', 'b', 'a', None, 'a'], slots 2 -> [[0, 2, 4], [1], [3]];
-  slots 4 -> [[0, 2], [1], [3], [4]].
+  slots 4 -> [[0, 2], [4], [1], [3]].
   """
   if slots < 1:
     raise ValueError(f"slots must be >= 1, got {slots}")
