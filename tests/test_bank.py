@@ -127,6 +127,53 @@ def test_reading_a_bank_leaves_its_file_unchanged(tmp_path):
     bank_lib.Bank(path)
 
 
+_OLD_LAYOUT = """
+CREATE TABLE trials (task TEXT NOT NULL, design_id TEXT NOT NULL, seed INTEGER NOT NULL,
+  design_json TEXT NOT NULL, num_params INTEGER NOT NULL, status TEXT NOT NULL,
+  diverged_epoch INTEGER, message TEXT, final_json TEXT NOT NULL, best_json TEXT NOT NULL,
+  wall_seconds REAL NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (task, design_id, seed));
+CREATE TABLE evals (task TEXT NOT NULL, design_id TEXT NOT NULL, seed INTEGER NOT NULL,
+  epoch INTEGER NOT NULL, split TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
+  PRIMARY KEY (task, design_id, seed, epoch, split, metric));
+CREATE INDEX evals_by_metric ON evals (task, split, metric, epoch);
+PRAGMA user_version = 1;
+"""
+
+
+def _layout(path) -> list[tuple[str, str]]:
+  connection = sqlite3.connect(path)
+  rows = connection.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+  connection.close()
+  return rows
+
+
+def test_evals_are_stored_once_and_old_layout_banks_still_work(tmp_path):
+  # New banks keep evals in their key's b-tree (no rowid copy, no second index).
+  designs = designs_sample(3)
+  new = tmp_path / "new.sqlite"
+  with bank_lib.Bank(new) as bank:
+    bank.add(fake_result(designs[0], 1))
+  layout = {name: sql for _, name, sql in _layout(new)}
+  assert layout["evals"].rstrip().endswith("WITHOUT ROWID")
+  assert "evals_by_metric" not in layout and "sqlite_autoindex_evals_1" not in layout
+  # A bank written in the earlier layout opens, reads, takes trials and merges into the new one.
+  old = tmp_path / "old.sqlite"
+  connection = sqlite3.connect(old)
+  connection.executescript(_OLD_LAYOUT)
+  connection.close()
+  with bank_lib.Bank(old) as bank:
+    for design in designs[1:]:
+      bank.add(fake_result(design, 1))
+    old_curves = bank.curves(TASK, "val", "accuracy")
+    assert len(old_curves) == 2
+  assert "evals_by_metric" in {name for _, name, _ in _layout(old)}  # left as it was
+  with bank_lib.Bank(new) as bank:
+    assert bank.merge_from(old) == 2
+    merged = bank.curves(TASK, "val", "accuracy")
+    assert {k: v for k, v in merged.items() if k in old_curves} == old_curves
+    assert bank.get(fake_result(designs[2], 1).key) == fake_result(designs[2], 1)
+
+
 def test_non_finite_values_and_replace(tmp_path):
   design = designs_sample(1)[0]
   diverged = fake_result(design, 1, status="diverged")
