@@ -173,11 +173,6 @@ def _trainer_and_kwargs():
   return None, kwargs
 
 
-def enable_compilation_cache() -> str | None:
-  """Points JAX's persistent compilation cache at --compilation_cache_dir."""
-  return task_flags.use_compilation_cache(FLAGS.compilation_cache_dir)
-
-
 def run_and_report(space: spaces.DesignSpace, db: str, task_names: list[str]) -> None:
   """Trains what the bank lacks of `task_names` in this process, then prints the rank tables
   and writes the plan, tables and plots into --out_dir."""
@@ -326,7 +321,7 @@ def main(argv):
   del argv
   if FLAGS.workers < 1:
     raise app.UsageError(f"--workers must be >= 1, got {FLAGS.workers}")
-  enable_compilation_cache()  # config only: no device is initialised here
+  task_flags.use_compilation_cache(FLAGS.compilation_cache_dir)  # config only, no device
   space = spaces.resolve_space(FLAGS.space, FLAGS.fix)
   db = FLAGS.db or bank_lib.default_path(FLAGS.out_dir)
   task_names = data_lib.expand_task_names(FLAGS.tasks)

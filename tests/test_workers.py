@@ -94,14 +94,16 @@ def test_chain_jobs_groups_jobs_and_cuts_chains_for_idle_slots():
 
 
 def test_jobs_of_one_group_run_one_after_another(tmp_path):
-  # Each child records when it ran; 'a' jobs must not overlap while 'b' overlaps them.
+  # Each child records when it ran; 'a' jobs must not overlap while 'b' overlaps them. b1 is
+  # short, so a plain job queue would start a2 in b1's slot while a1 still runs.
   code = f"""
       import sys, time
-      start = time.time(); time.sleep(0.6)
+      start = time.time(); time.sleep(float(sys.argv[2]))
       open({str(tmp_path)!r} + '/' + sys.argv[1], 'w').write(f'{{start}} {{time.time()}}')
   """
-  jobs = [workers.Job(name, _python(code) + [name], group=group)
-          for name, group in (("a1", "a"), ("b1", None), ("a2", "a"))]
+  jobs = [workers.Job(name, _python(code) + [name, seconds], group=group)
+          for name, seconds, group in (("a1", "1.0", "a"), ("b1", "0.1", None),
+                                       ("a2", "0.1", "a"))]
   results = workers.run_jobs(jobs, workers=2, print_fn=_Lines())
   assert [r.returncode for r in results] == [0, 0, 0]
   spans = {name: [float(v) for v in (tmp_path / name).read_text().split()]

@@ -189,7 +189,8 @@ def slot_environments(workers: int, devices: Sequence[str] | None) -> list[dict[
 
 
 class _Runner:
-  """Slot threads pulling jobs from one queue; each runs its child and streams its output."""
+  """Slot threads pulling chains of jobs (`chain_jobs`) from one queue; each runs its chain's
+  children one after another and streams their output."""
 
   def __init__(self, jobs: Sequence[Job], slot_envs: Sequence[Mapping[str, str]],
                print_fn: Callable[[str], None]):
