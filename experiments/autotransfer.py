@@ -28,7 +28,9 @@ designs both hold in the bank, `efficiency.pool_distances`: an oracle that reads
 task's own results, for the study's upper bound), 'file' (--distances_json: {"task":
 distance} or, in study mode, {"held_out": {"task": distance}}), or, in study mode only, 'self':
 no other task at all, each held-out task's prior comes from its own other training seeds
-(`efficiency.self_transfer`; searches see --held_seeds), the best source any bank could hold.
+(`efficiency.self_transfer`; searches see --held_seeds), the best source any bank could hold,
+and 'insample': each held-out task's prior is its own top-K over the very results the
+searches read (`efficiency.in_sample_transfer`: the ceiling of a top-K prior on that pool).
 FIM features are cached in --features (JSON task -> vector; missing tasks are computed,
 loading each task by its bank name, and written back).
 
@@ -87,11 +89,13 @@ flags.DEFINE_float("smoothing", 0.0, "Mix this much of the uniform prior into th
                    "one (0: choices unseen in the near tasks' top-K stay impossible, as the "
                    "paper).")
 flags.DEFINE_enum("distance", "embedding",
-                  ["embedding", "feature", "graphgym", "pool", "file", "self"],
+                  ["embedding", "feature", "graphgym", "pool", "file", "self", "insample"],
                   "How task distances are computed (see the module docstring; 'pool' is an "
                   "oracle that reads the held-out task's own results). --mode=study only: "
                   "'self' takes each held-out task's prior from its own other seeds "
-                  "(efficiency.self_transfer: the best source a bank could hold).")
+                  "(efficiency.self_transfer: the best source a bank could hold); 'insample' "
+                  "from its own top-K over the results the searches read "
+                  "(efficiency.in_sample_transfer: the ceiling of a top-K prior).")
 flags.DEFINE_list("held_seeds", ["1"], "--distance=self: the seeds whose results the searches "
                   "see; the prior comes from the task's other seeds.")
 flags.DEFINE_string("distances_json", None, "--distance=file: the distances JSON.")
@@ -197,9 +201,9 @@ def _json_default(value: Any) -> Any:
 
 
 def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
-  if FLAGS.distance == "self":
-    raise ValueError("--distance=self is a study of the bank's own tasks: use it with "
-                     "--mode=study")
+  if FLAGS.distance in ("self", "insample"):
+    raise ValueError(f"--distance={FLAGS.distance} is a study of the bank's own tasks: use it "
+                     "with --mode=study")
   task = FLAGS.dataset
   bank_tasks = [t for t in bank.tasks() if t != task]
   if task in bank.tasks():
@@ -333,6 +337,9 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   if not tasks:
     raise ValueError(f"no bank task has {FLAGS.min_pool} designs in space {space.name!r}")
   print(f"study: {len(tasks)} held-out task(s), {len(distributions)} bank task(s) with designs")
+  if FLAGS.distance == "insample":
+    return _report(efficiency.in_sample_transfer(bank, space, tasks, _study_config(),
+                                                 distributions=distributions))
   similarity = None
   if FLAGS.distance == "embedding":
     similarity = distances_lib.anchor_similarity(bank, _anchors())

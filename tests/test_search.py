@@ -290,6 +290,65 @@ def test_bank_lookup_and_search_efficiency_study(tmp_path):
   assert len(paths) == 3
 
 
+def test_trials_to_reference_strict_and_within_one_standard_error():
+  """Hand-built curves: plain TPE's runs end on 0.8 and 0.9 (mean 0.85, std 0.05, SE
+  0.05/sqrt(2)); the prior's mean curve is 0.80, 0.83, 0.84, 0.86."""
+  config = efficiency.StudyConfig(algorithms=("tpe",), runs=2, trials=4)
+  curves = {name: np.full((2, 1, 2, 2, 4), np.nan)
+            for name in ("report", "objective", "report_at_best", "epochs")}
+  uniform = np.array([[0.5, 0.6, 0.7, 0.8], [0.5, 0.7, 0.8, 0.9]])
+  prior = np.array([[0.80, 0.83, 0.84, 0.86], [0.80, 0.83, 0.84, 0.86]])
+  for ti in range(2):
+    curves["report"][ti, 0, 0] = uniform if ti == 0 else 1.0 - uniform
+    curves["report"][ti, 0, 1] = prior if ti == 0 else 1.0 - prior
+  result = efficiency.EfficiencyResult(config=config, tasks=["acc", "loss"], curves=curves,
+                                       higher_is_better=[True, False], pool=[{}, {}],
+                                       transfers=[{"weights": []}] * 2)
+  rows = {(r["task"], r["prior"]): r for r in efficiency.summary_rows(result)}
+  se = 0.05 / math.sqrt(2)  # 0.0354: the prior's 0.83 at t=2 is within it of 0.85
+  assert 0.85 - se < 0.83 < 0.84 < 0.85
+  for task in ("acc", "loss"):  # a loss (lower is better) mirrors an accuracy
+    assert rows[task, "transferred"]["trials_to_reference"] == 4
+    assert rows[task, "transferred"]["trials_to_reference_se"] == 2
+    assert rows[task, "uniform"]["trials_to_reference"] == 4
+  assert "TPE with the transferred prior within 5 trials: 2 of 2 tasks (within one SE: 2)" \
+      in efficiency.format_table(result)
+  # Every reference run ends on one value (a saturated pool): the SE count is the strict one.
+  curves["report"][0, 0, 0] = [[0.5, 0.6, 0.7, 0.9], [0.5, 0.7, 0.8, 0.9]]
+  row = [r for r in efficiency.summary_rows(result)
+         if r["task"] == "acc" and r["prior"] == "transferred"][0]
+  assert row["trials_to_reference"] is None and row["trials_to_reference_se"] is None
+  assert "TPE with the transferred prior within 5 trials: 1 of 2 tasks (within one SE: 1)" \
+      in efficiency.format_table(result)
+
+
+def test_in_sample_prior_is_the_tasks_own_top_k(tmp_path):
+  """With K = 1 the in-sample prior puts all its mass on the pool's best-val design, so every
+  run's first trial is that design; the script's --distance=insample runs the same study."""
+  build_fake_bank(tmp_path / "bank.sqlite", {"a1": 0, "b1": 1})
+  config = efficiency.StudyConfig(algorithms=("random", "tpe"), runs=3, trials=4, top_k=1)
+  with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+    result = efficiency.in_sample_transfer(bank, BIG, ["a1", "b1"], config, print_fn=None)
+    own = prior_lib.bank_distributions(bank, BIG, ["a1", "b1"], 1)
+    given = efficiency.in_sample_transfer(bank, BIG, ["a1", "b1"], config, print_fn=None,
+                                          distributions=own)
+  assert [t["tasks"] for t in result.transfers] == [["a1 (in sample)"], ["b1 (in sample)"]]
+  for ti in range(2):
+    best = result.pool[ti]["best_report"]  # test = val - 0.02: the best-val design's test
+    assert result.pool[ti]["size"] == 60
+    np.testing.assert_allclose(result.curves["report"][ti, :, 1, :, 0], best)
+    assert result.curves["report"][ti, :, 0, :, 0].min() < best  # uniform: not every run
+  np.testing.assert_array_equal(given.curves["report"], result.curves["report"])
+  out = _script(f"--db={tmp_path / 'bank.sqlite'}", "--mode=study", "--distance=insample",
+                "--algorithms=random", "--runs=2", "--trials=3", "--top_k=1",
+                f"--out_dir={tmp_path / 'insample'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  study = json.loads((tmp_path / "insample" / "search_efficiency.json").read_text())
+  assert study["transfers"][0]["tasks"] == ["a1 (in sample)"] and study["tasks"] == ["a1", "b1"]
+  out = _script(f"--db={tmp_path / 'bank.sqlite'}", "--dataset=a1", "--distance=insample")
+  assert out.returncode != 0 and "use it with --mode=study" in out.stderr
+
+
 def test_study_leaves_thin_pools_out_of_the_prior(tmp_path):
   tasks = {"a1": 0, "a2": 0, "b1": 1}
   build_fake_bank(tmp_path / "bank.sqlite", tasks)  # 60 designs per task
