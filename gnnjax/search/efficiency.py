@@ -16,7 +16,12 @@ study needs no training. Runs r of the two priors share the seed (common random 
 
 Summary (`summary_rows`): per task, algorithm and prior, mean +- std over runs at t = 1, 3, 5,
 10, 30, and the first t at which the mean curve reaches plain TPE's mean at the last trial
-(the paper's Table 4: "trials needed to surpass TPE's 30-trial result").
+(the paper's Table 4: "trials needed to surpass TPE's 30-trial result"), and when it comes
+within one standard error of it (a near-miss diagnostic).
+
+Ceilings: `self_transfer` (a task's prior from its own other seeds: the best source a bank
+could hold) and `in_sample_transfer` (from its own top-K over the searched pool: the most a
+top-K prior can do there).
 """
 
 from __future__ import annotations
