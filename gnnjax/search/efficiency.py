@@ -286,6 +286,42 @@ def search_efficiency(bank, space: DesignSpace, tasks: Sequence[str], distances:
                           seconds=time.time() - started)
 
 
+@dataclasses.dataclass
+class _Ceiling:
+  """One held-out task of a ceiling study: its pool, the prior taken whole from one source."""
+  lookup: BankLookup
+  prior: prior_lib.Prior
+  source: str
+  pool_summary: dict[str, Any]
+  pool_tau: float | None
+  shared: int
+  message: str
+
+
+def _ceiling_study(tasks: Sequence[str], config: StudyConfig, rule: str,
+                   ceiling_of: Callable[[str], _Ceiling],
+                   print_fn: Callable[[str], None] | None) -> EfficiencyResult:
+  """Runs every search of `tasks` with the prior `ceiling_of(task)` gives (the ceilings
+  below); `rule` names how the prior was taken in `transfers`."""
+  started = time.time()
+  say = print_fn or (lambda _: None)
+  curves = _empty_curves(len(tasks), config)
+  higher, pools, transfers = [], [], []
+  for ti, task in enumerate(tasks):
+    c = ceiling_of(task)
+    pools.append(c.pool_summary)
+    higher.append(bool(c.lookup.higher_is_better))
+    transfers.append({"tasks": [c.source], "weights": [1.0], "distances": [0.0], "rule": rule,
+                      "fallback": False, "pool_tau": [c.pool_tau], "pool_shared": [c.shared]})
+    say(f"[{ti + 1}/{len(tasks)}] {task}: {c.message}")
+    prior = c.prior.smoothed(config.smoothing) if config.smoothing else c.prior
+    _search_task(curves, ti, config, c.lookup.space, prior, c.lookup, None, c.lookup.pool,
+                 c.lookup.higher_is_better, say)
+  return EfficiencyResult(config=config, tasks=list(tasks), curves=curves,
+                          higher_is_better=higher, pool=pools, transfers=transfers,
+                          seconds=time.time() - started)
+
+
 def self_transfer(bank, space: DesignSpace, tasks: Sequence[str],
                   config: StudyConfig = StudyConfig(), held_seeds: Collection[int] = (1,),
                   print_fn: Callable[[str], None] | None = print) -> EfficiencyResult:
@@ -302,12 +338,9 @@ def self_transfer(bank, space: DesignSpace, tasks: Sequence[str],
   Raises:
     ValueError: a task without a design trained with a held seed and another seed.
   """
-  started = time.time()
-  say = print_fn or (lambda _: None)
   held = {int(s) for s in held_seeds}
-  curves = _empty_curves(len(tasks), config)
-  higher, pools, transfers = [], [], []
-  for ti, task in enumerate(tasks):
+
+  def ceiling_of(task: str) -> _Ceiling:
     results = bank.query(task=task, status=OK)
     seeds_of: dict[str, set[int]] = {}
     for r in results:
@@ -318,23 +351,16 @@ def self_transfer(bank, space: DesignSpace, tasks: Sequence[str],
                        f"{sorted(held)} and another seed")
     lookup = BankLookup(bank, task, space, seeds=held, design_ids=both, results=results)
     others = [r for r in results if r.key.design_id in both and r.key.seed not in held]
-    source_seeds = sorted({r.key.seed for r in others})
-    prior = prior_lib.task_distribution(others, space, config.top_k, lookup.metric)
-    transferred = prior.smoothed(config.smoothing) if config.smoothing else prior
+    source = f"{task} seeds {','.join(map(str, sorted({r.key.seed for r in others})))}"
     # The pool scores the held seeds; the seed agreement is over every seed of its designs.
-    pools.append(_pool_summary(lookup, seeds_of=BankLookup(bank, task, space, design_ids=both,
-                                                            results=results)))
-    higher.append(bool(lookup.higher_is_better))
-    source = f"{task} seeds {','.join(map(str, source_seeds))}"
-    transfers.append({"tasks": [source], "weights": [1.0], "distances": [0.0], "rule": "self",
-                      "fallback": False, "pool_tau": [None], "pool_shared": [len(both)]})
-    say(f"[{ti + 1}/{len(tasks)}] {task}: pool {len(lookup)} (seeds {sorted(held)}), prior "
-        f"from {source}")
-    _search_task(curves, ti, config, space, transferred, lookup, None, lookup.pool,
-                 lookup.higher_is_better, say)
-  return EfficiencyResult(config=config, tasks=list(tasks), curves=curves,
-                          higher_is_better=higher, pool=pools, transfers=transfers,
-                          seconds=time.time() - started)
+    summary = _pool_summary(lookup, seeds_of=BankLookup(bank, task, space, design_ids=both,
+                                                         results=results))
+    return _Ceiling(lookup, prior_lib.task_distribution(others, space, config.top_k,
+                                                         lookup.metric),
+                    source, summary, None, len(both),
+                    f"pool {len(lookup)} (seeds {sorted(held)}), prior from {source}")
+
+  return _ceiling_study(tasks, config, "self", ceiling_of, print_fn)
 
 
 def in_sample_transfer(bank, space: DesignSpace, tasks: Sequence[str],
@@ -353,28 +379,15 @@ def in_sample_transfer(bank, space: DesignSpace, tasks: Sequence[str],
   them (default: computed from the bank). The result has the shape of `search_efficiency`'s;
   `transfers[i]["tasks"]` names the source as '<task> (in sample)'.
   """
-  started = time.time()
-  say = print_fn or (lambda _: None)
-  curves = _empty_curves(len(tasks), config)
-  higher, pools, transfers = [], [], []
-  for ti, task in enumerate(tasks):
+  def ceiling_of(task: str) -> _Ceiling:
     lookup = BankLookup(bank, task, space)
     prior = (distributions[task] if distributions is not None and task in distributions
              else prior_lib.task_distribution(bank.query(task=task, status=OK), space,
                                               config.top_k, lookup.metric))
-    transferred = prior.smoothed(config.smoothing) if config.smoothing else prior
-    pools.append(_pool_summary(lookup))
-    higher.append(bool(lookup.higher_is_better))
-    transfers.append({"tasks": [f"{task} (in sample)"], "weights": [1.0], "distances": [0.0],
-                      "rule": "in_sample", "fallback": False, "pool_tau": [1.0],
-                      "pool_shared": [len(lookup)]})
-    say(f"[{ti + 1}/{len(tasks)}] {task}: pool {len(lookup)}, prior from its own top "
-        f"{config.top_k}")
-    _search_task(curves, ti, config, space, transferred, lookup, None, lookup.pool,
-                 lookup.higher_is_better, say)
-  return EfficiencyResult(config=config, tasks=list(tasks), curves=curves,
-                          higher_is_better=higher, pool=pools, transfers=transfers,
-                          seconds=time.time() - started)
+    return _Ceiling(lookup, prior, f"{task} (in sample)", _pool_summary(lookup), 1.0,
+                    len(lookup), f"pool {len(lookup)}, prior from its own top {config.top_k}")
+
+  return _ceiling_study(tasks, config, "in_sample", ceiling_of, print_fn)
 
 
 def pool_agreement(a: BankLookup, b: BankLookup, min_shared: int = 10) -> tuple[float, int]:
