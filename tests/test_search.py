@@ -313,6 +313,7 @@ def test_trials_to_reference_strict_and_within_one_standard_error():
     assert rows[task, "uniform"]["trials_to_reference"] == 4
   assert "TPE with the transferred prior within 5 trials: 2 of 2 tasks (within one SE: 2)" \
       in efficiency.format_table(result)
+  assert "\nto TPE@4: first trial whose mean reaches" in efficiency.format_table(result)
   # Every reference run ends on one value (a saturated pool): the SE count is the strict one.
   curves["report"][0, 0, 0] = [[0.5, 0.6, 0.7, 0.9], [0.5, 0.7, 0.8, 0.9]]
   row = [r for r in efficiency.summary_rows(result)
