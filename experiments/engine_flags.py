@@ -50,15 +50,23 @@ flags.DEFINE_enum("one_batch_shape", "auto", ["auto", "on", "off", "adaptive"], 
                   "ladder; adaptive: only where that adds at most "
                   "engine.ONE_SHAPE_MAX_PADDING of the node + edge slots (auto: adaptive).")
 
+flags.DEFINE_integer("width_multiple", 0, "Round population programs' hidden and head widths "
+                     "up to a multiple of this (exact: padded channels stay zero; aligned rows "
+                     "for GPU loads and GEMM tiles); 0: the engine's default (1 on CPU, "
+                     "engine.ACCELERATOR_WIDTH_MULTIPLE elsewhere).", lower_bound=0)
+
 POLICY_FLAGS = ("scan_layers", "block_aggregation", "block_extremes", "split_aggregations",
                 "split_stages", "split_depths", "epoch_scan", "precompile", "one_batch_shape")
 
 
 def engine_policies() -> dict[str, bool | str | None]:
   """The policy keywords of `engine.train_population` from the flags (None: its default)."""
-  return {name: engine.policy_from_flag(getattr(FLAGS, name)) for name in POLICY_FLAGS}
+  policies = {name: engine.policy_from_flag(getattr(FLAGS, name)) for name in POLICY_FLAGS}
+  return {**policies, "width_multiple": FLAGS.width_multiple or None}
 
 
 def flag_values() -> dict[str, str]:
-  """The flags as given (auto|on|off|...), e.g. to record beside results."""
-  return {name: getattr(FLAGS, name) for name in POLICY_FLAGS}
+  """The flags as given (auto|on|off|..., width_multiple 0 for auto), e.g. to record beside
+  results."""
+  return {**{name: getattr(FLAGS, name) for name in POLICY_FLAGS},
+          "width_multiple": FLAGS.width_multiple}

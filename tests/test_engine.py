@@ -586,6 +586,66 @@ def test_scanned_layers_of_every_conv_type_match_the_unrolled_layers(node_data, 
   _assert_layouts_agree(node_data, designs, unrolled, scanned, train, seed=1, count=5)
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_width_multiple_pads_widths_without_changing_a_design(node_data, train):
+  """Layout(width_multiple=m) rounds D, H and every layer's input width up to a multiple of
+  m; the extra channels stay zero, so outputs, batch statistics and gradients are those of
+  the unrounded layout, for every stage type (skipconcat's wide buffer included)."""
+  data, _ = reference.split_for_seed(node_data, 1, 4)
+  designs = [graphgym.build_model(d.replace(layers_mp=1 + i % 3), data)[1]
+             for i, d in enumerate(DESIGNS)]
+  plain = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True, block_nodes=12)
+  aligned = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True, block_nodes=12,
+                                         width_multiple=8)
+  assert (plain.dim, plain.head_dim) == (6, 18)  # 3 layers x 6, skipconcat's buffer
+  assert (aligned.dim, aligned.head_dim) == (8, 24)
+  assert aligned.mp_in_dims == tuple(-(-w // 8) * 8 for w in plain.mp_in_dims)
+  assert superset.param_count(aligned) > superset.param_count(plain)
+  batch = jax.tree.map(lambda a: np.asarray(a)[0], next(iter(
+      engine._SeedStreams(node_data, [1], 4).train_batches(0))))
+  weights = np.random.default_rng(2).normal(size=(batch.nodes["x"].shape[0], 3))
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def run(layout, params, stats, spec, keys):
+    def loss(p):
+      out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
+      return jnp.sum(out * weights), (out, new)
+    return jax.grad(loss, has_aux=True)(params)
+
+  for index, design in enumerate(designs):
+    model = graphgym.build_model(design, data)[0]
+    shapes = superset.design_variable_shapes(model, 4)
+    got, want = [], []
+    for layout, into in ((plain, want), (aligned, got)):
+      # The same key: each layout reads the design's own draw out of its padded one.
+      params, stats, _ = superset.init_variables(layout, superset.init_spec(layout, *shapes),
+                                                 jax.random.PRNGKey(index))
+      keys = superset.dropout_keys(layout, jax.random.PRNGKey(100 + index))
+      into.append(run(layout, params, stats, superset.design_spec(layout, design), keys))
+    (grads, (out, new)), = want
+    (aligned_grads, (aligned_out, aligned_new)), = got
+    np.testing.assert_allclose(np.asarray(aligned_out), np.asarray(out), rtol=1e-5, atol=1e-6)
+    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(grads))
+    for tree, aligned_tree in ((grads, aligned_grads), (new, aligned_new)):
+      for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(tree)[0],
+                              jax.tree.leaves(aligned_tree)):
+        a, b = np.asarray(a), np.asarray(b)
+        real = b[tuple(slice(0, n) for n in a.shape)]  # padding is at the end of every axis
+        np.testing.assert_allclose(real, a, rtol=1e-5, atol=1e-6 * max(scale, 1.0),
+                                   err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
+  with pytest.raises(ValueError, match="width_multiple"):
+    superset.Layout.from_designs(designs, 4, 3, ds.NODE, width_multiple=0)
+
+
+def test_engine_width_multiple_matches_designs_trained_alone(node_data, references):
+  results = engine.train_population(DESIGNS[:4], node_data, [1], eval_every=2,
+                                    width_multiple=16)
+  for index in (0, 2, 3):
+    assert_same_trial(results[index], references[(index, 1)])
+  with pytest.raises(ValueError, match="width_multiple"):
+    engine.train_population([BASE], node_data, [0], width_multiple=0)
+
+
 def test_stack_layer_params_pads_input_rows_only():
   layers = [{"w": np.ones((3, 2)), "b": np.ones(2), "eps": np.float32(1)},
             {"w": 2 * np.ones((5, 2)), "b": np.zeros(2), "eps": np.float32(2)}]

@@ -402,6 +402,18 @@ def block_extremes_by_default(devices: Sequence[jax.Device]) -> bool:
   return not _all_cpu(devices)
 
 
+# Width multiple of population layouts on accelerators (`superset.Layout.width_multiple`):
+# GraphGym's budget-matched widths are odd (137, 181, 255 ...), which leaves the rows of every
+# [N, D] array unaligned for the GPU's vectorised loads and cuBLAS's tensor-core tiles.
+ACCELERATOR_WIDTH_MULTIPLE = 1
+
+
+def width_multiple_by_default(devices: Sequence[jax.Device]) -> int:
+  """The multiple population layouts round their widths up to: 1 on CPUs,
+  ACCELERATOR_WIDTH_MULTIPLE elsewhere."""
+  return 1 if _all_cpu(devices) else ACCELERATOR_WIDTH_MULTIPLE
+
+
 # XLA options of the population programs on GPUs: no Triton GEMM emitter. XLA autotunes
 # every matmul shape of a program among Triton tilings at compile time; with cuBLAS alone the
 # 32 designs x 20 epochs of `benchmarks.design_throughput` compiled in 42.7 s instead of
@@ -976,7 +988,7 @@ class _Group:
                saved: tuple[_Program, int, tuple[int, int] | None] | None = None,
                scan_layers: bool = False, block_aggregation: bool = False,
                block_extremes: bool = False, epoch_scan: bool = False,
-               one_batch_shape: bool | str = False):
+               one_batch_shape: bool | str = False, width_multiple: int = 1):
     """`saved`: (program, padded size, batch padding or None) of a checkpointed chunk holding
     exactly `members` in this order; the group is then that one chunk, with the saved program
     and batch shapes. `epoch_scan`: train an epoch per call where every batch has one shape
@@ -1002,7 +1014,8 @@ class _Group:
     layout = superset.Layout.from_designs(designs, dim_in, dataset.num_outputs,
                                           dataset.task_level, scan_mp=scan_layers,
                                           block_nodes=block_nodes,
-                                          block_extremes=block_extremes)
+                                          block_extremes=block_extremes,
+                                          width_multiple=width_multiple)
     self.streams = _streams_for_layout(streams, layout, epochs, one_batch_shape)
     self.program = _Program(layout, _optimizers(designs), dataset.task_type,
                             self.streams.steps_per_epoch)
@@ -1284,7 +1297,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      block_aggregation: bool | None = None,
                      block_extremes: bool | None = None,
                      epoch_scan: bool | None = None,
-                     one_batch_shape: bool | str | None = None) -> list[trial_lib.TrialResult]:
+                     one_batch_shape: bool | str | None = None,
+                     width_multiple: int | None = None) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
 
   Args:
@@ -1340,6 +1354,10 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       True, False, or ADAPTIVE (where that adds at most ONE_SHAPE_MAX_PADDING of the node +
       edge slots); default: `one_batch_shape_by_default`. Programs that aggregate by blocks
       only always run on one shape. The same results up to float reassociation.
+    width_multiple: round each program's hidden, head and layer-input widths up to a
+      multiple of this (`superset.Layout.width_multiple`; default:
+      `width_multiple_by_default`); the padded channels are exact zeros, so the same results
+      up to float reassociation.
 
   Returns:
     One TrialResult per (design, seed), designs outer and seeds inner, as
@@ -1352,7 +1370,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       checkpoint_every=checkpoint_every, split_aggregations=split_aggregations,
       split_stages=split_stages, split_depths=split_depths,
       precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation,
-      block_extremes=block_extremes, epoch_scan=epoch_scan, one_batch_shape=one_batch_shape):
+      block_extremes=block_extremes, epoch_scan=epoch_scan, one_batch_shape=one_batch_shape,
+      width_multiple=width_multiple):
     results[index] = result
   return results
 
@@ -1376,12 +1395,14 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            split_depths: bool | str | None = None, precompile: bool | str | None = None,
            scan_layers: bool | None = None, block_aggregation: bool | None = None,
            block_extremes: bool | None = None, epoch_scan: bool | None = None,
-           one_batch_shape: bool | str | None = None
+           one_batch_shape: bool | str | None = None, width_multiple: int | None = None
            ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
   an unknown keyword is a TypeError here, as it would be there)."""
   if eval_every < 1:
     raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+  if width_multiple is not None and width_multiple < 1:
+    raise ValueError(f"width_multiple must be >= 1 or None, got {width_multiple}")
   if max_parallel is not None and max_parallel < 1:
     raise ValueError(f"max_parallel must be >= 1 or None, got {max_parallel}")
   if checkpoint_dir is not None and checkpoint_every < 1:
@@ -1429,12 +1450,15 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     split_depths = split_depths_by_default(devices)
   if one_batch_shape is None:
     one_batch_shape = one_batch_shape_by_default(devices)
+  if width_multiple is None:
+    width_multiple = width_multiple_by_default(devices)
   for group_members in _group_members(members_left, dataset, split_aggregations, split_stages,
                                       split_depths):
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
                    block_aggregation=block_aggregation, block_extremes=block_extremes,
-                   epoch_scan=epoch_scan, one_batch_shape=one_batch_shape)
+                   epoch_scan=epoch_scan, one_batch_shape=one_batch_shape,
+                   width_multiple=width_multiple)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 
   if precompile is None:

@@ -92,6 +92,10 @@ class Layout:
       scatter over the edges.
     block_extremes: max and min also run on the blocks (a fused masked reduction,
       `blocks.block_max`; only with block_nodes).
+    width_multiple: dim, head_dim and mp_in_dims are rounded up to a multiple of it (1: the
+      designs' own maxima). Padded channels are exact zeros, so this changes no result; it
+      aligns rows for the GPU's vectorised loads and tensor-core GEMM tiles (GraphGym's
+      budget-matched widths are odd numbers such as 137 or 255).
   """
 
   dim_in: int
@@ -115,11 +119,12 @@ class Layout:
   scan_mp: bool = False
   block_nodes: int = 0
   block_extremes: bool = False
+  width_multiple: int = 1
 
   @classmethod
   def from_designs(cls, designs: Sequence[Design], dim_in: int, num_outputs: int,
                    task_level: str, scan_mp: bool = False, block_nodes: int = 0,
-                   block_extremes: bool = False) -> "Layout":
+                   block_extremes: bool = False, width_multiple: int = 1) -> "Layout":
     """The smallest layout holding every design (dim_inner must be resolved).
 
     `scan_mp`: run the message-passing layers as one `lax.scan` where `scan_possible` (fewer
@@ -127,10 +132,14 @@ class Layout:
     data, to aggregate add/mean by per-graph blocks (GeneralConv layouts; 0: by scatter).
     `block_extremes`: max/min too (with block_nodes; a fused reduction over G M^2 D cells
     instead of a scatter of E D messages, which pays on GPUs but not on CPUs).
+    `width_multiple`: round the hidden, head and layer-input widths up to a multiple of it.
 
     Raises:
-      ValueError: an unresolved dim_inner, or designs with different conv settings.
+      ValueError: an unresolved dim_inner, designs with different conv settings, or a
+        width_multiple below 1.
     """
+    if width_multiple < 1:
+      raise ValueError(f"width_multiple must be >= 1, got {width_multiple}")
     if not designs:
       raise ValueError("a layout needs at least one design")
     if task_level not in (ds.NODE, ds.GRAPH):
@@ -145,8 +154,10 @@ class Layout:
       raise ValueError(f"one layout holds one conv setting; got {sorted(convs)}")
     conv = convs.pop()
     layers_mp = max(d.layers_mp for d in designs)
+    align = lambda width: -(-int(width) // width_multiple) * width_multiple
+    # Rounding is monotone, so a layer's input width stays within the (rounded) stage buffer.
     mp_in_dims = tuple(
-        max((_mp_input_dim(d, i) for d in designs if d.layers_mp > i), default=1)
+        align(max((_mp_input_dim(d, i) for d in designs if d.layers_mp > i), default=1))
         for i in range(layers_mp))
     block_nodes = int(block_nodes) if conv[0] == "generalconv" else 0
     return cls(
@@ -154,8 +165,8 @@ class Layout:
         conv=conv,
         self_weight=any(d.conv_type == "generalconv" and d.conv_variant == "self"
                         for d in designs),
-        dim=max(d.dim_inner for d in designs),
-        head_dim=max(budget_lib.head_input_dim(d, d.dim_inner) for d in designs),
+        dim=align(max(d.dim_inner for d in designs)),
+        head_dim=align(max(budget_lib.head_input_dim(d, d.dim_inner) for d in designs)),
         layers_pre=max(d.layers_pre_mp for d in designs),
         layers_mp=layers_mp,
         layers_post=max(d.layers_post_mp for d in designs),
@@ -169,7 +180,8 @@ class Layout:
         dropout=any(d.dropout > 0 for d in designs),
         scan_mp=scan_mp and scan_possible(layers_mp),
         block_nodes=block_nodes,
-        block_extremes=bool(block_extremes) and block_nodes > 0)
+        block_extremes=bool(block_extremes) and block_nodes > 0,
+        width_multiple=int(width_multiple))
 
   @property
   def conv_type(self) -> str:
