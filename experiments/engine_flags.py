@@ -53,7 +53,7 @@ flags.DEFINE_enum("one_batch_shape", "auto", ["auto", "on", "off", "adaptive"], 
 flags.DEFINE_integer("width_multiple", 0, "Round population programs' hidden and head widths "
                      "up to a multiple of this (exact: padded channels stay zero; aligned rows "
                      "for GPU loads and GEMM tiles); 0: the engine's default (1 on CPU, "
-                     "engine.ACCELERATOR_WIDTH_MULTIPLE elsewhere).", lower_bound=0)
+                     "engine.ACCELERATOR_WIDTH_MULTIPLE = 4 elsewhere).", lower_bound=0)
 
 POLICY_FLAGS = ("scan_layers", "block_aggregation", "block_extremes", "split_aggregations",
                 "split_stages", "split_depths", "epoch_scan", "precompile", "one_batch_shape")

@@ -403,9 +403,15 @@ def block_extremes_by_default(devices: Sequence[jax.Device]) -> bool:
 
 
 # Width multiple of population layouts on accelerators (`superset.Layout.width_multiple`):
-# GraphGym's budget-matched widths are odd (137, 181, 255 ...), which leaves the rows of every
-# [N, D] array unaligned for the GPU's vectorised loads and cuBLAS's tensor-core tiles.
-ACCELERATOR_WIDTH_MULTIPLE = 1
+# GraphGym's budget-matched widths are often odd (79, 147, 181, 255, 553 ...), which leaves
+# the rows of every [N, D] array off the 16-byte alignment of the GPU's vectorised loads.
+# Measured on one H200 (2026-12-04, benchmarks.population_profile, smallworld, GraphGym
+# round-1 groups; ms per step, multiple 1 -> 4 -> 32): 73 members D 255, 27.7 -> 23.9 (256
+# either way); 41 skipconcat members D/H 79/553, 31.4 -> 26.3 -> 25.9; 31 skipconcat members
+# 181/575 at batch 64, 38.1 -> 29.7 -> 30.2; 39 max members 255, 42.0 -> 36.0 (256); 39 max
+# members 147, 47.3 -> 46.6. A width already a multiple of 4 gains nothing from more: 75
+# members at D 148 ran 24.4-24.7 ms, 25.6 at 152 and at 160. So 4, the smallest that aligns.
+ACCELERATOR_WIDTH_MULTIPLE = 4
 
 
 def width_multiple_by_default(devices: Sequence[jax.Device]) -> int:
