@@ -587,13 +587,19 @@ def test_scanned_layers_of_every_conv_type_match_the_unrolled_layers(node_data, 
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_width_multiple_pads_widths_without_changing_a_design(node_data, train):
+@pytest.mark.parametrize("conv", [("generalconv", 1), ("gat", 2), ("gin", 1)],
+                         ids=lambda c: f"{c[0]}{c[1]}")
+def test_width_multiple_pads_widths_without_changing_a_design(node_data, train, conv):
   """Layout(width_multiple=m) rounds D, H and every layer's input width up to a multiple of
   m; the extra channels stay zero, so outputs, batch statistics and gradients are those of
-  the unrounded layout, for every stage type (skipconcat's wide buffer included)."""
+  the unrounded layout, for every stage type (skipconcat's wide buffer included) and conv
+  types with attention (GAT's heads) or an inner MLP (GIN)."""
   data, _ = reference.split_for_seed(node_data, 1, 4)
-  designs = [graphgym.build_model(d.replace(layers_mp=1 + i % 3), data)[1]
-             for i, d in enumerate(DESIGNS)]
+  designs = [d.replace(layers_mp=1 + i % 3) for i, d in enumerate(DESIGNS)]
+  if conv[0] != "generalconv":
+    designs = [d.replace(conv_type=conv[0], heads=conv[1], conv_variant="release",
+                         aggregation="add") for d in designs]
+  designs = [graphgym.build_model(d, data)[1] for d in designs]
   plain = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True, block_nodes=12)
   aligned = superset.Layout.from_designs(designs, 4, 3, ds.NODE, scan_mp=True, block_nodes=12,
                                          width_multiple=8)
@@ -627,12 +633,16 @@ def test_width_multiple_pads_widths_without_changing_a_design(node_data, train):
     np.testing.assert_allclose(np.asarray(aligned_out), np.asarray(out), rtol=1e-5, atol=1e-6)
     scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(grads))
     for tree, aligned_tree in ((grads, aligned_grads), (new, aligned_new)):
-      for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(tree)[0],
-                              jax.tree.leaves(aligned_tree)):
-        a, b = np.asarray(a), np.asarray(b)
-        real = b[tuple(slice(0, n) for n in a.shape)]  # padding is at the end of every axis
+      flat, aligned_flat = superset._flatten(tree), superset._flatten(aligned_tree)
+      assert flat.keys() == aligned_flat.keys()
+      for path, a in flat.items():
+        a, b = np.asarray(a), np.asarray(aligned_flat[path])
+        # Padding is at the end of every axis of the shared view (GAT: of every head's block).
+        a_view = superset._view_shape(plain, path, a.shape)
+        b = b.reshape(superset._view_shape(aligned, path, b.shape))
+        real = b[tuple(slice(0, n) for n in a_view)].reshape(a.shape)
         np.testing.assert_allclose(real, a, rtol=1e-5, atol=1e-6 * max(scale, 1.0),
-                                   err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
+                                   err_msg=f"design {index}: {path}")
   with pytest.raises(ValueError, match="width_multiple"):
     superset.Layout.from_designs(designs, 4, 3, ds.NODE, width_multiple=0)
 
