@@ -41,6 +41,7 @@ Quick CPU run (tiny): see tests/test_search.py for a bank-lookup run; with real 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -121,8 +122,9 @@ flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs while training c
 flags.DEFINE_integer("epochs_cap", None, "Train candidates at most this many epochs (quick CPU "
                      "runs; the space's epochs are 200-1600).")
 flags.DEFINE_integer("max_parallel", None, "Most designs the population engine trains at once.")
-flags.DEFINE_string("search_db", None, "search mode: bank for the trained candidates (resumable; "
-                    "default <out_dir>/search.sqlite).")
+flags.DEFINE_string("search_db", None, "Bank for the trained candidates (resumable; default "
+                    "<out_dir>/search.sqlite in search mode, <out_dir>/study.sqlite in study "
+                    "mode with --evaluator=train).")
 flags.DEFINE_integer("n_startup", 5, "TPE warm-up trials drawn from the prior (paper: 5).")
 flags.DEFINE_integer("population", 5, "Evolution's initial population (paper: 5).")
 flags.DEFINE_float("hb_max_resource", 60, "HyperBand R (fraction R/R = the design's epochs).")
@@ -349,16 +351,26 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
                                      [t for t in distributions if t != task], similarity)
   config = _study_config()
 
-  def training_evaluator(task):
-    evaluator = TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
-                                  eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap,
-                                  max_parallel=FLAGS.max_parallel)
-    return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
-
   trains = (FLAGS.evaluator or "bank") == "train"
-  return _report(efficiency.search_efficiency(bank, space, tasks, distances, config,
-                                               training_evaluator if trains else None,
-                                               distributions=distributions))
+  # Trained candidates go to a bank of their own: the searches are seeded, so a rerun (e.g.
+  # the next job of a time-limited series) replays the same suggestions and reads back what
+  # is stored, and a design that several runs propose is trained once.
+  search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "study.sqlite")
+  with (bank_lib.Bank(search_db) if trains else contextlib.nullcontext()) as search_bank:
+    def training_evaluator(task):
+      evaluator = TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
+                                    bank=search_bank, eval_every=FLAGS.eval_every,
+                                    epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
+                                    progress=study.engine_progress())
+      return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
+
+    if trains:
+      print(f"evaluation: training with the population engine (each round of the "
+            f"{len(config.priors)} x {config.runs} searches of an algorithm as one population), "
+            f"seeds {FLAGS.seeds}; trials stored in {search_db}")
+    return _report(efficiency.search_efficiency(bank, space, tasks, distances, config,
+                                                 training_evaluator if trains else None,
+                                                 distributions=distributions))
 
 
 def main(argv):

@@ -15,7 +15,7 @@ from gnnjax import search
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import spaces
 from gnnjax.search import efficiency, tpe
-from gnnjax.search.base import CandidatePool, PendingResults, run_search
+from gnnjax.search.base import CandidatePool, PendingResults, run_search, run_searches
 from gnnjax.search.evaluate import BankLookup
 from gnnjax.tasks import prior as prior_lib
 from gnnjax.tasks.prior import Prior, choice_vector
@@ -101,6 +101,45 @@ def test_driver_negates_losses_and_validates():
   hb.ask(9)  # the whole first rung
   with pytest.raises(PendingResults):
     hb.ask(1)
+
+
+def test_lockstep_searches_match_searches_run_alone_with_one_batch_per_round():
+  """run_searches: independent searches (every algorithm, with and without a prior, one that
+  exhausts its pool early) give each the trials and curves it gets alone, and each round's
+  suggestions of all of them reach ONE evaluate_batch call."""
+  optimum = SMALL.design_at(40)
+  evaluate = matching_objective(SMALL, optimum)
+  prior = concentrated_prior(SMALL, optimum, 0.6)
+  pool = CandidatePool(SMALL, SMALL.sample(2, 7))
+
+  def make():
+    return ([search.make_searcher(a, SMALL, p, seed=s) for a in ALGORITHMS
+             for p in (None, prior) for s in (0, 1)]
+            + [search.make_searcher("tpe", SMALL, seed=3, pool=pool)])
+
+  calls = []
+
+  def evaluate_batch(designs, budgets):
+    calls.append(len(designs))
+    return [evaluate(d, b) for d, b in zip(designs, budgets)]
+
+  alone = [run_search(searcher, evaluate, 12, batch_size=2) for searcher in make()]
+  together = run_searches(make(), None, 12, batch_size=2, evaluate_batch=evaluate_batch)
+  assert len(together) == len(alone) == 4 * 2 * 2 + 1
+  for got, want in zip(together, alone):
+    assert got.searcher == want.searcher
+    assert ([(t.design.design_id, t.budget_epochs, t.value) for t in got.trials]
+            == [(t.design.design_id, t.budget_epochs, t.value) for t in want.trials])
+    for name in ("best_so_far", "report_best_so_far", "report_at_best", "epochs_so_far"):
+      np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+  assert len(together[-1].trials) == 7  # the pool's 7 designs, then exhausted
+  # Rounds: 6 of 2 suggestions for most searches (HyperBand's rungs may hand out fewer), and
+  # every round one call; the total is every search's trials.
+  assert sum(calls) == sum(len(r.trials) for r in together)
+  assert len(calls) < sum(len(r.trials) for r in together) / 10
+  assert calls[0] == 2 * len(together)
+  with pytest.raises(ValueError, match="returned 1 results"):
+    run_searches(make()[:2], None, 3, evaluate_batch=lambda designs, budgets: [0.5])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +327,59 @@ def test_bank_lookup_and_search_efficiency_study(tmp_path):
   assert json.loads((tmp_path / "study" / "search_efficiency.json").read_text())["tasks"] == \
       ["a1", "b1"]
   assert len(paths) == 3
+
+
+def test_training_study_trains_each_round_as_one_population_and_resumes_from_its_bank(
+    tmp_path):
+  """With real training (TrainingEvaluator) an algorithm's priors x runs searches advance in
+  lock step: every round's suggestions reach the trainer as one population, a design two runs
+  propose is trained once, the curves are those of the same objective read from a table, and
+  a rerun against the same candidate bank trains nothing."""
+  from gnnjax.search.evaluate import TrainingEvaluator
+  from tests.test_engine import tiny_dataset
+  from tests.test_prior import make_result
+  sources = {"a1": 0, "a2": 0, "b1": 1}
+  preferred = build_fake_bank(tmp_path / "bank.sqlite", sources)
+  target = choice_vector(BIG, preferred[0])
+  objective = lambda design: float(np.mean(choice_vector(BIG, design) == target))
+  calls = []
+
+  def trainer(designs, dataset, seeds, **kwargs):
+    calls.append(len(designs))
+    return [make_result("held", d, s, objective(d), objective(d) - 0.02)
+            for d in designs for s in seeds]
+
+  config = efficiency.StudyConfig(algorithms=("random", "tpe"), runs=3, trials=4)
+  distances = {"held": {"a1": 0.1, "a2": 0.1, "b1": 0.9}}
+  dataset = tiny_dataset()
+
+  def study(make_evaluator):
+    with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
+      return efficiency.search_efficiency(bank, BIG, ["held"], distances, config,
+                                          make_evaluator, print_fn=None)
+
+  def trained(candidates):
+    evaluator = TrainingEvaluator(dataset, "held", bank=candidates, trainer=trainer)
+    return lambda task: (None, evaluator.evaluate_batch, None, True)
+
+  def table(task):
+    batch = lambda designs, budgets: [search.Evaluation(objective(d), objective(d) - 0.02)
+                                      for d in designs]
+    return None, batch, None, True
+
+  with bank_lib.Bank(tmp_path / "study.sqlite") as candidates:
+    first = study(trained(candidates))
+    stored = len(candidates.query(task="held"))
+  # 2 algorithms x 4 rounds, each one population of at most 2 priors x 3 runs designs.
+  assert 1 <= len(calls) <= 8 and max(calls) <= 6, calls
+  assert sum(calls) == stored  # every design trained once, however many runs proposed it
+  expected = study(table)
+  for name in ("report", "objective"):
+    np.testing.assert_array_equal(first.curves[name], expected.curves[name])
+  with bank_lib.Bank(tmp_path / "study.sqlite") as candidates:
+    again = study(trained(candidates))
+  assert sum(calls) == stored  # the rerun read every result back
+  np.testing.assert_array_equal(again.curves["report"], first.curves["report"])
 
 
 def test_trials_to_reference_strict_and_within_one_standard_error():

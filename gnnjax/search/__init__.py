@@ -1,7 +1,8 @@
 """Design search with transferred priors (AutoTransfer, Cao et al. 2023, sec. 4.4 and App. A).
 
 * `base`: the ask/tell `Searcher`, `CandidatePool` (search restricted to given designs) and the
-  `run_search` driver (best-so-far per trial).
+  `run_search` driver (best-so-far per trial); `run_searches` runs independent searches in
+  lock step, each round's suggestions evaluated as one batch (one population to train).
 * `random_search`, `evolution`, `tpe`, `hyperband`: the four algorithms, each starting from a
   `gnnjax.tasks.prior.Prior` (uniform or transferred).
 * `evaluate`: evaluation functions: a lookup into the task-model bank (tabular benchmark) and
@@ -10,7 +11,8 @@
 """
 
 from gnnjax.search.base import (CandidatePool, Evaluation, PendingResults, SearchExhausted,
-                                SearchResult, Searcher, Suggestion, TrialRecord, run_search)
+                                SearchResult, Searcher, Suggestion, TrialRecord, run_search,
+                                run_searches)
 from gnnjax.search.evolution import EvolutionSearcher
 from gnnjax.search.hyperband import HyperBandSearcher, bracket_schedule
 from gnnjax.search.random_search import RandomSearcher
@@ -39,5 +41,5 @@ __all__ = [
     "ALGORITHMS", "CandidatePool", "Evaluation", "EvolutionSearcher", "HyperBandSearcher",
     "PendingResults", "RandomSearcher", "SearchExhausted", "SearchResult", "Searcher",
     "Suggestion", "TPESearcher", "TrialRecord", "bracket_schedule", "make_searcher",
-    "run_search",
+    "run_search", "run_searches",
 ]

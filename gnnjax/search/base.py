@@ -343,6 +343,49 @@ def _as_evaluation(value: Any) -> Evaluation:
   return Evaluation(value=float(value))
 
 
+class _Track:
+  """The trials of one search and its best-so-far curves, as `run_searches` records them."""
+
+  def __init__(self, searcher: Searcher, higher_is_better: bool):
+    self.searcher = searcher
+    self.sign = 1.0 if higher_is_better else -1.0
+    self.higher_is_better = higher_is_better
+    self.trials: list[TrialRecord] = []
+    self.best, self.best_report, self.at_best, self.epochs = [], [], [], []
+    self.current, self.current_report, self.current_at_best = -math.inf, -math.inf, math.nan
+    self.spent = 0
+    self.done = False
+    self.seconds = 0.0
+
+  def record(self, suggestion: Suggestion, evaluation: Evaluation, budget: int) -> TrialRecord:
+    record = TrialRecord(len(self.trials) + 1, suggestion.design, budget,
+                         float(evaluation.value),
+                         None if evaluation.report is None else float(evaluation.report),
+                         {**dict(suggestion.info), **dict(evaluation.info)})
+    self.trials.append(record)
+    score = self.sign * record.value if math.isfinite(record.value) else -math.inf
+    if score > self.current:
+      self.current = score
+      self.current_at_best = math.nan if record.report is None else record.report
+    if record.report is not None and math.isfinite(record.report):
+      self.current_report = max(self.current_report, self.sign * record.report)
+    self.spent += budget
+    finite = lambda v: self.sign * v if math.isfinite(v) else math.nan
+    self.best.append(finite(self.current))
+    self.best_report.append(finite(self.current_report))
+    self.at_best.append(self.current_at_best)
+    self.epochs.append(self.spent)
+    return record
+
+  def result(self) -> SearchResult:
+    return SearchResult(searcher=self.searcher.name, trials=self.trials,
+                        best_so_far=np.array(self.best),
+                        report_best_so_far=np.array(self.best_report),
+                        report_at_best=np.array(self.at_best),
+                        epochs_so_far=np.array(self.epochs),
+                        higher_is_better=self.higher_is_better, seconds=self.seconds)
+
+
 def run_search(searcher: Searcher, evaluate_fn: EvaluateFn | None, budget: int, *,
                batch_size: int = 1, evaluate_batch: BatchEvaluateFn | None = None,
                higher_is_better: bool = True,
@@ -363,23 +406,57 @@ def run_search(searcher: Searcher, evaluate_fn: EvaluateFn | None, budget: int, 
   Returns:
     A SearchResult with `budget` trials (fewer if the space ran out).
   """
+  on_trial = None if progress is None else (lambda _, record, best: progress(record, best))
+  return run_searches([searcher], evaluate_fn, budget, batch_size=batch_size,
+                      evaluate_batch=evaluate_batch, higher_is_better=higher_is_better,
+                      progress=on_trial)[0]
+
+
+def run_searches(searchers: Sequence[Searcher], evaluate_fn: EvaluateFn | None, budget: int,
+                 *, batch_size: int = 1, evaluate_batch: BatchEvaluateFn | None = None,
+                 higher_is_better: bool = True,
+                 progress: Callable[[int, TrialRecord, float], None] | None = None
+                 ) -> list[SearchResult]:
+  """Independent searches run in lock step: each round, every search not yet done asks for up
+  to `batch_size` suggestions, and the round's suggestions of all of them are evaluated by
+  ONE `evaluate_batch` call, so real training trains them as one population (e.g. the 10 runs
+  x 2 priors of a search-efficiency study: 20 designs per engine call instead of 20 calls).
+  A search's trials, curves and result are those `run_search` gives it alone, provided an
+  evaluation depends only on its (design, budget) (a table, a seeded training).
+
+  Args:
+    searchers: the searches (each its own state; none is shared).
+    evaluate_fn, budget, batch_size, evaluate_batch, higher_is_better: as `run_search`, per
+      search.
+    progress: called as progress(search index, record, best_so_far) after every trial.
+
+  Returns:
+    One SearchResult per searcher, in order (`seconds`: the wall time until it was done,
+    shared rounds included).
+  """
   if budget < 1:
     raise ValueError(f"budget must be >= 1, got {budget}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if evaluate_fn is None and evaluate_batch is None:
     raise ValueError("give evaluate_fn or evaluate_batch")
-  sign = 1.0 if higher_is_better else -1.0
-  trials: list[TrialRecord] = []
-  best, best_report, at_best, epochs = [], [], [], []
-  current, current_report, current_at_best, spent = -math.inf, -math.inf, math.nan, 0
+  tracks = [_Track(searcher, higher_is_better) for searcher in searchers]
   started = time.perf_counter()
-  while len(trials) < budget:
-    try:
-      suggestions = searcher.ask(min(batch_size, budget - len(trials)))
-    except SearchExhausted:
+  while True:
+    asked = []  # (track index, suggestions) of this round
+    for index, track in enumerate(tracks):
+      if track.done:
+        continue
+      left = budget - len(track.trials)
+      try:
+        suggestions = track.searcher.ask(min(batch_size, left))[:left]
+      except SearchExhausted:
+        track.done, track.seconds = True, time.perf_counter() - started
+        continue
+      asked.append((index, suggestions))
+    if not asked:
       break
-    suggestions = suggestions[:budget - len(trials)]
+    suggestions = [s for _, batch in asked for s in batch]
     designs = [s.design for s in suggestions]
     budgets = [s.epochs() for s in suggestions]
     if evaluate_batch is not None:
@@ -389,28 +466,15 @@ def run_search(searcher: Searcher, evaluate_fn: EvaluateFn | None, budget: int, 
                          "designs")
     else:
       raw = [evaluate_fn(d, b) for d, b in zip(designs, budgets)]
-    evaluations = [_as_evaluation(r) for r in raw]
-    searcher.tell(suggestions, [sign * e.value for e in evaluations])
-    for s, e, b in zip(suggestions, evaluations, budgets):
-      record = TrialRecord(len(trials) + 1, s.design, b, float(e.value),
-                           None if e.report is None else float(e.report),
-                           {**dict(s.info), **dict(e.info)})
-      trials.append(record)
-      score = sign * record.value if math.isfinite(record.value) else -math.inf
-      if score > current:
-        current = score
-        current_at_best = math.nan if record.report is None else record.report
-      if record.report is not None and math.isfinite(record.report):
-        current_report = max(current_report, sign * record.report)
-      spent += b
-      best.append(sign * current if math.isfinite(current) else math.nan)
-      best_report.append(sign * current_report if math.isfinite(current_report) else math.nan)
-      at_best.append(current_at_best)
-      epochs.append(spent)
-      if progress is not None:
-        progress(record, sign * current)
-  return SearchResult(searcher=searcher.name, trials=trials, best_so_far=np.array(best),
-                      report_best_so_far=np.array(best_report),
-                      report_at_best=np.array(at_best), epochs_so_far=np.array(epochs),
-                      higher_is_better=higher_is_better,
-                      seconds=time.perf_counter() - started)
+    evaluations = iter([_as_evaluation(r) for r in raw])
+    for index, batch in asked:
+      track = tracks[index]
+      results = [next(evaluations) for _ in batch]
+      track.searcher.tell(batch, [track.sign * e.value for e in results])
+      for suggestion, evaluation in zip(batch, results):
+        record = track.record(suggestion, evaluation, suggestion.epochs())
+        if progress is not None:
+          progress(index, record, track.sign * track.current)
+      if len(track.trials) >= budget:
+        track.done, track.seconds = True, time.perf_counter() - started
+  return [track.result() for track in tracks]

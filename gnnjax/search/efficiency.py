@@ -38,7 +38,7 @@ import numpy as np
 from gnnjax.design.spaces import DesignSpace
 from gnnjax.design.trial import OK
 from gnnjax.search import make_searcher
-from gnnjax.search.base import run_search
+from gnnjax.search.base import run_searches
 from gnnjax.search.evaluate import BankLookup
 from gnnjax.tasks import prior as prior_lib
 from gnnjax.tasks import similarity as similarity_lib
@@ -184,26 +184,31 @@ def _pool_summary(lookup: BankLookup, seeds_of: BankLookup | None = None) -> dic
 def _search_task(curves: dict[str, np.ndarray], ti: int, config: StudyConfig,
                  space: DesignSpace, transferred: prior_lib.Prior, evaluate_fn, evaluate_batch,
                  pool, higher_is_better: bool, say: Callable[[str], None]) -> None:
-  """Every (algorithm, prior, run) search of held-out task `ti`, into `curves[...][ti]`."""
+  """Every (algorithm, prior, run) search of held-out task `ti`, into `curves[...][ti]`.
+
+  An algorithm's priors x runs searches run in lock step (`run_searches`): with real training
+  (`evaluate_batch`) each round's suggestions of all of them train as one population; a
+  table gives each search what it would give it alone."""
   for ai, algorithm in enumerate(config.algorithms):
     kwargs = dict(config.searcher_kwargs.get(algorithm, {}))
+    searches = [(pi, run) for pi in range(len(config.priors)) for run in range(config.runs)]
+    searchers = [make_searcher(algorithm, space,
+                               transferred if config.priors[pi] == "transferred" else None,
+                               seed=config.seed + run, pool=pool, **kwargs)
+                 for pi, run in searches]
+    results = run_searches(searchers, evaluate_fn, config.trials, batch_size=config.batch_size,
+                           evaluate_batch=evaluate_batch, higher_is_better=higher_is_better)
+    for (pi, run), result in zip(searches, results):
+      n = len(result.trials)
+      report = np.where(np.isnan(result.report_best_so_far), result.best_so_far,
+                        result.report_best_so_far)
+      at_best = np.where(np.isnan(result.report_at_best), result.best_so_far,
+                         result.report_at_best)
+      curves["report"][ti, ai, pi, run, :n] = report
+      curves["objective"][ti, ai, pi, run, :n] = result.best_so_far
+      curves["report_at_best"][ti, ai, pi, run, :n] = at_best
+      curves["epochs"][ti, ai, pi, run, :n] = result.epochs_so_far
     for pi, prior_kind in enumerate(config.priors):
-      prior = transferred if prior_kind == "transferred" else None
-      for run in range(config.runs):
-        searcher = make_searcher(algorithm, space, prior, seed=config.seed + run, pool=pool,
-                                 **kwargs)
-        result = run_search(searcher, evaluate_fn, config.trials,
-                            batch_size=config.batch_size, evaluate_batch=evaluate_batch,
-                            higher_is_better=higher_is_better)
-        n = len(result.trials)
-        report = np.where(np.isnan(result.report_best_so_far), result.best_so_far,
-                          result.report_best_so_far)
-        at_best = np.where(np.isnan(result.report_at_best), result.best_so_far,
-                           result.report_at_best)
-        curves["report"][ti, ai, pi, run, :n] = report
-        curves["objective"][ti, ai, pi, run, :n] = result.best_so_far
-        curves["report_at_best"][ti, ai, pi, run, :n] = at_best
-        curves["epochs"][ti, ai, pi, run, :n] = result.epochs_so_far
       mean = np.nanmean(curves["report"][ti, ai, pi], axis=0)
       say(f"    {algorithm:>9} {prior_kind:>11}: best after "
           + ", ".join(f"t={t}: {mean[t - 1]:.4f}" for t in REPORT_TRIALS
