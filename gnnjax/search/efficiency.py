@@ -12,7 +12,9 @@ and the report of the best-objective trial.
 Evaluation defaults to a TABULAR BENCHMARK (`evaluate.BankLookup`): the candidates of a search
 on h are h's designs in the bank, and a trial is a lookup of the stored result, so the whole
 study needs no training. Runs r of the two priors share the seed (common random numbers).
-`make_evaluator` swaps in real training (`evaluate.TrainingEvaluator`, no pool).
+`make_evaluator` swaps in real training (`evaluate.TrainingEvaluator`, no pool); an
+algorithm's priors x runs searches then advance in lock step (`base.run_searches`), so each
+round's suggestions train as one population.
 
 Summary (`summary_rows`): per task, algorithm and prior, mean +- std over runs at t = 1, 3, 5,
 10, 30, and the first t at which the mean curve reaches plain TPE's mean at the last trial
