@@ -586,9 +586,9 @@ def test_scanned_layers_of_every_conv_type_match_the_unrolled_layers(node_data, 
   _assert_layouts_agree(node_data, designs, unrolled, scanned, train, seed=1, count=5)
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("conv", [("generalconv", 1), ("gat", 2), ("gin", 1)],
-                         ids=lambda c: f"{c[0]}{c[1]}")
+@pytest.mark.parametrize("conv,train", [(("generalconv", 1), True), (("generalconv", 1), False),
+                                        (("gat", 2), True), (("gin", 1), True)],
+                         ids=["generalconv-train", "generalconv-eval", "gat2-train", "gin-train"])
 def test_width_multiple_pads_widths_without_changing_a_design(node_data, train, conv):
   """Layout(width_multiple=m) rounds D, H and every layer's input width up to a multiple of
   m; the extra channels stay zero, so outputs, batch statistics and gradients are those of
