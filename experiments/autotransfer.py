@@ -246,13 +246,9 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
     pool, evaluate_fn, higher = lookup.pool, lookup, lookup.higher_is_better
     print(f"evaluation: lookup of {task}'s {len(lookup)} designs in the bank (tabular)")
   else:
-    dataset = _loader(task)
     search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "search.sqlite")
     search_bank = bank_lib.Bank(search_db)
-    evaluator = TrainingEvaluator(
-        dataset, task, protocols.parse_seeds(FLAGS.seeds), bank=search_bank,
-        eval_every=FLAGS.eval_every, epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
-        progress=study.engine_progress())
+    evaluator = _training_evaluator(task, search_bank)
     evaluate_batch, higher = evaluator.evaluate_batch, evaluator.higher_is_better
     print(f"evaluation: training with the population engine, seeds {evaluator.seeds}, "
           f"metric val_{evaluator.metric}; trials stored in {search_db}")
@@ -291,6 +287,15 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
   print(json.dumps(best.design.to_dict(), indent=1))
   print(f"wrote {path}")
   return report
+
+
+def _training_evaluator(task: str, candidates: bank_lib.Bank) -> TrainingEvaluator:
+  """Real training of `task`'s candidates with the flags' seeds, epochs cap and chunk size,
+  each result stored in `candidates` (a rerun reads it back instead of training again)."""
+  return TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
+                           bank=candidates, eval_every=FLAGS.eval_every,
+                           epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
+                           progress=study.engine_progress())
 
 
 def _study_config() -> efficiency.StudyConfig:
@@ -358,10 +363,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "study.sqlite")
   with (bank_lib.Bank(search_db) if trains else contextlib.nullcontext()) as search_bank:
     def training_evaluator(task):
-      evaluator = TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
-                                    bank=search_bank, eval_every=FLAGS.eval_every,
-                                    epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
-                                    progress=study.engine_progress())
+      evaluator = _training_evaluator(task, search_bank)
       return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
 
     if trains:

@@ -510,38 +510,50 @@ def test_init_and_forward_match_the_design_model(node_data, design):
 
 
 def _assert_layouts_agree(node_data, designs, reference_layout, layout, train, seed, count):
-  """The first `count` designs, each initialised once, give the same outputs, updated batch
-  statistics and parameter gradients (with dropout) under `layout` as under `reference_layout`,
-  on one training batch of `node_data`."""
+  """The first `count` designs give the same outputs, updated batch statistics and parameter
+  gradients (with dropout) under `layout` as under `reference_layout`, on one training batch
+  of `node_data`. Each layout initialises a design from the same key (both read the design's
+  own draw out of their padded one); where `layout` pads wider (`width_multiple`), its arrays
+  are compared on the reference's channels, since padding sits at the end of every axis of
+  `superset._view_shape` (GAT's kernel: of every head's block)."""
   data, _ = reference.split_for_seed(node_data, 1, 4)
   batch = jax.tree.map(lambda a: np.asarray(a)[0], next(iter(
       engine._SeedStreams(node_data, [1], 4).train_batches(0))))
   weights = np.random.default_rng(seed).normal(size=(batch.nodes["x"].shape[0], 3))
 
+  @functools.partial(jax.jit, static_argnums=0)
   def run(layout, params, stats, spec, keys):
     def loss(p):
       out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
       return jnp.sum(out * weights), (out, new)
     return jax.grad(loss, has_aux=True)(params)
 
-  run_reference = jax.jit(functools.partial(run, reference_layout))
-  run_layout = jax.jit(functools.partial(run, layout))
   for index, design in enumerate(designs[:count]):
-    model = graphgym.build_model(design, data)[0]
-    spec = superset.design_spec(reference_layout, design)
-    init = superset.init_spec(reference_layout, *superset.design_variable_shapes(model, 4))
-    params, stats, _ = superset.init_variables(reference_layout, init, jax.random.PRNGKey(index))
-    keys = superset.dropout_keys(reference_layout, jax.random.PRNGKey(100 + index))
-    want = run_reference(params, stats, spec, keys)
-    got = run_layout(params, stats, spec, keys)
+    shapes = superset.design_variable_shapes(graphgym.build_model(design, data)[0], 4)
+
+    def evaluate(layout):
+      params, stats, _ = superset.init_variables(layout, superset.init_spec(layout, *shapes),
+                                                 jax.random.PRNGKey(index))
+      keys = superset.dropout_keys(layout, jax.random.PRNGKey(100 + index))
+      return run(layout, params, stats, superset.design_spec(layout, design), keys)
+
+    want_grads, (want_out, want_new) = evaluate(reference_layout)
+    grads, (out, new) = evaluate(layout)
     # Float reassociation only: gradients that cancel to ~0 (a bias before batch norm) differ
     # by rounding noise of the size of the largest gradient times float32's epsilon.
-    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(want[0]))
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
-                            jax.tree.leaves(got)):
-      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
-                                 atol=1e-6 * max(scale, 1.0),
-                                 err_msg=f"design {index}: {jax.tree_util.keystr(path)}")
+    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(want_grads))
+    tolerance = dict(rtol=1e-5, atol=1e-6 * max(scale, 1.0))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want_out), **tolerance,
+                               err_msg=f"design {index}: outputs")
+    for tree, want_tree in ((grads, want_grads), (new, want_new)):
+      flat, want_flat = superset._flatten(tree), superset._flatten(want_tree)
+      assert flat.keys() == want_flat.keys()
+      for path, want in want_flat.items():
+        want, got = np.asarray(want), np.asarray(flat[path])
+        view = superset._view_shape(reference_layout, path, want.shape)
+        got = got.reshape(superset._view_shape(layout, path, got.shape))
+        got = got[tuple(slice(0, n) for n in view)].reshape(want.shape)
+        np.testing.assert_allclose(got, want, **tolerance, err_msg=f"design {index}: {path}")
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -607,42 +619,7 @@ def test_width_multiple_pads_widths_without_changing_a_design(node_data, train, 
   assert (aligned.dim, aligned.head_dim) == (8, 24)
   assert aligned.mp_in_dims == tuple(-(-w // 8) * 8 for w in plain.mp_in_dims)
   assert superset.param_count(aligned) > superset.param_count(plain)
-  batch = jax.tree.map(lambda a: np.asarray(a)[0], next(iter(
-      engine._SeedStreams(node_data, [1], 4).train_batches(0))))
-  weights = np.random.default_rng(2).normal(size=(batch.nodes["x"].shape[0], 3))
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def run(layout, params, stats, spec, keys):
-    def loss(p):
-      out, new = superset.apply(layout, p, stats, spec, batch, train, keys)
-      return jnp.sum(out * weights), (out, new)
-    return jax.grad(loss, has_aux=True)(params)
-
-  for index, design in enumerate(designs):
-    model = graphgym.build_model(design, data)[0]
-    shapes = superset.design_variable_shapes(model, 4)
-    got, want = [], []
-    for layout, into in ((plain, want), (aligned, got)):
-      # The same key: each layout reads the design's own draw out of its padded one.
-      params, stats, _ = superset.init_variables(layout, superset.init_spec(layout, *shapes),
-                                                 jax.random.PRNGKey(index))
-      keys = superset.dropout_keys(layout, jax.random.PRNGKey(100 + index))
-      into.append(run(layout, params, stats, superset.design_spec(layout, design), keys))
-    (grads, (out, new)), = want
-    (aligned_grads, (aligned_out, aligned_new)), = got
-    np.testing.assert_allclose(np.asarray(aligned_out), np.asarray(out), rtol=1e-5, atol=1e-6)
-    scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(grads))
-    for tree, aligned_tree in ((grads, aligned_grads), (new, aligned_new)):
-      flat, aligned_flat = superset._flatten(tree), superset._flatten(aligned_tree)
-      assert flat.keys() == aligned_flat.keys()
-      for path, a in flat.items():
-        a, b = np.asarray(a), np.asarray(aligned_flat[path])
-        # Padding is at the end of every axis of the shared view (GAT: of every head's block).
-        a_view = superset._view_shape(plain, path, a.shape)
-        b = b.reshape(superset._view_shape(aligned, path, b.shape))
-        real = b[tuple(slice(0, n) for n in a_view)].reshape(a.shape)
-        np.testing.assert_allclose(real, a, rtol=1e-5, atol=1e-6 * max(scale, 1.0),
-                                   err_msg=f"design {index}: {path}")
+  _assert_layouts_agree(node_data, designs, plain, aligned, train, seed=2, count=len(designs))
   with pytest.raises(ValueError, match="width_multiple"):
     superset.Layout.from_designs(designs, 4, 3, ds.NODE, width_multiple=0)
 

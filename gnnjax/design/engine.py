@@ -1409,8 +1409,6 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
   an unknown keyword is a TypeError here, as it would be there)."""
   if eval_every < 1:
     raise ValueError(f"eval_every must be >= 1, got {eval_every}")
-  if width_multiple is not None and width_multiple < 1:
-    raise ValueError(f"width_multiple must be >= 1 or None, got {width_multiple}")
   if max_parallel is not None and max_parallel < 1:
     raise ValueError(f"max_parallel must be >= 1 or None, got {max_parallel}")
   if checkpoint_dir is not None and checkpoint_every < 1:

@@ -509,11 +509,11 @@ def format_table(result: EfficiencyResult, name: str = "report") -> str:
             "that mean (a diagnostic of near misses)."]
   tpe_rows = [row for row in rows if row["algorithm"] == "tpe" and row["prior"] == "transferred"]
   if tpe_rows:
-    strict, near = ([row[key] for row in tpe_rows if row[key] is not None
-                     and row[key] <= TARGET_TRIALS]
-                    for key in ("trials_to_reference", "trials_to_reference_se"))
-    lines.append(f"TPE with the transferred prior within {TARGET_TRIALS} trials: {len(strict)} "
-                 f"of {len(tpe_rows)} tasks (within one SE: {len(near)}).")
+    def within_target(key):
+      return sum(1 for row in tpe_rows if row[key] is not None and row[key] <= TARGET_TRIALS)
+    lines.append(f"TPE with the transferred prior within {TARGET_TRIALS} trials: "
+                 f"{within_target('trials_to_reference')} of {len(tpe_rows)} tasks "
+                 f"(within one SE: {within_target('trials_to_reference_se')}).")
   agreements = [(task, prior_agreement(transfer), pool.get("seed_tau"))
                 for task, transfer, pool in zip(result.tasks, result.transfers, result.pool)]
   if any(tau is not None for _, *taus in agreements for tau in taus):
