@@ -65,6 +65,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from gnnjax.design.design import FIELDS, validate_field
@@ -247,9 +248,24 @@ class Bank:
     # Autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE) where needed.
     self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-    self._db.execute("PRAGMA journal_mode = WAL")
+    self._enable_wal()
     self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints
     self._create_schema()
+
+  def _enable_wal(self) -> None:
+    """PRAGMA journal_mode = WAL, retried while another process holds the file: SQLite answers
+    a journal-mode change under a competing lock with 'database is locked' at once, without
+    waiting on busy_timeout, so worker processes that open a new bank together failed (4
+    processes opening a fresh file at once: 13 of 40 rounds, 2026-12-04)."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+      try:
+        self._db.execute("PRAGMA journal_mode = WAL")
+        return
+      except sqlite3.OperationalError as error:
+        if "locked" not in str(error) or time.monotonic() > deadline:
+          raise
+        time.sleep(0.02)
 
   def _create_schema(self) -> None:
     if self._schema_version() == SCHEMA_VERSION:
