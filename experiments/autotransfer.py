@@ -122,6 +122,12 @@ flags.DEFINE_integer("eval_every", 20, "Evaluate every k epochs while training c
 flags.DEFINE_integer("epochs_cap", None, "Train candidates at most this many epochs (quick CPU "
                      "runs; the space's epochs are 200-1600).")
 flags.DEFINE_integer("max_parallel", None, "Most designs the population engine trains at once.")
+flags.DEFINE_bool("stable_programs", True, "With --evaluator=train: every population "
+                  "program's layout holds the whole space's designs of its group and chunks are "
+                  "padded to powers of two, so a search's rounds reuse a few compiled programs "
+                  "instead of compiling every round (each design then trains at its group's "
+                  "widest shape; results are the same).")
+flags.DEFINE_string("compilation_cache_dir", "", task_flags.COMPILATION_CACHE_HELP)
 flags.DEFINE_string("search_db", None, "Bank for the trained candidates (resumable; default "
                     "<out_dir>/search.sqlite in search mode, <out_dir>/study.sqlite in study "
                     "mode with --evaluator=train).")
@@ -248,7 +254,7 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
   else:
     search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "search.sqlite")
     search_bank = bank_lib.Bank(search_db)
-    evaluator = _training_evaluator(task, search_bank)
+    evaluator = _training_evaluator(task, search_bank, space)
     evaluate_batch, higher = evaluator.evaluate_batch, evaluator.higher_is_better
     print(f"evaluation: training with the population engine, seeds {evaluator.seeds}, "
           f"metric val_{evaluator.metric}; trials stored in {search_db}")
@@ -289,13 +295,16 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
   return report
 
 
-def _training_evaluator(task: str, candidates: bank_lib.Bank) -> TrainingEvaluator:
+def _training_evaluator(task: str, candidates: bank_lib.Bank,
+                        space: spaces.DesignSpace) -> TrainingEvaluator:
   """Real training of `task`'s candidates with the flags' seeds, epochs cap and chunk size,
-  each result stored in `candidates` (a rerun reads it back instead of training again)."""
+  each result stored in `candidates` (a rerun reads it back instead of training again); with
+  --stable_programs the layouts cover `space`."""
   return TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
                            bank=candidates, eval_every=FLAGS.eval_every,
                            epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
-                           progress=study.engine_progress())
+                           progress=study.engine_progress(),
+                           layout_cover=list(space) if FLAGS.stable_programs else None)
 
 
 def _study_config() -> efficiency.StudyConfig:
@@ -363,7 +372,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "study.sqlite")
   with (bank_lib.Bank(search_db) if trains else contextlib.nullcontext()) as search_bank:
     def training_evaluator(task):
-      evaluator = _training_evaluator(task, search_bank)
+      evaluator = _training_evaluator(task, search_bank, space)
       return None, evaluator.evaluate_batch, None, evaluator.higher_is_better
 
     if trains:
@@ -377,6 +386,7 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
 
 def main(argv):
   del argv
+  task_flags.use_compilation_cache(FLAGS.compilation_cache_dir)  # config only, no device
   space = spaces.resolve_space(FLAGS.space, FLAGS.fix)
   with bank_lib.Bank(FLAGS.db) as bank:
     if FLAGS.mode == "study":

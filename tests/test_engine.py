@@ -633,6 +633,35 @@ def test_engine_width_multiple_matches_designs_trained_alone(node_data, referenc
     engine.train_population([BASE], node_data, [0], width_multiple=0)
 
 
+def test_layout_cover_and_size_buckets_change_no_result_and_reuse_programs(node_data,
+                                                                          references):
+  """With a layout cover (designs wider and deeper than the population's, other activations
+  and optimizers) and chunks padded to powers of two, designs train as they do alone; and a
+  second population of other designs in the same groups, with chunk sizes in the same
+  buckets, compiles nothing: a search's rounds reuse their programs."""
+  cover = DESIGNS + [BASE.replace(dim_inner=9, layers_pre_mp=3, layers_mp=3, layers_post_mp=3,
+                                  activation="elu"),
+                     BASE.replace(dim_inner=7, stage_type="skipconcat", layers_mp=2,
+                                  aggregation="max", activation="elu")]
+  options = dict(eval_every=2, layout_cover=cover, size_buckets=True)
+  calls = []
+  results, traces = _traces(lambda: engine.train_population(
+      DESIGNS[:4], node_data, [1], progress=lambda *a: calls.append(a[2]), **options))
+  assert traces  # the first population compiles
+  for index in (0, 2, 3):
+    assert_same_trial(results[index], references[(index, 1)])
+  # Programs: stack/skipsum add/mean {0, 2, 3} -> 4 members (one frozen), skipconcat max {1}.
+  sizes = sorted({(info["members"], info["size"]) for info in calls})
+  assert sizes == [(1, 1), (3, 4)]
+  layouts = {info["program"].layout for info in calls}
+  assert {(l.dim, l.layers_pre, l.layers_post) for l in layouts} == {(9, 3, 3), (7, 1, 2)}
+  others = [BASE.replace(learning_rate=0.005), DESIGNS[6],
+            DESIGNS[2].replace(activation="elu"), DESIGNS[1].replace(learning_rate=0.01)]
+  again, traces = _traces(lambda: engine.train_population(others, node_data, [1], **options))
+  assert traces == {}
+  assert all(r.status == trial_lib.OK for r in again)
+
+
 def test_stack_layer_params_pads_input_rows_only():
   layers = [{"w": np.ones((3, 2)), "b": np.ones(2), "eps": np.float32(1)},
             {"w": 2 * np.ones((5, 2)), "b": np.zeros(2), "eps": np.float32(2)}]
@@ -855,7 +884,7 @@ def test_one_batch_shape_compiles_once_and_matches_the_ladder(monkeypatch):
   overhead = streams.padding_overhead(streams.largest_used_shape(5), 5)
   for limit, shapes in ((overhead - 1e-6, lambda n: n > 1), (overhead, lambda n: n == 1)):
     monkeypatch.setattr(engine, "ONE_SHAPE_MAX_PADDING", limit)
-    engine._compiled.cache_clear()
+    engine._KEPT.clear()
     _, traces = _traces(lambda: engine.train_population(
         designs, data, [1, 2], eval_every=2, one_batch_shape=engine.ADAPTIVE))
     assert shapes(traces["train_step"]), (limit, traces)
@@ -901,7 +930,7 @@ def test_overlapped_compilation_matches_compiling_first(node_data):
   up_front, traces = _traces(lambda: engine.train_population(
       designs, node_data, [1, 2], eval_every=2, precompile=True))
   assert traces["init"] == 2 and traces["predict"] == 2
-  engine._compiled.cache_clear()  # new jitted functions: this run compiles again
+  engine._KEPT.clear()  # new jitted functions: this run compiles again
   overlapped, traces = _traces(lambda: engine.train_population(
       designs, node_data, [1, 2], eval_every=2, precompile=engine.OVERLAP))
   assert traces["init"] == 2 and traces["predict"] == 2
@@ -934,7 +963,7 @@ def test_programs_precompile_in_windows_and_are_released_after_their_last_chunk(
   monkeypatch.setattr(engine._ChunkRun, "precompile", logged("compile", precompile))
   monkeypatch.setattr(engine._ChunkRun, "run", logged("run", run))
   monkeypatch.setattr(engine._Group, "__init__", keep)
-  engine._compiled.cache_clear()
+  engine._KEPT.clear()
   windowed, traces = _traces(lambda: engine.train_population(
       designs, node_data, [1], eval_every=2, precompile=True, split_aggregations=False))
   steps = [8, 4, 3, 2]  # per epoch, batch sizes 1-4
@@ -944,7 +973,7 @@ def test_programs_precompile_in_windows_and_are_released_after_their_last_chunk(
   assert traces["init"] == 4 and traces["train_step"] == 4
   assert len(groups) == 4 and all(g.functions is None for g in groups)
   monkeypatch.setattr(engine._ChunkRun, "precompile", precompile)
-  engine._compiled.cache_clear()
+  engine._KEPT.clear()
   lazily = engine.train_population(designs, node_data, [1], eval_every=2, precompile=False,
                                    split_aggregations=False)
   for got, want in zip(windowed, lazily):
@@ -995,9 +1024,9 @@ def test_gpu_programs_compile_without_triton_gemm_unless_xla_flags_say(monkeypat
   monkeypatch.delenv("XLA_FLAGS")
   monkeypatch.setattr(engine, "compiler_options_for",
                       lambda devices: {"xla_no_such_option_in_gnnjax": True})
-  engine._compiled.cache_clear()
+  engine._KEPT.clear()
   try:
     with pytest.raises(Exception, match="xla_no_such_option_in_gnnjax"):
       engine.train_population([BASE], node_data, [1], eval_every=2, precompile=False)
   finally:
-    engine._compiled.cache_clear()  # no later test may reuse the rejected functions
+    engine._KEPT.clear()  # no later test may reuse the rejected functions

@@ -97,7 +97,6 @@ import collections
 import concurrent.futures
 import copy
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -861,15 +860,42 @@ class _Functions:
   predict: Callable
 
 
-@functools.lru_cache(maxsize=8)  # kept executables count against the mappings (see above)
+# With size_buckets, the smallest padded chunk: on accelerators a step of a few small members
+# costs its fixed ~3 ms whatever their number (see ADAPTIVE above), so 1, 2 and 3 members run
+# as 4 and need no programs of their own; on CPUs every member costs its share.
+ACCELERATOR_SIZE_BUCKET_FLOOR = 4
+
+
+def size_bucket_floor(devices) -> int:
+  return 1 if _all_cpu(list(devices)) else ACCELERATOR_SIZE_BUCKET_FLOOR
+
+
+# Programs whose jitted functions (with their compilations) are kept, most recent first. On
+# CPUs the kept executables count against the process's memory mappings (see
+# CPU_PRECOMPILE_WINDOW); on accelerators more are kept, so that a search, whose every round
+# is a population of the same few programs (`layout_cover`, `size_buckets`), compiles each once.
+CPU_KEPT_PROGRAMS = 8
+ACCELERATOR_KEPT_PROGRAMS = 64
+_KEPT: collections.OrderedDict = collections.OrderedDict()
+
+
 def _compiled(program: _Program, mesh: jax.sharding.Mesh) -> _Functions:
   """The jitted functions of a program on a mesh (the recent ones are kept with their
   compilations, so a repeated population does not compile again)."""
+  key = (program, mesh)
+  if key in _KEPT:
+    _KEPT.move_to_end(key)
+    return _KEPT[key]
   options = compiler_options_for(mesh.devices.flat)
-  return _Functions(_make_init(program, mesh, options),
-                    _make_train_step(program, mesh, options),
-                    _make_train_epoch(program, mesh, options),
-                    _make_predict(program, mesh, options))
+  functions = _Functions(_make_init(program, mesh, options),
+                         _make_train_step(program, mesh, options),
+                         _make_train_epoch(program, mesh, options),
+                         _make_predict(program, mesh, options))
+  _KEPT[key] = functions
+  limit = CPU_KEPT_PROGRAMS if _all_cpu(list(mesh.devices.flat)) else ACCELERATOR_KEPT_PROGRAMS
+  while len(_KEPT) > limit:
+    _KEPT.popitem(last=False)
+  return functions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -996,11 +1022,14 @@ class _Group:
                saved: tuple[_Program, int, tuple[int, int] | None] | None = None,
                scan_layers: bool = False, block_aggregation: bool = False,
                block_extremes: bool = False, epoch_scan: bool = False,
-               one_batch_shape: bool | str = False, width_multiple: int = 1):
+               one_batch_shape: bool | str = False, width_multiple: int = 1,
+               cover: Sequence[Design] = (), size_buckets: bool = False):
     """`saved`: (program, padded size, batch padding or None) of a checkpointed chunk holding
     exactly `members` in this order; the group is then that one chunk, with the saved program
     and batch shapes. `epoch_scan`: train an epoch per call where every batch has one shape
-    (block-only programs). `one_batch_shape`: see `_streams_for_layout`."""
+    (block-only programs). `one_batch_shape`: see `_streams_for_layout`. `cover`: resolved
+    designs the layout holds besides the members' (`train_population`'s layout_cover).
+    `size_buckets`: pad chunks to a power of two members."""
     self.members = members
     self.streams = streams
     self.mesh = mesh
@@ -1015,7 +1044,7 @@ class _Group:
       self.chunks = [list(members)]
       self.epoch_scan = epoch_scan and self.program.layout.blocks_only
       return
-    designs = [m.resolved for m in members]
+    designs = [m.resolved for m in members] + list(cover)
     dim_in = self.streams.splits[0].num_node_features
     block_nodes = (block_nodes_for(dataset, self.streams.largest_budget())
                    if block_aggregation else 0)
@@ -1030,8 +1059,12 @@ class _Group:
     self.functions = _compiled(self.program, mesh)
     self.epoch_scan = epoch_scan and layout.blocks_only  # one-shape streams (see above)
     self.chunks = _plan_chunks(members, max_parallel or self._capacity(dataset))
-    # Padded with frozen copies to a multiple of the device count, the same for every chunk.
-    self.size = self.round_up(max(len(c) for c in self.chunks))
+    # Padded with frozen copies to a multiple of the device count, the same for every chunk
+    # (and with size_buckets to a power of two: a program per bucket, not per count).
+    largest = max(len(c) for c in self.chunks)
+    if size_buckets:
+      largest = max(1 << (largest - 1).bit_length(), size_bucket_floor(self.mesh.devices.flat))
+    self.size = self.round_up(largest)
 
   def round_up(self, count: int) -> int:
     """`count` rounded up to a multiple of the device count."""
@@ -1306,7 +1339,9 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      block_extremes: bool | None = None,
                      epoch_scan: bool | None = None,
                      one_batch_shape: bool | str | None = None,
-                     width_multiple: int | None = None) -> list[trial_lib.TrialResult]:
+                     width_multiple: int | None = None,
+                     layout_cover: Sequence[Design] | None = None,
+                     size_buckets: bool = False) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
 
   Args:
@@ -1366,6 +1401,15 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       multiple of this (`superset.Layout.width_multiple`; default:
       `width_multiple_by_default`); the padded channels are exact zeros, so the same results
       up to float reassociation.
+    layout_cover: designs (as planned) that every program's layout also holds where they
+      would join its group, e.g. a whole design space: a program then depends on which
+      groups the population has, not on which of their designs it trains, so the repeated
+      small populations of a search (`gnnjax.search.TrainingEvaluator`) compile each
+      program once instead of every round. Wider layouts change no result (padded channels
+      and layers are exact zeros and identities) and cost the members their extra width.
+    size_buckets: pad every chunk with frozen members to a power of two (at least
+      `size_bucket_floor`: 4 on accelerators; then to a multiple of the device count), so
+      that populations of varying size share programs.
 
   Returns:
     One TrialResult per (design, seed), designs outer and seeds inner, as
@@ -1379,7 +1423,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       split_stages=split_stages, split_depths=split_depths,
       precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation,
       block_extremes=block_extremes, epoch_scan=epoch_scan, one_batch_shape=one_batch_shape,
-      width_multiple=width_multiple):
+      width_multiple=width_multiple, layout_cover=layout_cover, size_buckets=size_buckets):
     results[index] = result
   return results
 
@@ -1403,7 +1447,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            split_depths: bool | str | None = None, precompile: bool | str | None = None,
            scan_layers: bool | None = None, block_aggregation: bool | None = None,
            block_extremes: bool | None = None, epoch_scan: bool | None = None,
-           one_batch_shape: bool | str | None = None, width_multiple: int | None = None
+           one_batch_shape: bool | str | None = None, width_multiple: int | None = None,
+           layout_cover: Sequence[Design] | None = None, size_buckets: bool = False
            ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
   an unknown keyword is a TypeError here, as it would be there)."""
@@ -1458,13 +1503,18 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
     one_batch_shape = one_batch_shape_by_default(devices)
   if width_multiple is None:
     width_multiple = width_multiple_by_default(devices)
+  cover = _cover_by_key(layout_cover or (), dataset, split_aggregations, split_stages,
+                        split_depths)
   for group_members in _group_members(members_left, dataset, split_aggregations, split_stages,
                                       split_depths):
+    key = _group_key(group_members[0], dataset, split_aggregations, split_stages is True,
+                     split_depths is True)
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
                    block_aggregation=block_aggregation, block_extremes=block_extremes,
                    epoch_scan=epoch_scan, one_batch_shape=one_batch_shape,
-                   width_multiple=width_multiple)
+                   width_multiple=width_multiple, cover=cover.get(key, ()),
+                   size_buckets=size_buckets)
     pending.extend((group, chunk, group.size, None) for chunk in group.chunks)
 
   if precompile is None:
@@ -1645,6 +1695,21 @@ def _resumable_chunks(members: list[_Member], dataset: ds.GraphDataset,
     chunks.append((group, chunk, group.size, checkpoint))
     taken.update(id(m) for m in chunk)
   return chunks, [m for m in members if id(m) not in taken]
+
+
+def _cover_by_key(designs: Sequence[Design], dataset: ds.GraphDataset,
+                  split_aggregations: bool, split_stages: bool | str,
+                  split_depths: bool | str) -> dict[tuple, list[Design]]:
+  """`train_population`'s layout_cover, resolved for `dataset` and grouped by the key of the
+  forced splits (`_group_key`). An ADAPTIVE split of a group leaves both parts the whole
+  key's cover: wider than needed, the same for every call."""
+  cover: dict[tuple, list[Design]] = collections.defaultdict(list)
+  for design in designs:
+    _, resolved = graphgym.build_model(design, dataset)
+    probe = _Member(-1, design, resolved, 0, None)
+    cover[_group_key(probe, dataset, split_aggregations, split_stages is True,
+                     split_depths is True)].append(resolved)
+  return cover
 
 
 def _resolve_members(designs: Sequence[Design], dataset: ds.GraphDataset,

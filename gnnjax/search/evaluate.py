@@ -203,6 +203,10 @@ class TrainingEvaluator:
     epochs_cap: train at most this many epochs (quick CPU runs; None: the design's / budget's).
     trainer: `trainer(designs, dataset, seeds, **kwargs)`; default engine.train_population.
     metric: objective metric (default: the task type's first, `metrics.metrics_for`).
+    layout_cover: designs (e.g. the whole search space) every population program's layout
+      holds, with chunks padded to powers of two (the engine's `layout_cover` and
+      `size_buckets`): a search's rounds then reuse the same few programs instead of
+      compiling new ones for every round's designs. The default engine trainer only.
     print_fn: where progress lines go (None: silent).
     **trainer_kwargs: passed on to the trainer (max_parallel, progress, ...).
   """
@@ -210,7 +214,7 @@ class TrainingEvaluator:
   def __init__(self, dataset, task_name: str, seeds: Sequence[int] = (1,), bank=None,
                eval_every: int = 20, epochs_cap: int | None = None,
                trainer: Callable | None = None, metric: str | None = None,
-               **trainer_kwargs: Any):
+               layout_cover: Sequence[Design] | None = None, **trainer_kwargs: Any):
     # Encoded once here rather than by the engine on every batch of evaluations (and so that
     # a custom trainer gets float features too); a no-op for float features.
     self.dataset = data_lib.one_hot_node_features(dataset)
@@ -220,6 +224,12 @@ class TrainingEvaluator:
     self.trainer = trainer
     self.metric = metric or metrics_lib.metrics_for(dataset.task_type)[0]
     self.higher_is_better = metrics_lib.get_metric(self.metric).higher_is_better
+    if layout_cover is not None:
+      if trainer is not None:
+        raise ValueError("layout_cover is an option of the engine's trainer, not of a custom "
+                         "one")
+      trainer_kwargs = {**trainer_kwargs, "layout_cover": tuple(layout_cover),
+                        "size_buckets": True}
     self.trainer_kwargs = trainer_kwargs
 
   def trained_design(self, design: Design, budget_epochs: int | None) -> Design:
