@@ -130,7 +130,8 @@ flags.DEFINE_bool("stable_programs", True, "With --evaluator=train: every popula
 flags.DEFINE_string("compilation_cache_dir", "", task_flags.COMPILATION_CACHE_HELP)
 flags.DEFINE_string("search_db", None, "Bank for the trained candidates (resumable; default "
                     "<out_dir>/search.sqlite in search mode, <out_dir>/study.sqlite in study "
-                    "mode with --evaluator=train).")
+                    "mode with --evaluator=train, whose task distances are kept beside it in "
+                    "<name>.distances.json so that a rerun replays the same priors).")
 flags.DEFINE_integer("n_startup", 5, "TPE warm-up trials drawn from the prior (paper: 5).")
 flags.DEFINE_integer("population", 5, "Evolution's initial population (paper: 5).")
 flags.DEFINE_float("hb_max_resource", 60, "HyperBand R (fraction R/R = the design's epochs).")
@@ -359,17 +360,24 @@ def run_study_mode(bank, space: spaces.DesignSpace) -> efficiency.EfficiencyResu
   similarity = None
   if FLAGS.distance == "embedding":
     similarity = distances_lib.anchor_similarity(bank, _anchors())
-  distances = {}
-  for task in tasks:
-    distances[task] = _distances_for(bank, space, task,
-                                     [t for t in distributions if t != task], similarity)
-  config = _study_config()
 
+  def distances_of(task):
+    return _distances_for(bank, space, task, [t for t in distributions if t != task],
+                          similarity)
+
+  config = _study_config()
   trains = (FLAGS.evaluator or "bank") == "train"
   # Trained candidates go to a bank of their own: the searches are seeded, so a rerun (e.g.
   # the next job of a time-limited series) replays the same suggestions and reads back what
-  # is stored, and a design that several runs propose is trained once.
+  # is stored, and a design that several runs propose is trained once. The replay needs the
+  # same priors, so the first run's distances are kept beside that bank.
   search_db = FLAGS.search_db or os.path.join(FLAGS.out_dir, "study.sqlite")
+  if trains:
+    distances = efficiency.pinned_distances(
+        os.path.splitext(search_db)[0] + ".distances.json", FLAGS.distance, tasks,
+        distances_of)
+  else:
+    distances = {task: distances_of(task) for task in tasks}
   with (bank_lib.Bank(search_db) if trains else contextlib.nullcontext()) as search_bank:
     def training_evaluator(task):
       evaluator = _training_evaluator(task, search_bank, space)

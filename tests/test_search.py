@@ -717,3 +717,34 @@ def test_autotransfer_script_search_and_study(tmp_path):
   assert study["pool"][0]["size"] == 20
   out = _script(f"--db={tmp_path / 'shared.sqlite'}", "--dataset=b2", "--distance=self")
   assert out.returncode != 0 and "use it with --mode=study" in out.stderr
+
+
+def test_pinned_distances_keep_the_first_runs_and_add_new_tasks(tmp_path):
+  """A resumed study gets the distances its first run used (the learned embedding's differ
+  between GPU runs), per distance kind; tasks not stored yet are computed and added; a file
+  that is not the expected mapping is an error and stays untouched."""
+  from gnnjax.search import efficiency
+  path = tmp_path / "study.distances.json"
+  calls = []
+
+  def compute(offset):
+    def distances(task):
+      calls.append(task)
+      return {"a": 0.1 + offset, "b": 0.7 + offset}
+    return distances
+
+  first = efficiency.pinned_distances(path, "embedding", ["cora"], compute(0.0), None)
+  again = efficiency.pinned_distances(path, "embedding", ["cora", "MUTAG"], compute(0.05),
+                                      None)
+  assert calls == ["cora", "MUTAG"]
+  assert again["cora"] == first["cora"] == {"a": 0.1, "b": 0.7}
+  assert again["MUTAG"] == pytest.approx({"a": 0.15, "b": 0.75})
+  other = efficiency.pinned_distances(path, "feature", ["cora"], compute(0.2), None)
+  assert other["cora"] == pytest.approx({"a": 0.3, "b": 0.9})
+  stored = json.loads(path.read_text())
+  assert sorted(stored) == ["embedding", "feature"]
+  assert sorted(stored["embedding"]) == ["MUTAG", "cora"]
+  path.write_text('{"embedding": {"cora": [0.1, 0.2]}}')
+  with pytest.raises(ValueError, match="delete it"):
+    efficiency.pinned_distances(path, "embedding", ["cora"], compute(0.0), None)
+  assert path.read_text() == '{"embedding": {"cora": [0.1, 0.2]}}'

@@ -37,6 +37,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
+from gnnjax import files
 from gnnjax.design.spaces import DesignSpace
 from gnnjax.design.trial import OK
 from gnnjax.search import make_searcher
@@ -398,6 +399,54 @@ def in_sample_transfer(bank, space: DesignSpace, tasks: Sequence[str],
                     len(lookup), f"pool {len(lookup)}, prior from its own top {config.top_k}")
 
   return _ceiling_study(tasks, config, "in_sample", ceiling_of, print_fn)
+
+
+def pinned_distances(path: str | os.PathLike, kind: str, tasks: Sequence[str],
+                     compute: Callable[[str], Mapping[str, float]],
+                     print_fn: Callable[[str], None] | None = print
+                     ) -> dict[str, dict[str, float]]:
+  """Each held-out task's distances to the bank tasks: read from the JSON file at `path`
+  where an earlier run stored them for distance `kind`, else `compute(task)`, added to it.
+
+  A study with real training resumes by replaying its seeded searches against the results
+  stored so far, which takes the same prior, hence the same distances. The learned
+  embedding's are not reproducible between runs on a GPU (g's training gathers task
+  embeddings by triplet index, and the gather's gradient is an unordered scatter-add; on one
+  H200, three runs put Cora's prior on CiteSeer at weights 0.52, 0.46 and 0.28) nor between
+  platforms, so a study keeps the first run's. File: {kind: {held-out task: {bank task:
+  distance}}}; delete it (or a task's entry) to compute them again, e.g. after the bank has
+  grown.
+
+  Raises:
+    ValueError: a file that is not such a mapping (it is left as it is).
+  """
+  say = print_fn or (lambda _: None)
+  path = os.fspath(path)
+  stored: dict[str, Any] = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        stored = json.load(f)
+      except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error}); delete it to compute the distances "
+                         "again") from error
+    if not isinstance(stored, dict) or not all(
+        isinstance(by_task, dict) and all(
+            isinstance(row, dict) and all(isinstance(d, (int, float)) for d in row.values())
+            for row in by_task.values())
+        for by_task in stored.values()):
+      raise ValueError(f"{path}: expected {{distance kind: {{held-out task: {{bank task: "
+                       "distance}}}}}}; delete it to compute the distances again")
+  pinned = stored.setdefault(kind, {})
+  new = [task for task in tasks if task not in pinned]
+  for task in tasks:
+    if task in pinned:
+      say(f"{task}: {kind} distances read from {path} (an earlier run's: its searches replay)")
+    else:
+      pinned[task] = {t: float(d) for t, d in compute(task).items()}
+  if new:
+    files.write_json_atomic(path, stored, indent=1, sort_keys=True)
+  return {task: dict(pinned[task]) for task in tasks}
 
 
 def pool_agreement(a: BankLookup, b: BankLookup, min_shared: int = 10) -> tuple[float, int]:
