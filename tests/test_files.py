@@ -26,3 +26,13 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     files.write_json_atomic(path, {"bad": object()})  # fails while serialising
   assert json.loads(path.read_text()) == {"ok": True}
   assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+  """mkstemp makes 0600 files; an atomically written results file is as readable as one
+  written with open() under the same umask."""
+  files.write_atomic(tmp_path / "atomic.txt", "x")
+  with open(tmp_path / "plain.txt", "w") as f:
+    f.write("x")
+  mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
+  assert mode("atomic.txt") == mode("plain.txt")
