@@ -635,28 +635,25 @@ def test_engine_width_multiple_matches_designs_trained_alone(node_data, referenc
 
 def test_layout_cover_and_size_buckets_change_no_result_and_reuse_programs(node_data,
                                                                           references):
-  """With a layout cover (designs wider and deeper than the population's, other activations
-  and optimizers) and chunks padded to powers of two, designs train as they do alone; and a
-  second population of other designs in the same groups, with chunk sizes in the same
-  buckets, compiles nothing: a search's rounds reuse their programs."""
+  """With a layout cover (designs wider and deeper than the population's, another
+  activation) and chunks padded to powers of two, designs train as they do alone;
+  and a second population of other designs of the same group, with a chunk size in the same
+  bucket, compiles nothing: a search's rounds reuse their programs."""
   cover = DESIGNS + [BASE.replace(dim_inner=9, layers_pre_mp=3, layers_mp=3, layers_post_mp=3,
-                                  activation="elu"),
-                     BASE.replace(dim_inner=7, stage_type="skipconcat", layers_mp=2,
-                                  aggregation="max", activation="elu")]
+                                  activation="elu")]
   options = dict(eval_every=2, layout_cover=cover, size_buckets=True)
   calls = []
+  population = [DESIGNS[0], DESIGNS[2], DESIGNS[3]]  # stack and skipsum, add and mean
   results, traces = _traces(lambda: engine.train_population(
-      DESIGNS[:4], node_data, [1], progress=lambda *a: calls.append(a[2]), **options))
+      population, node_data, [1], progress=lambda *a: calls.append(a[2]), **options))
   assert traces  # the first population compiles
-  for index in (0, 2, 3):
-    assert_same_trial(results[index], references[(index, 1)])
-  # Programs: stack/skipsum add/mean {0, 2, 3} -> 4 members (one frozen), skipconcat max {1}.
-  sizes = sorted({(info["members"], info["size"]) for info in calls})
-  assert sizes == [(1, 1), (3, 4)]
-  layouts = {info["program"].layout for info in calls}
-  assert {(l.dim, l.layers_pre, l.layers_post) for l in layouts} == {(9, 3, 3), (7, 1, 2)}
-  others = [BASE.replace(learning_rate=0.005), DESIGNS[6],
-            DESIGNS[2].replace(activation="elu"), DESIGNS[1].replace(learning_rate=0.01)]
+  for result, index in zip(results, (0, 2, 3)):
+    assert_same_trial(result, references[(index, 1)])
+  assert {(info["members"], info["size"]) for info in calls} == {(3, 4)}  # one frozen member
+  layout = calls[0]["program"].layout
+  assert (layout.dim, layout.layers_pre, layout.layers_mp, layout.layers_post) == (9, 3, 3, 3)
+  assert layout.activations == ("elu", "relu", "swish")  # elu from the cover alone
+  others = [BASE.replace(learning_rate=0.005), DESIGNS[6], DESIGNS[2].replace(activation="elu")]
   again, traces = _traces(lambda: engine.train_population(others, node_data, [1], **options))
   assert traces == {}
   assert all(r.status == trial_lib.OK for r in again)

@@ -1029,7 +1029,7 @@ class _Group:
     and batch shapes. `epoch_scan`: train an epoch per call where every batch has one shape
     (block-only programs). `one_batch_shape`: see `_streams_for_layout`. `cover`: resolved
     designs the layout holds besides the members' (`train_population`'s layout_cover).
-    `size_buckets`: pad chunks to a power of two members."""
+    `size_buckets`: pad chunks to a power of two members (at least `size_bucket_floor`)."""
     self.members = members
     self.streams = streams
     self.mesh = mesh
