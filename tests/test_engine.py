@@ -344,9 +344,9 @@ def test_cpu_groups_split_extremal_aggregations(node_data):
   assert engine.split_aggregations_by_default(jax.devices("cpu"))
   assert engine.split_stages_by_default(jax.devices("cpu")) is True
   assert engine.split_depths_by_default(jax.devices("cpu")) is True
-  keys = {engine._group_key(m, node_data, True) for m in members}
+  keys = {engine._group_key(m.resolved, node_data, True) for m in members}
   assert keys == {("generalconv", 1, 4, False), ("generalconv", 1, 4, True)}
-  assert {engine._group_key(m, node_data, False) for m in members} == {("generalconv", 1, 4)}
+  assert {engine._group_key(m.resolved, node_data, False) for m in members} == {("generalconv", 1, 4)}
 
 
 def test_batch_sizes_with_one_full_batch_stream_share_a_program(node_data):
@@ -409,7 +409,7 @@ def test_adaptive_splits_only_where_every_part_fills_min_members(node_data):
 def test_deep_designs_get_their_own_programs_with_split_depths(node_data):
   deep = BASE.replace(layers_mp=engine.SHALLOW_LAYERS_MP + 1, stage_type="skipsum")
   members = engine._resolve_members([DESIGNS[0], deep], node_data, [1])
-  assert [engine._group_key(m, node_data, False, False, True)[-1] for m in members] == [False, True]
+  assert [engine._group_key(m.resolved, node_data, False, False, True)[-1] for m in members] == [False, True]
   # Two programs, each only as deep as its designs; the same results as one program (which
   # the population-vs-alone tests compare with each design trained alone).
   programs = set()
@@ -428,7 +428,7 @@ def test_deep_designs_get_their_own_programs_with_split_depths(node_data):
 
 def test_skipconcat_designs_get_their_own_programs_with_split_stages(with_diverging, node_data):
   members = engine._resolve_members(DESIGNS, node_data, [1])
-  assert {engine._group_key(m, node_data, False, True)[-1] for m in members} == {False, True}
+  assert {engine._group_key(m.resolved, node_data, False, True)[-1] for m in members} == {False, True}
   # DESIGNS[0] is stack, DESIGNS[4] skipconcat, both sum-type: two programs, the same
   # results as in one.
   programs = set()

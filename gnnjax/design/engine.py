@@ -175,19 +175,26 @@ def stream_batch_size(dataset: ds.GraphDataset, batch_size: int) -> int:
   return batch_size
 
 
-def _group_key(member: _Member, dataset: ds.GraphDataset, split_aggregations: bool,
+def _group_key(design: Design, dataset: ds.GraphDataset, split_aggregations: bool,
                split_stages: bool = False, split_depths: bool = False) -> tuple:
-  """The program a member belongs to: conv type, stream batch size on `dataset`
+  """The program a (resolved) design belongs to: conv type, stream batch size on `dataset`
   (`stream_batch_size`), and the forced splits."""
-  key = superset.conv_key(member.resolved) + (
-      stream_batch_size(dataset, member.resolved.batch_size),)
+  key = superset.conv_key(design) + (stream_batch_size(dataset, design.batch_size),)
   if split_aggregations:  # max/min scatter apart from the sum that add and mean share
-    key += (is_extremal(member.resolved),)
+    key += (is_extremal(design),)
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
-    key += (is_skipconcat(member.resolved),)
+    key += (is_skipconcat(design),)
   if split_depths:  # shallow designs apart from deep ones, which the scan would make them run
-    key += (is_deep(member.resolved),)
+    key += (is_deep(design),)
   return key
+
+
+def _forced_key(design: Design, dataset: ds.GraphDataset, split_aggregations: bool,
+                split_stages: bool | str, split_depths: bool | str) -> tuple:
+  """`_group_key` under split policies: only the forced (True) splits are in the key; an
+  ADAPTIVE split is decided afterwards on a group's members (`_group_members`)."""
+  return _group_key(design, dataset, split_aggregations, split_stages is True,
+                    split_depths is True)
 
 
 # With split_depths, designs with at most this many message-passing layers form programs apart
@@ -243,8 +250,8 @@ def _group_members(members: Sequence[_Member], dataset: ds.GraphDataset,
   applied to a group only where each of its parts has at least `min_members`."""
   by_key: dict[tuple, list[_Member]] = collections.defaultdict(list)
   for member in members:
-    by_key[_group_key(member, dataset, split_aggregations, split_stages is True,
-                      split_depths is True)].append(member)
+    by_key[_forced_key(member.resolved, dataset, split_aggregations, split_stages,
+                       split_depths)].append(member)
   groups = list(by_key.values())
   for policy, part_of in ((split_stages, is_skipconcat), (split_depths, is_deep)):
     if policy != ADAPTIVE:
@@ -1507,8 +1514,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
                         split_depths)
   for group_members in _group_members(members_left, dataset, split_aggregations, split_stages,
                                       split_depths):
-    key = _group_key(group_members[0], dataset, split_aggregations, split_stages is True,
-                     split_depths is True)
+    key = _forced_key(group_members[0].resolved, dataset, split_aggregations, split_stages,
+                      split_depths)
     group = _Group(group_members, dataset, streams_for(group_members[0].resolved.batch_size),
                    mesh, max_parallel, scan_layers=scan_layers,
                    block_aggregation=block_aggregation, block_extremes=block_extremes,
@@ -1701,14 +1708,13 @@ def _cover_by_key(designs: Sequence[Design], dataset: ds.GraphDataset,
                   split_aggregations: bool, split_stages: bool | str,
                   split_depths: bool | str) -> dict[tuple, list[Design]]:
   """`train_population`'s layout_cover, resolved for `dataset` and grouped by the key of the
-  forced splits (`_group_key`). An ADAPTIVE split of a group leaves both parts the whole
+  forced splits (`_forced_key`). An ADAPTIVE split of a group leaves both parts the whole
   key's cover: wider than needed, the same for every call."""
   cover: dict[tuple, list[Design]] = collections.defaultdict(list)
   for design in designs:
     _, resolved = graphgym.build_model(design, dataset)
-    probe = _Member(-1, design, resolved, 0, None)
-    cover[_group_key(probe, dataset, split_aggregations, split_stages is True,
-                     split_depths is True)].append(resolved)
+    cover[_forced_key(resolved, dataset, split_aggregations, split_stages,
+                      split_depths)].append(resolved)
   return cover
 
 

@@ -430,23 +430,29 @@ def pinned_distances(path: str | os.PathLike, kind: str, tasks: Sequence[str],
       except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not JSON ({error}); delete it to compute the distances "
                          "again") from error
-    if not isinstance(stored, dict) or not all(
-        isinstance(by_task, dict) and all(
-            isinstance(row, dict) and all(isinstance(d, (int, float)) for d in row.values())
-            for row in by_task.values())
-        for by_task in stored.values()):
+    if not _is_distance_file(stored):
       raise ValueError(f"{path}: expected {{distance kind: {{held-out task: {{bank task: "
                        "distance}}}}}}; delete it to compute the distances again")
   pinned = stored.setdefault(kind, {})
-  new = [task for task in tasks if task not in pinned]
+  computed = False
   for task in tasks:
     if task in pinned:
       say(f"{task}: {kind} distances read from {path} (an earlier run's: its searches replay)")
     else:
       pinned[task] = {t: float(d) for t, d in compute(task).items()}
-  if new:
+      computed = True
+  if computed:
     files.write_json_atomic(path, stored, indent=1, sort_keys=True)
   return {task: dict(pinned[task]) for task in tasks}
+
+
+def _is_distance_file(stored: Any) -> bool:
+  """Whether `stored` is {kind: {held-out task: {bank task: number}}}."""
+  def is_map(value, check_value):
+    return isinstance(value, dict) and all(check_value(v) for v in value.values())
+
+  is_row = lambda row: is_map(row, lambda d: isinstance(d, (int, float)))
+  return is_map(stored, lambda by_task: is_map(by_task, is_row))
 
 
 def pool_agreement(a: BankLookup, b: BankLookup, min_shared: int = 10) -> tuple[float, int]:
