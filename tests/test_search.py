@@ -723,7 +723,6 @@ def test_pinned_distances_keep_the_first_runs_and_add_new_tasks(tmp_path):
   """A resumed study gets the distances its first run used (the learned embedding's differ
   between GPU runs), per distance kind; tasks not stored yet are computed and added; a file
   that is not the expected mapping is an error and stays untouched."""
-  from gnnjax.search import efficiency
   path = tmp_path / "study.distances.json"
   calls = []
 
