@@ -192,6 +192,54 @@ def test_diverging_member_is_isolated(with_diverging, without_diverging, node_da
     assert (got.history, got.final, got.best) == (want.history, want.final, want.best)
 
 
+def test_losses_are_read_at_evaluations_and_a_divergence_between_keeps_its_epoch(
+    node_data, monkeypatch):
+  """The host reads the losses back only when an epoch is evaluated (here 0, 2 and the last,
+  3), not after every epoch; a member that diverges at epoch 1, between two reads, still gets
+  epoch 1, its history stops there as when trained alone, and its neighbour is unaffected."""
+  designs = [DIVERGING, DESIGNS[3]]
+  events = []
+  device_get = jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda x: events.append("read") or device_get(x))
+  results = engine.train_population(
+      designs, node_data, [1], eval_every=3,
+      progress=lambda done, total, info: "epoch" in info and events.append(info["epoch"]))
+  monkeypatch.undo()
+  read_before = {}  # epoch (1-based) -> whether the host read anything during it
+  for previous, event in zip(["start"] + events, events):
+    if event != "read":
+      read_before[event] = previous == "read"
+  assert read_before == {1: True, 2: False, 3: True, 4: True}
+  alone = reference.train_design(DIVERGING, node_data, 1, eval_every=3)
+  assert (results[0].status, results[0].diverged_epoch) == (alone.status, alone.diverged_epoch)
+  assert (alone.status, alone.diverged_epoch) == (trial_lib.DIVERGED, 1)
+  assert [r["epoch"] for r in results[0].history] == [r["epoch"] for r in alone.history] == [0]
+  assert_same_trial(results[1], reference.train_design(designs[1], node_data, 1, eval_every=3))
+
+
+def test_a_full_batch_task_puts_its_batches_on_the_device_once_per_chunk(node_data,
+                                                                         monkeypatch):
+  """One full batch per seed: the streams hand out the same stacked batch every epoch, and a
+  chunk transfers it (and its evaluation batch) once, not once per epoch; results unchanged."""
+  full = BASE.replace(batch_size=len(node_data.graphs), layers_mp=1, epochs=5)
+  streams = engine._SeedStreams(node_data, [1, 2], full.batch_size)
+  assert streams.static_train
+  assert next(iter(streams.train_batches(0))) is next(iter(streams.train_batches(3)))
+  shuffled = engine._SeedStreams(node_data, [1, 2], 4)
+  assert not shuffled.static_train
+  assert next(iter(shuffled.train_batches(0))) is not next(iter(shuffled.train_batches(0)))
+  puts = []
+  device_put = jax.device_put
+  monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: (
+      puts.append(type(x).__name__), device_put(x, *a, **k))[1])
+  results = engine.train_population([full, full.replace(activation="swish")], node_data, [1],
+                                    eval_every=2)
+  monkeypatch.undo()
+  assert puts.count("GraphsTuple") == 2  # one training batch, one evaluation batch
+  assert_same_trial(results[1], reference.train_design(full.replace(activation="swish"),
+                                                       node_data, 1, eval_every=2))
+
+
 def test_chunks_compile_once(with_diverging):
   _, traces, calls = with_diverging
   assert [info["members"] for done, _, info in calls if "epoch" not in info] == [5, 5, 5, 3]

@@ -614,7 +614,10 @@ class _SeedStreams:
       raise ValueError(f"seeds give different steps per epoch {sorted(steps)}")
     self.steps_per_epoch = steps.pop()
     self.split_names = self.pipelines[0].split_names
-    self._eval = None
+    # Full-batch tasks train on the same batches every epoch: stacked once, and the same
+    # objects each time, so a run can keep them on the device.
+    self.static_train = all(p.static_train for p in self.pipelines)
+    self._eval = self._train = None
     self._padded: dict[tuple[int, int], _SeedStreams] = {}
 
   def seed_index(self, seed: int) -> int:
@@ -628,7 +631,7 @@ class _SeedStreams:
       return self
     if pad_to not in self._padded:
       copy_ = copy.copy(self)
-      copy_.pad_to, copy_._eval, copy_._padded = pad_to, None, self._padded
+      copy_.pad_to, copy_._eval, copy_._train, copy_._padded = pad_to, None, None, self._padded
       self._padded[pad_to] = copy_
     return self._padded[pad_to]
 
@@ -673,8 +676,16 @@ class _SeedStreams:
     return (max(b.n_node for b in top), max(b.n_edge for b in top), max(b.n_graph for b in top))
 
   def train_batches(self, epoch: int) -> Iterator[jraph.GraphsTuple]:
-    for batches in zip(*(p.train_batches(epoch) for p in self.pipelines), strict=True):
-      yield _stack(batches, self.pad_to)
+    """The stacked training batches of `epoch` (with `static_train`, the same objects for
+    every epoch)."""
+    if self._train is not None:
+      return iter(self._train)
+    stacked = (_stack(batches, self.pad_to) for batches in
+               zip(*(p.train_batches(epoch) for p in self.pipelines), strict=True))
+    if not self.static_train:
+      return stacked
+    self._train = list(stacked)
+    return iter(self._train)
 
   def train_shapes(self, epochs: int) -> set[tuple[int, int]]:
     """(n_node, n_edge) of every stacked training batch of epochs 0..epochs-1, from the
@@ -1112,6 +1123,8 @@ class _ChunkRun:
                            + [0] * (self.size - len(members)))
     self.trackers = [_Tracker() for _ in members]
     self._target_cache: dict[int, list] = {}
+    self._static_input: list | None = None  # a full-batch task's epoch input, on the device
+    self._eval_inputs: dict[int, tuple] = {}  # id(stacked eval batch) -> (batch, on device)
 
   def _padded(self, items: list) -> list:
     return items + [items[-1]] * (self.size - len(items))
@@ -1220,31 +1233,42 @@ class _ChunkRun:
       self.trackers = [_Tracker(**t) for t in meta["trackers"]]
       logging.info("resumed a chunk of %d members at epoch %d from %s", len(self.members),
                    start_epoch, checkpoint.path)
+    # Losses stay on the device until an epoch needs the host (an evaluation, a checkpoint,
+    # the end): reading them back every epoch would stall the device while the host
+    # dispatches the next one. A member that diverges trains on (NaN, alone in its slice of
+    # the population) until then; its status and epoch come from the first non-finite loss.
+    unread: list[tuple[int, np.ndarray, Any]] = []  # (epoch, active, device losses)
     for epoch in range(start_epoch, epochs):
       active = (epoch < self.epochs) & ~diverged
       if not active.any():
         break
       active_on_device = jax.device_put(active, self.pop)
+      inputs = self._epoch_inputs(epoch)
       if self.group.epoch_scan:  # one call for the epoch's steps
-        epoch_batches = _stack_steps(list(self.streams.train_batches(epoch)))
+        (epoch_batches,) = inputs
         state, step_losses = self.functions.train_epoch(
-            state, mask, spec, jax.device_put(epoch_batches, self.replicated), np.int32(step),
-            active_on_device)
+            state, mask, spec, epoch_batches, np.int32(step), active_on_device)
         step += self.streams.steps_per_epoch
       else:
         step_losses = []
-        for batch in self.streams.train_batches(epoch):
-          state, loss = self.functions.train_step(state, mask, spec,
-                                                  jax.device_put(batch, self.replicated),
-                                                  np.int32(step), active_on_device)
+        for batch in inputs:
+          state, loss = self.functions.train_step(state, mask, spec, batch, np.int32(step),
+                                                  active_on_device)
           step_losses.append(loss)
           step += 1
-      epoch_losses = np.asarray(jax.device_get(step_losses), np.float32)  # [steps, size]
-      to_evaluate = self._after_epoch(epoch, active, epoch_losses, diverged)
-      if to_evaluate:
-        self._evaluate(epoch, state, spec, to_evaluate, epoch_losses)
-      if (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0
-          and epoch + 1 < epochs):
+      unread.append((epoch, active, step_losses))
+      save = (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0
+              and epoch + 1 < epochs)
+      if save or epoch + 1 == epochs or self._evaluates(epoch, active):
+        to_evaluate, epoch_losses = [], None
+        for trained, was_active, device_losses in unread:
+          epoch_losses = np.asarray(jax.device_get(device_losses), np.float32)  # [steps, size]
+          to_evaluate = self._after_epoch(trained, was_active & ~diverged, epoch_losses,
+                                          diverged)
+        unread.clear()
+        if to_evaluate:
+          self._evaluate(epoch, state, spec, to_evaluate, epoch_losses)
+      if save:
         checkpoint.save(epoch + 1, state, {
             "epochs_done": epoch + 1, "step": step, "diverged": diverged.tolist(),
             "seconds": spent_before + time.time() - started,
@@ -1254,6 +1278,28 @@ class _ChunkRun:
     seconds = (spent_before + time.time() - started) / len(self.members)
     return [self._result(m, t, n, seconds)
             for m, t, n in zip(self.members, self.trackers, self.num_params)]
+
+  def _epoch_inputs(self, epoch: int) -> list | Iterator:
+    """The epoch's training input on the device: [[steps, ...] stacked batches] for an epoch
+    scan, else its batches (put one by one as the steps run). A full-batch task's input is the
+    same every epoch, so it is put once per chunk."""
+    if self._static_input is not None:
+      return self._static_input
+    if self.group.epoch_scan:
+      inputs = [jax.device_put(_stack_steps(list(self.streams.train_batches(epoch))),
+                               self.replicated)]
+    else:
+      inputs = (jax.device_put(batch, self.replicated)
+                for batch in self.streams.train_batches(epoch))
+    if self.streams.static_train:
+      self._static_input = list(inputs)
+      return self._static_input
+    return inputs
+
+  def _evaluates(self, epoch: int, active: np.ndarray) -> bool:
+    """Whether any active member is evaluated after `epoch` (see `_after_epoch`)."""
+    return bool(epoch == 0 or (epoch + 1) % self.eval_every == 0
+                or (active & (self.epochs == epoch + 1)).any())
 
   def _after_epoch(self, epoch: int, active: np.ndarray, epoch_losses: np.ndarray,
                    diverged: np.ndarray) -> list[int]:
@@ -1277,8 +1323,10 @@ class _ChunkRun:
     parts: list[dict[str, list]] = [{} for _ in members]
     chosen = np.asarray(members)
     for stacked, splits in self.streams.eval_batches():
+      if id(stacked) not in self._eval_inputs:  # the streams keep their eval batches
+        self._eval_inputs[id(stacked)] = (stacked, jax.device_put(stacked, self.replicated))
       outputs = self.functions.predict(state["params"], state["batch_stats"], spec,
-                                       jax.device_put(stacked, self.replicated))
+                                       self._eval_inputs[id(stacked)][1])
       outputs = np.asarray(jax.device_get(outputs[chosen]))
       targets = self._targets(stacked, splits)
       for row, i in enumerate(members):

@@ -28,6 +28,7 @@ class GraphTaskPipeline:
   """Mini-batches of whole graphs for graph-level tasks."""
 
   task_level = ds.GRAPH
+  static_train = False  # shuffled per epoch
 
   def __init__(self, dataset: ds.GraphDataset, splits: Mapping[str, Sequence[int]],
                batch_size: int, seed: int = 0):
@@ -96,6 +97,11 @@ class NodeTaskPipeline:
     self.ladder = batching.budget_ladder(self.packed, self.batch_size)
     self._full = (self.packed.gather(np.arange(len(dataset)), self.ladder[-1])
                   if self.batch_size >= len(dataset) else None)
+
+  @property
+  def static_train(self) -> bool:
+    """Whether every epoch trains on the same batch object (one full batch)."""
+    return self._full is not None
 
   @staticmethod
   def _split_mask(graph: jraph.GraphsTuple, split: str) -> np.ndarray:
