@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from experiments import task_flags
+from experiments import engine_flags, task_flags
 from gnnjax import data as data_lib
 from gnnjax.design import bank as bank_lib
 from gnnjax.design import spaces, study
@@ -298,14 +298,15 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
 
 def _training_evaluator(task: str, candidates: bank_lib.Bank,
                         space: spaces.DesignSpace) -> TrainingEvaluator:
-  """Real training of `task`'s candidates with the flags' seeds, epochs cap and chunk size,
-  each result stored in `candidates` (a rerun reads it back instead of training again); with
-  --stable_programs the layouts cover `space`."""
+  """Real training of `task`'s candidates with the flags' seeds, epochs cap, chunk size and
+  engine policies, each result stored in `candidates` (a rerun reads it back instead of
+  training again); with --stable_programs the layouts cover `space`."""
   return TrainingEvaluator(_loader(task), task, protocols.parse_seeds(FLAGS.seeds),
                            bank=candidates, eval_every=FLAGS.eval_every,
                            epochs_cap=FLAGS.epochs_cap, max_parallel=FLAGS.max_parallel,
                            progress=study.engine_progress(),
-                           layout_cover=list(space) if FLAGS.stable_programs else None)
+                           layout_cover=list(space) if FLAGS.stable_programs else None,
+                           **engine_flags.engine_policies())
 
 
 def _study_config() -> efficiency.StudyConfig:

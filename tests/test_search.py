@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -747,3 +749,25 @@ def test_pinned_distances_keep_the_first_runs_and_add_new_tasks(tmp_path):
   with pytest.raises(ValueError, match="delete it"):
     efficiency.pinned_distances(path, "embedding", ["cora"], compute(0.0), None)
   assert path.read_text() == '{"embedding": {"cora": [0.1, 0.2]}}'
+
+
+def test_autotransfer_training_evaluator_takes_the_engine_policy_flags():
+  # In a child process: parsing the global absl FLAGS here would leak into other tests.
+  code = ("from absl import flags; from experiments import autotransfer as a; "
+          "from gnnjax.design import spaces; "
+          "flags.FLAGS(['prog', '--db=unused.sqlite', '--split_stages=on', '--epoch_scan=on', "
+          "'--split_aggregations=off']); "
+          "e = a._training_evaluator(a.FLAGS.dataset, None, "
+          "spaces.resolve_space('autotransfer', ['epochs=50'])); "
+          "keys = ('split_stages', 'split_depths', 'split_aggregations', 'epoch_scan', "
+          "'size_buckets'); print(repr({k: e.trainer_kwargs[k] for k in keys}), "
+          "len(e.trainer_kwargs['layout_cover']))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  kwargs, cover = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+  kwargs = ast.literal_eval(kwargs)
+  assert (kwargs["split_stages"], kwargs["epoch_scan"], kwargs["split_aggregations"]) == (
+      True, True, False)
+  assert kwargs["split_depths"] is None and kwargs["size_buckets"] is True  # engine defaults
+  assert int(cover) == len(spaces.resolve_space("autotransfer", ["epochs=50"])) == 16128

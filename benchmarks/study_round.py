@@ -1,0 +1,130 @@
+r"""What one round of a search with real training costs, under several engine policies.
+
+    python -m benchmarks.study_round --data_dir=../shared/datasets --task=BZR
+
+A round of the real-training study (`experiments.autotransfer --mode=study --evaluator=train`)
+is one small population: up to 20 designs of the AutoTransfer space (2 priors x 10 runs),
+spread over up to 14 programs (conv type and GAT heads, x max/min apart from add/mean). Each
+variant trains --designs designs drawn uniformly with seed 1 (round A), then --designs others
+drawn with seed 2 (round B: a new round, compiling what A did not), then round B again (its
+programs all compiled: the steady state a study reaches once its programs exist). One seed
+per design, --epochs epochs (a round's training time is linear in them), evaluated every
+--eval_every. Variants:
+
+* `stable`: the study's setting: every layout covers the whole space (`layout_cover`) and
+  chunks are padded to a power of two (`size_buckets`), under the default split policies.
+* `stable_split`: the same with skipconcat and deep designs always split apart (on
+  accelerators they otherwise split only where each part has 32 members, never in a round;
+  on CPUs they always do, so there this is `stable` again).
+* `stable_one_aggregation`: the same with max designs in the add/mean programs (fewer
+  programs and chunks; every member computes both aggregations).
+* `stable_epoch_scan`: the same with one call per epoch for one-shape programs.
+* `own_layouts`: no cover: each program is as wide as its round's designs, so every new round
+  compiles new programs (round B), and each member computes less (B again).
+
+Printed and written (results/study_round_<task>.json, RESULTS.md): per variant the seconds
+of each round, the programs traced in round B, its chunks, and the largest difference of a
+round-B trial's validation metric from the `stable` variant's (float noise: the layouts
+differ in width, and on a GPU two trainings of one design differ anyway; see BUILD_NOTES'
+known limits).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from absl import app, flags
+
+from benchmarks import common
+from gnnjax import data as data_lib
+from gnnjax import metrics as metrics_lib
+from gnnjax.design import engine, spaces
+
+FLAGS = flags.FLAGS
+VARIANT_NAMES = ("stable", "stable_split", "stable_one_aggregation", "stable_epoch_scan",
+                 "own_layouts")
+flags.DEFINE_string("task", "BZR", "Registry name of the held-out task.")
+flags.DEFINE_string("data_dir", None, "Data root (shared/datasets).")
+flags.DEFINE_integer("designs", 20, "Designs per round (the study's: 2 priors x 10 runs).")
+flags.DEFINE_integer("epochs", 10, "Epochs per design (the study trains 50; a round's "
+                     "training time is linear in them).")
+flags.DEFINE_integer("eval_every", 10, "Evaluate every k epochs (the study's).")
+flags.DEFINE_list("variants", ["stable", "stable_split", "stable_one_aggregation"],
+                  f"Variants to run, in order, of: {', '.join(VARIANT_NAMES)}.")
+flags.DEFINE_string("results_name", None, "Results JSON name (default: study_round_<task>).")
+flags.DEFINE_string("out_dir", "benchmarks", "Where results/<name>.json and RESULTS.md go.")
+
+COVERED = {"layout_cover": None, "size_buckets": True}  # the cover is filled in main()
+VARIANTS = {
+    "stable": dict(COVERED),
+    "stable_split": {**COVERED, "split_stages": True, "split_depths": True},
+    "stable_one_aggregation": {**COVERED, "split_aggregations": False},
+    "stable_epoch_scan": {**COVERED, "epoch_scan": True},
+    "own_layouts": {},
+}
+assert tuple(VARIANTS) == VARIANT_NAMES
+
+
+def run_round(designs, dataset, policies: dict) -> dict:
+  """Trains one round; its seconds, programs traced, chunks and validation values."""
+  chunks = set()
+  before = dict(engine.TRACE_COUNTS)
+  start = time.perf_counter()
+  results = engine.train_population(
+      designs, dataset, [1], eval_every=FLAGS.eval_every,
+      progress=lambda done, total, info: chunks.add(info["chunks"]), **policies)
+  seconds = time.perf_counter() - start
+  traced = sum(v - before.get(k, 0) for k, v in engine.TRACE_COUNTS.items())
+  metric = metrics_lib.default_metric(dataset.task_type)
+  values = [r.best["val"][metric] if r.best else float("nan") for r in results]
+  return {"seconds": seconds, "traced": traced, "chunks": max(chunks, default=0),
+          "trials": len(results), "statuses": sorted({r.status for r in results}),
+          "val": values}
+
+
+def main(argv):
+  del argv
+  unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
+  if unknown:
+    raise SystemExit(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+  dataset = data_lib.load_dataset(FLAGS.task, FLAGS.data_dir)
+  space = spaces.resolve_space("autotransfer", [f"epochs={FLAGS.epochs}"])
+  cover = tuple(space)
+  round_a, round_b = (space.sample(seed, FLAGS.designs) for seed in (1, 2))
+  print(f"{dataset.name}: rounds of {FLAGS.designs} designs x {FLAGS.epochs} epochs; cover "
+        f"{len(cover)} designs; device {common.device_description()}", flush=True)
+  measured = {}
+  for name in FLAGS.variants:
+    policies = {k: (cover if k == "layout_cover" else v) for k, v in VARIANTS[name].items()}
+    measured[name] = [run_round(designs, dataset, policies)
+                      for designs in (round_a, round_b, round_b)]
+    a, b, again = measured[name]
+    print(f"  {name}: A {a['seconds']:.1f} s, B {b['seconds']:.1f} s ({b['traced']} traced, "
+          f"{b['chunks']} chunks), B again {again['seconds']:.1f} s", flush=True)
+  reference = measured.get("stable", next(iter(measured.values())))[2]["val"]
+  lines = ["| variant | round A (s) | round B (s) | traced in B | chunks in B | B again (s) | "
+           "trials/s, B again | max diff of val vs stable |",
+           "|---|---|---|---|---|---|---|---|"]
+  metrics = {"task": dataset.name, "designs": FLAGS.designs, "epochs": FLAGS.epochs,
+             "eval_every": FLAGS.eval_every, "variants": {}}
+  for name, (a, b, again) in measured.items():
+    diff = max((abs(x - y) for x, y in zip(again["val"], reference)
+                if math.isfinite(x) and math.isfinite(y)), default=0.0)
+    rate = again["trials"] / again["seconds"]
+    lines.append(f"| {name} | {a['seconds']:.1f} | {b['seconds']:.1f} | {b['traced']} | "
+                 f"{b['chunks']} | {again['seconds']:.1f} | {rate:.2f} | {diff:.4f} |")
+    metrics["variants"][name] = {
+        "round_seconds": {"A": a["seconds"], "B": b["seconds"], "B_again": again["seconds"]},
+        "traced": {"A": a["traced"], "B": b["traced"], "B_again": again["traced"]},
+        "chunks": {"A": a["chunks"], "B": b["chunks"]}, "trials_per_second": rate,
+        "max_val_diff": diff, "statuses": again["statuses"]}
+  table = "\n".join(lines)
+  print(table)
+  path = common.write_results(FLAGS.results_name or f"study_round_{dataset.name}".replace(
+      "/", "_"), metrics, {}, FLAGS.out_dir, table)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
