@@ -19,7 +19,8 @@ same dropout masks (flax's per-layer keys, the design's own draw read out of a f
 optax's arithmetic with per-member hyperparameters (Adam and AdamW share one moment state;
 SGD's momentum trace exists only when some member uses SGD). Evaluation mirrors `loop.evaluate`
 (host metrics on the same rows) at the same epochs, and divergence is detected as loop.fit does
-(non-finite mean loss of an epoch). Caveat: a gradient that is zero only by symmetry (e.g. a
+(non-finite mean loss of an epoch; the host reads the losses back only at evaluations, and
+takes the first non-finite epoch among those read). Caveat: a gradient that is zero only by symmetry (e.g. a
 batch-norm shift under max pooling and a batch-normalised head) is rounding noise, which Adam
 scales to full steps; such trajectories differ between any two programs, including two runs of
 the reference on a GPU (scatter-adds are not ordered there).
@@ -1260,12 +1261,7 @@ class _ChunkRun:
       save = (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0
               and epoch + 1 < epochs)
       if save or epoch + 1 == epochs or self._evaluates(epoch, active):
-        to_evaluate, epoch_losses = [], None
-        for trained, was_active, device_losses in unread:
-          epoch_losses = np.asarray(jax.device_get(device_losses), np.float32)  # [steps, size]
-          to_evaluate = self._after_epoch(trained, was_active & ~diverged, epoch_losses,
-                                          diverged)
-        unread.clear()
+        to_evaluate, epoch_losses = self._read_back(unread, diverged)
         if to_evaluate:
           self._evaluate(epoch, state, spec, to_evaluate, epoch_losses)
       if save:
@@ -1295,6 +1291,18 @@ class _ChunkRun:
       self._static_input = list(inputs)
       return self._static_input
     return inputs
+
+  def _read_back(self, unread: list, diverged: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Reads the unread epochs' losses in order, marking divergences (`_after_epoch`), and
+    empties `unread`; returns the members to evaluate after the last of them and its
+    [steps, size] losses."""
+    to_evaluate, epoch_losses = [], None
+    for epoch, active, device_losses in unread:
+      epoch_losses = np.asarray(jax.device_get(device_losses), np.float32)
+      # A member that diverged at an earlier unread epoch is not active any more.
+      to_evaluate = self._after_epoch(epoch, active & ~diverged, epoch_losses, diverged)
+    unread.clear()
+    return to_evaluate, epoch_losses
 
   def _evaluates(self, epoch: int, active: np.ndarray) -> bool:
     """Whether any active member is evaluated after `epoch` (see `_after_epoch`)."""
