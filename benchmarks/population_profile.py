@@ -144,8 +144,10 @@ def main(argv):
       window["end"] = time.perf_counter()
       jax.profiler.stop_trace()
 
+  # read_every_epoch: an epoch reported is an epoch run, so the window holds whole epochs.
   results = list(engine.iter_population(designs, dataset, [1], eval_every=max(20, last_epoch + 1),
-                                        progress=progress, **engine_flags.engine_policies()))
+                                        progress=progress, read_every_epoch=True,
+                                        **engine_flags.engine_policies()))
   if "end" not in window:
     raise SystemExit(f"the first chunk ended before epoch {last_epoch}: raise --epochs")
   chunks = info_seen["chunks"]

@@ -195,21 +195,34 @@ def test_diverging_member_is_isolated(with_diverging, without_diverging, node_da
 def test_losses_are_read_at_evaluations_and_a_divergence_between_keeps_its_epoch(
     node_data, monkeypatch):
   """The host reads the losses back only when an epoch is evaluated (here 0, 2 and the last,
-  3), not after every epoch; a member that diverges at epoch 1, between two reads, still gets
-  epoch 1, its history stops there as when trained alone, and its neighbour is unaffected."""
+  3), not after every epoch (unless read_every_epoch); a member that diverges at epoch 1,
+  between two reads, still gets epoch 1, its history stops there as when trained alone, and
+  its neighbour is unaffected."""
   designs = [DIVERGING, DESIGNS[3]]
-  events = []
   device_get = jax.device_get
-  monkeypatch.setattr(jax, "device_get", lambda x: events.append("read") or device_get(x))
-  results = engine.train_population(
-      designs, node_data, [1], eval_every=3,
-      progress=lambda done, total, info: "epoch" in info and events.append(info["epoch"]))
-  monkeypatch.undo()
-  read_before = {}  # epoch (1-based) -> whether the host read anything during it
-  for previous, event in zip(["start"] + events, events):
-    if event != "read":
-      read_before[event] = previous == "read"
+
+  def train(read_every_epoch):
+    events = []
+    monkeypatch.setattr(jax, "device_get", lambda x: events.append("read") or device_get(x))
+    results = engine.train_population(
+        designs, node_data, [1], eval_every=3, read_every_epoch=read_every_epoch,
+        progress=lambda done, total, info: "epoch" in info and events.append(info["epoch"]))
+    monkeypatch.undo()
+    read_before = {}  # epoch (1-based) -> whether the host read anything before its report
+    for previous, event in zip(["start"] + events, events):
+      if event != "read":
+        read_before[event] = previous == "read"
+    return results, read_before
+
+  every, read_before = train(read_every_epoch=True)
+  assert read_before == {1: True, 2: True, 3: True, 4: True}
+  results, read_before = train(read_every_epoch=False)
   assert read_before == {1: True, 2: False, 3: True, 4: True}
+  # The same program and arithmetic either way: the same trials (the diverged one's history
+  # holds NaN losses, so its epochs are compared).
+  assert [(r.status, r.diverged_epoch, [h["epoch"] for h in r.history]) for r in results] == [
+      (r.status, r.diverged_epoch, [h["epoch"] for h in r.history]) for r in every]
+  assert (results[1].history, results[1].best) == (every[1].history, every[1].best)
   alone = reference.train_design(DIVERGING, node_data, 1, eval_every=3)
   assert (results[0].status, results[0].diverged_epoch) == (alone.status, alone.diverged_epoch)
   assert (alone.status, alone.diverged_epoch) == (trial_lib.DIVERGED, 1)

@@ -1218,9 +1218,11 @@ class _ChunkRun:
 
   def run(self, on_epoch: Callable[[int, int], None] | None = None,
           checkpoint: checkpoints_lib.ChunkCheckpoint | None = None,
-          checkpoint_every: int = 0) -> list[trial_lib.TrialResult]:
+          checkpoint_every: int = 0, read_every_epoch: bool = False
+          ) -> list[trial_lib.TrialResult]:
     """Trains the chunk; with `checkpoint`, resumes from its last save and saves every
-    `checkpoint_every` epochs (not after the last: the results are about to be committed)."""
+    `checkpoint_every` epochs (not after the last: the results are about to be committed);
+    `read_every_epoch`: see `train_population`."""
     started = time.time()
     state, mask, spec = self._initial_state()
     diverged = np.zeros(self.size, bool)
@@ -1260,7 +1262,7 @@ class _ChunkRun:
       unread.append((epoch, active, step_losses))
       save = (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0
               and epoch + 1 < epochs)
-      if save or epoch + 1 == epochs or self._evaluates(epoch, active):
+      if read_every_epoch or save or epoch + 1 == epochs or self._evaluates(epoch, active):
         to_evaluate, epoch_losses = self._read_back(unread, diverged)
         if to_evaluate:
           self._evaluate(epoch, state, spec, to_evaluate, epoch_losses)
@@ -1404,7 +1406,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
                      one_batch_shape: bool | str | None = None,
                      width_multiple: int | None = None,
                      layout_cover: Sequence[Design] | None = None,
-                     size_buckets: bool = False) -> list[trial_lib.TrialResult]:
+                     size_buckets: bool = False,
+                     read_every_epoch: bool = False) -> list[trial_lib.TrialResult]:
   """Trains every (design, seed) with GraphGym's protocol, many at once.
 
   Args:
@@ -1473,6 +1476,11 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     size_buckets: pad every chunk with frozen members to a power of two (at least
       `size_bucket_floor`: 4 on accelerators; then to a multiple of the device count), so
       that populations of varying size share programs.
+    read_every_epoch: read every epoch's losses back before the next epoch starts, so that
+      an epoch `progress` reports has run on the device (timing and profiling windows,
+      `benchmarks/population_profile.py`). By default they are read at evaluations,
+      checkpoints and the end, and between those the host dispatches ahead of the device
+      (progress then reports epochs dispatched). The same results either way.
 
   Returns:
     One TrialResult per (design, seed), designs outer and seeds inner, as
@@ -1486,7 +1494,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       split_stages=split_stages, split_depths=split_depths,
       precompile=precompile, scan_layers=scan_layers, block_aggregation=block_aggregation,
       block_extremes=block_extremes, epoch_scan=epoch_scan, one_batch_shape=one_batch_shape,
-      width_multiple=width_multiple, layout_cover=layout_cover, size_buckets=size_buckets):
+      width_multiple=width_multiple, layout_cover=layout_cover, size_buckets=size_buckets,
+      read_every_epoch=read_every_epoch):
     results[index] = result
   return results
 
@@ -1511,8 +1520,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
            scan_layers: bool | None = None, block_aggregation: bool | None = None,
            block_extremes: bool | None = None, epoch_scan: bool | None = None,
            one_batch_shape: bool | str | None = None, width_multiple: int | None = None,
-           layout_cover: Sequence[Design] | None = None, size_buckets: bool = False
-           ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+           layout_cover: Sequence[Design] | None = None, size_buckets: bool = False,
+           read_every_epoch: bool = False) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """(member index, result) for every member, chunk by chunk (arguments: `train_population`;
   an unknown keyword is a TypeError here, as it would be there)."""
   if eval_every < 1:
@@ -1587,7 +1596,8 @@ def _train(designs: Sequence[Design], dataset: ds.GraphDataset, seeds: Sequence[
   window = precompile_window(devices) if precompile is True else None
   try:
     yield from _run_chunks(pending, len(members), dataset, eval_every, progress,
-                           checkpoint_dir, checkpoint_every, fingerprint, compiling, window)
+                           checkpoint_dir, checkpoint_every, fingerprint, compiling, window,
+                           read_every_epoch)
   finally:
     for future in compiling.values():
       future.cancel()  # the rest, if the caller stopped early (compilations under way finish)
@@ -1597,7 +1607,8 @@ def _run_chunks(pending: list, total: int, dataset: ds.GraphDataset,
                 eval_every: int, progress: ProgressFn | None,
                 checkpoint_dir: str | os.PathLike | None, checkpoint_every: int,
                 fingerprint: str | None, compiling: dict[tuple[int, int], Any],
-                window: int | None = None) -> Iterator[tuple[int, trial_lib.TrialResult]]:
+                window: int | None = None, read_every_epoch: bool = False
+                ) -> Iterator[tuple[int, trial_lib.TrialResult]]:
   """Trains the pending (group, chunk, size, checkpoint) in order, `total` trials in all
   (see `_train`). `compiling`: the futures of programs compiling in the background; with a
   `window`, a chunk whose program has not been precompiled first compiles it and the next
@@ -1630,7 +1641,7 @@ def _run_chunks(pending: list, total: int, dataset: ds.GraphDataset,
 
     try:
       chunk_results = _ChunkRun(group, chunk, dataset, eval_every, size).run(
-          on_epoch, checkpoint, checkpoint_every)
+          on_epoch, checkpoint, checkpoint_every, read_every_epoch)
     except Exception as error:  # a chunk that does not fit is split; other errors propagate
       if not _is_out_of_memory(error):
         raise
