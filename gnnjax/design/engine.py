@@ -615,8 +615,8 @@ class _SeedStreams:
       raise ValueError(f"seeds give different steps per epoch {sorted(steps)}")
     self.steps_per_epoch = steps.pop()
     self.split_names = self.pipelines[0].split_names
-    # Full-batch tasks train on the same batches every epoch: stacked once, and the same
-    # objects each time, so a run can keep them on the device.
+    # Full-batch tasks train on the same batches every epoch: stacked once (not once per
+    # epoch or chunk), and a chunk puts them on the device once (`_ChunkRun._epoch_inputs`).
     self.static_train = all(p.static_train for p in self.pipelines)
     self._eval = self._train = None
     self._padded: dict[tuple[int, int], _SeedStreams] = {}
@@ -1123,9 +1123,10 @@ class _ChunkRun:
     self.epochs = np.array([m.resolved.epochs for m in members]
                            + [0] * (self.size - len(members)))
     self.trackers = [_Tracker() for _ in members]
-    self._target_cache: dict[int, list] = {}
     self._static_input: list | None = None  # a full-batch task's epoch input, on the device
-    self._eval_inputs: dict[int, tuple] = {}  # id(stacked eval batch) -> (batch, on device)
+    # id(stacked eval batch) -> (the batch, kept so the id stays its own; on the device;
+    # per seed, split -> (labels, mask)).
+    self._eval_cache: dict[int, tuple] = {}
 
   def _padded(self, items: list) -> list:
     return items + [items[-1]] * (self.size - len(items))
@@ -1262,7 +1263,8 @@ class _ChunkRun:
       unread.append((epoch, active, step_losses))
       save = (checkpoint is not None and checkpoint_every and (epoch + 1) % checkpoint_every == 0
               and epoch + 1 < epochs)
-      if read_every_epoch or save or epoch + 1 == epochs or self._evaluates(epoch, active):
+      if (read_every_epoch or save or epoch + 1 == epochs
+          or (active & self._evaluated_after(epoch)).any()):
         to_evaluate, epoch_losses = self._read_back(unread, diverged)
         if to_evaluate:
           self._evaluate(epoch, state, spec, to_evaluate, epoch_losses)
@@ -1306,16 +1308,18 @@ class _ChunkRun:
     unread.clear()
     return to_evaluate, epoch_losses
 
-  def _evaluates(self, epoch: int, active: np.ndarray) -> bool:
-    """Whether any active member is evaluated after `epoch` (see `_after_epoch`)."""
-    return bool(epoch == 0 or (epoch + 1) % self.eval_every == 0
-                or (active & (self.epochs == epoch + 1)).any())
+  def _evaluated_after(self, epoch: int) -> np.ndarray:
+    """[size] bool: the members evaluated after `epoch` if active: the first epoch, every
+    eval_every-th, and each member's last (as loop.fit)."""
+    if epoch == 0 or (epoch + 1) % self.eval_every == 0:
+      return np.ones(self.size, bool)
+    return self.epochs == epoch + 1
 
   def _after_epoch(self, epoch: int, active: np.ndarray, epoch_losses: np.ndarray,
                    diverged: np.ndarray) -> list[int]:
     """Marks members whose epoch loss is non-finite as diverged (loop.fit stops them there);
     returns the members to evaluate at this epoch."""
-    to_evaluate = []
+    to_evaluate, due = [], self._evaluated_after(epoch)
     for i, tracker in enumerate(self.trackers):
       if not active[i]:
         continue
@@ -1323,8 +1327,7 @@ class _ChunkRun:
         diverged[i] = True
         tracker.status, tracker.diverged_epoch = trial_lib.DIVERGED, epoch
         continue
-      last = epoch == self.epochs[i] - 1
-      if epoch == 0 or (epoch + 1) % self.eval_every == 0 or last:
+      if due[i]:
         to_evaluate.append(i)
     return to_evaluate
 
@@ -1333,12 +1336,9 @@ class _ChunkRun:
     parts: list[dict[str, list]] = [{} for _ in members]
     chosen = np.asarray(members)
     for stacked, splits in self.streams.eval_batches():
-      if id(stacked) not in self._eval_inputs:  # the streams keep their eval batches
-        self._eval_inputs[id(stacked)] = (stacked, jax.device_put(stacked, self.replicated))
-      outputs = self.functions.predict(state["params"], state["batch_stats"], spec,
-                                       self._eval_inputs[id(stacked)][1])
+      on_device, targets = self._eval_batch(stacked, splits)
+      outputs = self.functions.predict(state["params"], state["batch_stats"], spec, on_device)
       outputs = np.asarray(jax.device_get(outputs[chosen]))
-      targets = self._targets(stacked, splits)
       for row, i in enumerate(members):
         seed_index = self.streams.seed_index(self.members[i].seed)
         for split, (labels, mask) in targets[seed_index].items():
@@ -1354,16 +1354,19 @@ class _ChunkRun:
                                                              tracker.best_value):
         tracker.best_value, tracker.best = value, results
 
-  def _targets(self, stacked: jraph.GraphsTuple, splits: tuple[str, ...]) -> list[dict]:
-    """Per seed: split -> (labels, mask) of a stacked eval batch (computed once per chunk)."""
+  def _eval_batch(self, stacked: jraph.GraphsTuple, splits: tuple[str, ...]
+                  ) -> tuple[jraph.GraphsTuple, list[dict]]:
+    """A stacked eval batch on the device, and per seed its split -> (labels, mask); both
+    made once per chunk (the streams hand out the same eval batches every time)."""
     key = id(stacked)
-    if key not in self._target_cache:
-      self._target_cache[key] = [
+    if key not in self._eval_cache:
+      targets = [
           {split: tuple(np.asarray(a) for a in losses.targets_and_mask(
               jax.tree.map(lambda a, s=s: a[s], stacked), self.task_level, self.task_type,
               split)) for split in splits}
           for s in range(len(self.streams.seeds))]
-    return self._target_cache[key]
+      self._eval_cache[key] = (stacked, jax.device_put(stacked, self.replicated), targets)
+    return self._eval_cache[key][1:]
 
   def _result(self, member: _Member, tracker: _Tracker, num_params: int,
               seconds: float) -> trial_lib.TrialResult:
