@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -355,10 +356,12 @@ def test_training_study_trains_each_round_as_one_population_and_resumes_from_its
   distances = {"held": {"a1": 0.1, "a2": 0.1, "b1": 0.9}}
   dataset = tiny_dataset()
 
+  lines = []
+
   def study(make_evaluator):
     with bank_lib.Bank(tmp_path / "bank.sqlite") as bank:
       return efficiency.search_efficiency(bank, BIG, ["held"], distances, config,
-                                          make_evaluator, print_fn=None)
+                                          make_evaluator, print_fn=lines.append)
 
   def trained(candidates):
     evaluator = TrainingEvaluator(dataset, "held", bank=candidates, trainer=trainer)
@@ -375,6 +378,12 @@ def test_training_study_trains_each_round_as_one_population_and_resumes_from_its
   # 2 algorithms x 4 rounds, each one population of at most 2 priors x 3 runs designs.
   assert 1 <= len(calls) <= 8 and max(calls) <= 6, calls
   assert sum(calls) == stored  # every design trained once, however many runs proposed it
+  # Each round says where the study is: "<algorithm> round k/4: n suggestions, m distinct".
+  rounds = [re.match(r"\s+(\w+) round (\d)/4: (\d+) suggestions, (\d+) distinct, ", line)
+            for line in lines]
+  rounds = [(m[1], int(m[2]), int(m[3]), int(m[4])) for m in rounds if m]
+  assert [r[:2] for r in rounds] == [(a, k) for a in ("random", "tpe") for k in (1, 2, 3, 4)]
+  assert all(r[2] == 6 and 1 <= r[3] <= 6 for r in rounds), rounds
   expected = study(table)
   for name in ("report", "objective"):
     np.testing.assert_array_equal(first.curves[name], expected.curves[name])

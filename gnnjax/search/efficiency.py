@@ -184,6 +184,26 @@ def _pool_summary(lookup: BankLookup, seeds_of: BankLookup | None = None) -> dic
           "median_report": float(np.median(reports))}
 
 
+def _reporting_rounds(evaluate_batch, algorithm: str, rounds: int,
+                      say: Callable[[str], None]):
+  """`evaluate_batch` that says which round of `rounds` it evaluated, how many suggestions
+  (and distinct designs: the runs' suggestions often coincide) and in how long, so a long
+  real-training study shows where it is (and where a resumed one picks up)."""
+  done = 0
+
+  def evaluate(designs, budgets):
+    nonlocal done
+    started = time.perf_counter()
+    evaluations = evaluate_batch(designs, budgets)
+    done += 1
+    distinct = len({(d.design_id, b) for d, b in zip(designs, budgets)})
+    say(f"    {algorithm} round {done}/{rounds}: {len(designs)} suggestions, {distinct} "
+        f"distinct, {time.perf_counter() - started:.1f} s")
+    return evaluations
+
+  return evaluate
+
+
 def _search_task(curves: dict[str, np.ndarray], ti: int, config: StudyConfig,
                  space: DesignSpace, transferred: prior_lib.Prior, evaluate_fn, evaluate_batch,
                  pool, higher_is_better: bool, say: Callable[[str], None]) -> None:
@@ -199,8 +219,11 @@ def _search_task(curves: dict[str, np.ndarray], ti: int, config: StudyConfig,
                                transferred if config.priors[pi] == "transferred" else None,
                                seed=config.seed + run, pool=pool, **kwargs)
                  for pi, run in searches]
+    rounds = math.ceil(config.trials / config.batch_size)
     results = run_searches(searchers, evaluate_fn, config.trials, batch_size=config.batch_size,
-                           evaluate_batch=evaluate_batch, higher_is_better=higher_is_better)
+                           evaluate_batch=evaluate_batch and _reporting_rounds(
+                               evaluate_batch, algorithm, rounds, say),
+                           higher_is_better=higher_is_better)
     for (pi, run), result in zip(searches, results):
       n = len(result.trials)
       report = np.where(np.isnan(result.report_best_so_far), result.best_so_far,
