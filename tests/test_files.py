@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -30,9 +33,20 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
 
 def test_written_files_get_the_mode_open_would_give(tmp_path):
   """mkstemp makes 0600 files; an atomically written results file is as readable as one
-  written with open() under the same umask."""
-  files.write_atomic(tmp_path / "atomic.txt", "x")
-  with open(tmp_path / "plain.txt", "w") as f:
-    f.write("x")
+  written with open() under the same umask. The module reads the umask once, at import, so
+  the check runs in a fresh interpreter under umask 022 (under 077 both would be 0600 and the
+  test could not fail)."""
+  script = (
+      "import os, sys\n"
+      "os.umask(0o022)\n"
+      "from gnnjax import files\n"
+      "d = sys.argv[1]\n"
+      "files.write_atomic(os.path.join(d, 'atomic.txt'), 'x')\n"
+      "open(os.path.join(d, 'plain.txt'), 'w').write('x')\n")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+  subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env)
   mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
-  assert mode("atomic.txt") == mode("plain.txt")
+  assert mode("plain.txt") == 0o644
+  assert mode("atomic.txt") == 0o644
