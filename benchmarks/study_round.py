@@ -4,12 +4,12 @@ r"""What one round of a search with real training costs, under several engine po
 
 A round of the real-training study (`experiments.autotransfer --mode=study --evaluator=train`)
 is one small population: up to 20 designs of the AutoTransfer space (2 priors x 10 runs),
-spread over up to 14 programs (conv type and GAT heads, x max/min apart from add/mean). Each
-variant trains --designs designs drawn uniformly with seed 1 (round A), then --designs others
-drawn with seed 2 (round B: a new round, compiling what A did not), then round B again (its
-programs all compiled: the steady state a study reaches once its programs exist). One seed
-per design, --epochs epochs (a round's training time is linear in them), evaluated every
---eval_every. Variants:
+spread over up to 8 programs (conv type and GAT heads; GeneralConv's max/min apart from its
+add/mean). Each variant trains --designs designs drawn uniformly with seed 1 (round A), then
+--designs others drawn with seed 2 (round B: a new round, compiling what A did not), then
+round B again (its programs all compiled: the steady state a study reaches once its
+programs exist). One seed per design, --epochs epochs (a round's training time is linear in
+them), evaluated every --eval_every. Variants:
 
 * `stable`: the study's setting: every layout covers the whole space (`layout_cover`) and
   chunks are padded to a power of two (`size_buckets`), under the default split policies.
@@ -19,6 +19,8 @@ per design, --epochs epochs (a round's training time is linear in them), evaluat
 * `stable_one_aggregation`: the same with max designs in the add/mean programs (fewer
   programs and chunks; every member computes both aggregations).
 * `stable_epoch_scan`: the same with one call per epoch for one-shape programs.
+* `stable_scatter`: the same with every aggregation (GeneralConv's and GAT's attention) a
+  scatter over the edges instead of per-graph blocks.
 * `own_layouts`: no cover: each program is as wide as its round's designs, so every new round
   compiles new programs (round B), and each member computes less (B again).
 
@@ -48,6 +50,7 @@ VARIANTS = {
     "stable_split": {**COVERED, "split_stages": True, "split_depths": True},
     "stable_one_aggregation": {**COVERED, "split_aggregations": False},
     "stable_epoch_scan": {**COVERED, "epoch_scan": True},
+    "stable_scatter": {**COVERED, "block_aggregation": False},
     "own_layouts": {},
 }
 

@@ -17,13 +17,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
                   "layers of population programs as one lax.scan (auto: on).")
 flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean aggregation "
-                  "as dense per-graph matmuls where the graphs are small (auto: the engine's "
-                  "default, on).")
+                  "and GAT's attention as dense per-graph matmuls where the graphs are small "
+                  "(auto: the engine's default, on).")
 flags.DEFINE_enum("block_extremes", "auto", ["auto", "on", "off"], "With block aggregation, "
                   "max/min as a fused reduction over the same per-graph blocks instead of a "
                   "scatter of messages (auto: the engine's default, off on CPU, on elsewhere).")
-flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "Designs with max/min "
-                  "aggregation in population programs of their own (auto: the engine's "
+flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "GeneralConv designs "
+                  "with max/min aggregation in population programs of their own (auto: the engine's "
                   "default, on).")
 flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off", "adaptive"], "Population "
                   "programs of their own for skipconcat designs, whose stage buffer is "

@@ -181,7 +181,7 @@ def _group_key(design: Design, dataset: ds.GraphDataset, split_aggregations: boo
   """The program a (resolved) design belongs to: conv type, stream batch size on `dataset`
   (`stream_batch_size`), and the forced splits."""
   key = superset.conv_key(design) + (stream_batch_size(dataset, design.batch_size),)
-  if split_aggregations:  # max/min scatter apart from the sum that add and mean share
+  if split_aggregations:  # max/min apart from the sum that add and mean share (GeneralConv)
     key += (is_extremal(design),)
   if split_stages:  # skipconcat's (l_mp + 1) d stage buffer apart from the d of the others
     key += (is_skipconcat(design),)
@@ -208,7 +208,10 @@ SHALLOW_LAYERS_MP = 4
 
 
 def is_extremal(design: Design) -> bool:
-  return design.aggregation in EXTREMAL_AGGREGATIONS
+  """Max/min aggregation in a conv that uses it: only GeneralConv does (`graphgym.make_conv`;
+  GCN and GAT designs carry an aggregation they ignore, so splitting them by it would only
+  double their programs)."""
+  return design.conv_type == "generalconv" and design.aggregation in EXTREMAL_AGGREGATIONS
 
 
 def is_skipconcat(design: Design) -> bool:
@@ -393,7 +396,11 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
   (`block_nodes_for`). Measured on the smallworld task: 2-core CPU, 8 round-1 designs x 6
   epochs, 776 -> 986 designs per hour without compilation (a 32-member add step 62.8 -> 39.8
   ms); one H200, 100 epochs, 2,185 designs per hour without compilation for 64 designs before
-  (scatter), 3,274 for 128 designs with blocks, split groups and scanned layers."""
+  (scatter), 3,274 for 128 designs with blocks, split groups and scanned layers. GAT layouts
+  attend on the same blocks (`blocks.block_attention`, since 2026-12-04): on the 2-core CPU
+  (one MUTAG design alone, 4 GAT layers) the same seconds per epoch as the edge path (0.16 s
+  at 1 head and D 64; 1.1 against 1.0 s at 4 heads and D 256, beside another process), since
+  GAT's heads x D projection is the cost there; on GPUs not measured yet."""
   del devices
   return True
 
@@ -478,14 +485,17 @@ def estimate_member_bytes(layout: superset.Layout, optimizers: Sequence[str],
   """
   n_node, n_edge, n_graph = budget
   params = _layout_param_count(layout)
+  heads = layout.conv[1]  # GAT's messages and states are heads x D wide
   # Per-graph block sums need no [E, D] messages; max/min still gather them.
   if layout.blocks_only:
     n_edge = n_graph * layout.block_nodes  # the blocks' [G, M, D] states stand in for them
+    if layout.conv_type == "gat":  # and GAT's [G, M, M, heads] attention logits and weights
+      n_edge += n_graph * layout.block_nodes ** 2 // max(layout.dim, 1)
   state_copies = 3 + (2 if set(optimizers) & set(ADAM_FAMILY) else 0) + ("sgd" in optimizers)
   param_bytes = params * (4 * state_copies + 1)
   rows_head = n_node if layout.task_level == ds.NODE else n_graph
   floats = (layout.layers_pre * n_node * layout.dim * _PER_LAYER
-            + layout.layers_mp * (n_edge * layout.dim * _PER_MESSAGE_LAYER
+            + layout.layers_mp * (n_edge * layout.dim * heads * _PER_MESSAGE_LAYER
                                   + n_node * layout.dim * _PER_LAYER
                                   + n_node * layout.head_dim * _PER_STAGE
                                   * len(layout.stages))
@@ -1451,8 +1461,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       `precompile_by_default`). Only with more than one group.
     scan_layers: run the message-passing layers as one `lax.scan` (default:
       `scan_layers_by_default`: on); the same results up to float reassociation.
-    block_aggregation: aggregate add/mean over dense per-graph blocks where the graphs are
-      small (`block_nodes_for`; default: `block_aggregation_by_default`); the same results up
+    block_aggregation: aggregate add/mean (and GAT's attention) over dense per-graph blocks
+      where the graphs are small (`block_nodes_for`; default: `block_aggregation_by_default`); the same results up
       to float reassociation.
     block_extremes: with block_aggregation, max/min over the same blocks too (a fused masked
       reduction instead of a scatter of messages; default: `block_extremes_by_default`); the

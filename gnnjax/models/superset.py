@@ -69,6 +69,12 @@ def conv_key(design: Design) -> tuple[str, int]:
   return design.conv_type, design.heads if design.conv_type == "gat" else 1
 
 
+# Conv types that run on per-graph blocks when a layout has them (`Layout.block_nodes`):
+# GeneralConv's sum/mean (and max/min with block_extremes), and GAT's attention
+# (`blocks.block_attention`).
+BLOCK_CONVS = ("generalconv", "gat")
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Static shape and choice set of a population's superset program (hashable: a jit key).
@@ -87,9 +93,9 @@ class Layout:
     batch_norms, l2norms: the on/off values present.
     dropout: whether some design has dropout > 0.
     scan_mp: the message-passing layers run as one `lax.scan` (`scan_possible`).
-    block_nodes: M > 0: GeneralConv's add and mean aggregations run as dense per-graph
-      matmuls (`gnnjax.nn.blocks`) over batches whose graphs have at most M nodes; 0: as a
-      scatter over the edges.
+    block_nodes: M > 0: GeneralConv's add and mean aggregations, and GAT's attention, run
+      as dense per-graph matmuls (`gnnjax.nn.blocks`) over batches whose graphs have at most
+      M nodes; 0: as a scatter over the edges.
     block_extremes: max and min also run on the blocks (a fused masked reduction,
       `blocks.block_max`; only with block_nodes).
     width_multiple: dim, head_dim and mp_in_dims are rounded up to a multiple of it (1: the
@@ -129,7 +135,8 @@ class Layout:
 
     `scan_mp`: run the message-passing layers as one `lax.scan` where `scan_possible` (fewer
     compiled ops: XLA compiles the layer body once). `block_nodes`: the largest graph of the
-    data, to aggregate add/mean by per-graph blocks (GeneralConv layouts; 0: by scatter).
+    data, to aggregate add/mean by per-graph blocks (GeneralConv and GAT layouts, BLOCK_CONVS;
+    0: by scatter).
     `block_extremes`: max/min too (with block_nodes; a fused reduction over G M^2 D cells
     instead of a scatter of E D messages, which pays on GPUs but not on CPUs).
     `width_multiple`: round the hidden, head and layer-input widths up to a multiple of it.
@@ -159,7 +166,7 @@ class Layout:
     mp_in_dims = tuple(
         align(max((_mp_input_dim(d, i) for d in designs if d.layers_mp > i), default=1))
         for i in range(layers_mp))
-    block_nodes = int(block_nodes) if conv[0] == "generalconv" else 0
+    block_nodes = int(block_nodes) if conv[0] in BLOCK_CONVS else 0
     return cls(
         dim_in=int(dim_in), num_outputs=int(num_outputs), task_level=task_level,
         conv=conv,
@@ -192,6 +199,8 @@ class Layout:
     """Every aggregation runs on per-graph blocks (block_nodes > 0: add and mean; max and min
     with block_extremes): no [E, D] messages, so a step costs the same for any number of
     edge slots."""
+    if self.conv_type == "gat":  # attention is GAT's aggregation; design.aggregation is unused
+      return bool(self.block_nodes)
     on_blocks = {"add", "mean"} | ({"max", "min"} if self.block_extremes else set())
     return bool(self.block_nodes) and set(self.aggregations) <= on_blocks
 
@@ -262,9 +271,12 @@ class _ConvCore(nn.Module):
   features: int
 
   @nn.compact
-  def __call__(self, x: Array, graph: jraph.GraphsTuple, train: bool) -> Array:
+  def __call__(self, x: Array, graph: jraph.GraphsTuple, train: bool,
+               blocks: blocks_lib.GraphBlocks | None = None) -> Array:
     conv = graphgym.make_conv(self.design, self.features)
-    if isinstance(conv, (conv_lib.GINConv, conv_lib.GATConv)):
+    if isinstance(conv, conv_lib.GATConv):
+      return conv(x, graph, train=train, blocks=blocks)
+    if isinstance(conv, conv_lib.GINConv):
       return conv(x, graph, train=train)
     return conv(x, graph)
 
@@ -772,7 +784,7 @@ class _Member:
     """A message-passing layer's conv (without its batch norm) from its parameters."""
     if self.layout.conv_type != "generalconv":
       core = _ConvCore(self.layout.conv_template(), self.layout.dim)
-      return core.apply({"params": layer}, x, graph, self.train)
+      return core.apply({"params": layer}, x, graph, self.train, self.blocks)
     p = layer["conv"]
     return self._general_conv(x, p["lin"]["kernel"], p["lin_self"]["kernel"]
                               if "lin_self" in p else None, p["bias"], graph)

@@ -17,6 +17,7 @@ import jraph
 
 from gnnjax import graph as graph_lib
 from gnnjax.nn import aggregate as agg_lib
+from gnnjax.nn import blocks as blocks_lib
 
 Array = jax.Array
 glorot = nn.initializers.glorot_uniform()
@@ -125,7 +126,11 @@ class GATConv(nn.Module):
   use_bias: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, graph: jraph.GraphsTuple, train: bool = False) -> Array:
+  def __call__(self, x: Array, graph: jraph.GraphsTuple, train: bool = False,
+               blocks: blocks_lib.GraphBlocks | None = None) -> Array:
+    """`blocks`: the batch's per-graph blocks (`blocks.graph_blocks`), to attend on them
+    (`blocks.block_attention`: the same result without gathering and scattering [E, H, F]
+    messages) where no attention dropout applies."""
     n = x.shape[0]
     h = nn.Dense(self.heads * self.features, use_bias=False, kernel_init=glorot, name="lin")(x)
     h = h.reshape(n, self.heads, self.features)
@@ -133,6 +138,10 @@ class GATConv(nn.Module):
     att_dst = self.param("att_dst", glorot, (1, self.heads, self.features))
     score_src = (h * att_src).sum(-1)  # [N, H]
     score_dst = (h * att_dst).sum(-1)
+    if blocks is not None and (self.attention_dropout == 0.0 or not train):
+      out = blocks_lib.block_attention(blocks, h, score_src, score_dst, self.negative_slope,
+                                       self.add_self_loops)
+      return self._finish(out)
     senders, receivers = graph.senders, graph.receivers
     mask = graph_lib.edge_mask(graph)
     if self.add_self_loops:
@@ -143,7 +152,11 @@ class GATConv(nn.Module):
     logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], self.negative_slope)
     alpha = agg_lib.segment_softmax(logits, receivers, n, mask)  # [E, H]
     alpha = nn.Dropout(self.attention_dropout, deterministic=not train)(alpha)
-    out = agg_lib.segment_sum(h[senders] * alpha[..., None], receivers, n, mask)
+    return self._finish(agg_lib.segment_sum(h[senders] * alpha[..., None], receivers, n, mask))
+
+  def _finish(self, out: Array) -> Array:
+    """[N, H, F] per-head outputs -> concatenated or averaged heads, plus the bias."""
+    n = out.shape[0]
     out = out.reshape(n, self.heads * self.features) if self.concat else out.mean(axis=1)
     if self.use_bias:
       out = out + self.param("bias", nn.initializers.zeros, (out.shape[-1],))
