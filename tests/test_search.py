@@ -765,15 +765,20 @@ def test_autotransfer_training_evaluator_takes_the_engine_policy_flags():
   code = ("from absl import flags; from experiments import autotransfer as a; "
           "from gnnjax.design import spaces; "
           "flags.FLAGS(['prog', '--db=unused.sqlite', '--split_stages=on', '--epoch_scan=on', "
-          "'--split_aggregations=off']); "
-          "e = a._training_evaluator(a.FLAGS.dataset, None, "
-          "spaces.resolve_space('autotransfer', ['epochs=50'])); "
+          "'--split_aggregations=off', '--stable_programs=on']); "
+          "space = spaces.resolve_space('autotransfer', ['epochs=50']); "
+          "e = a._training_evaluator(a.FLAGS.dataset, None, space); "
+          "a.FLAGS.stable_programs = 'auto'; "
+          "auto = a._training_evaluator(a.FLAGS.dataset, None, space); "
+          "print('auto on cpu covers:', 'layout_cover' in auto.trainer_kwargs); "
           "keys = ('split_stages', 'split_depths', 'split_aggregations', 'epoch_scan', "
           "'size_buckets'); print(repr({k: e.trainer_kwargs[k] for k in keys}), "
           "len(e.trainer_kwargs['layout_cover']))")
   done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
   assert done.returncode == 0, done.stderr[-3000:]
+  # --stable_programs=auto: no cover on CPUs (the width costs more than the compilations).
+  assert "auto on cpu covers: False" in done.stdout.splitlines()
   kwargs, cover = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
   kwargs = ast.literal_eval(kwargs)
   assert (kwargs["split_stages"], kwargs["epoch_scan"], kwargs["split_aggregations"]) == (
