@@ -53,7 +53,7 @@ from absl import app, flags
 from experiments import engine_flags, task_flags
 from gnnjax import data as data_lib
 from gnnjax.design import bank as bank_lib
-from gnnjax.design import spaces, study
+from gnnjax.design import engine, spaces, study
 from gnnjax.search import ALGORITHMS, make_searcher, run_search
 from gnnjax.search import efficiency
 from gnnjax.search.evaluate import BankLookup, TrainingEvaluator
@@ -127,10 +127,9 @@ flags.DEFINE_enum("stable_programs", "auto", ["auto", "on", "off"], "With --eval
                   "every population program's layout holds the whole space's designs of its "
                   "group and chunks are padded to powers of two, so a search's rounds reuse a "
                   "few compiled programs instead of compiling every round (each design then "
-                  "trains at its group's widest shape; results are the same). auto: on on "
-                  "accelerators, where compilation dominated a round; off on CPUs, where the "
-                  "width dominates (2-3.5x slower epochs, against ~40 s of compilation a "
-                  "round).")
+                  "trains at its group's widest shape; results are the same). auto: the "
+                  "engine's default, on on accelerators, off on CPUs, where the width costs "
+                  "more than the compilations (engine.stable_programs_by_default).")
 flags.DEFINE_string("compilation_cache_dir", "", task_flags.COMPILATION_CACHE_HELP)
 flags.DEFINE_string("search_db", None, "Bank for the trained candidates (resumable; default "
                     "<out_dir>/search.sqlite in search mode, <out_dir>/study.sqlite in study "
@@ -301,10 +300,9 @@ def run_search_mode(bank, space: spaces.DesignSpace) -> dict[str, Any]:
 
 
 def _stable_programs() -> bool:
-  """--stable_programs, auto resolved for this process's devices."""
-  if FLAGS.stable_programs == "auto":
-    return not all(d.platform == "cpu" for d in jax.devices())
-  return FLAGS.stable_programs == "on"
+  """--stable_programs, auto resolved by the engine's policy for this process's devices."""
+  chosen = engine.policy_from_flag(FLAGS.stable_programs)
+  return engine.stable_programs_by_default(jax.devices()) if chosen is None else chosen
 
 
 def _training_evaluator(task: str, candidates: bank_lib.Bank,

@@ -23,8 +23,8 @@ flags.DEFINE_enum("block_extremes", "auto", ["auto", "on", "off"], "With block a
                   "max/min as a fused reduction over the same per-graph blocks instead of a "
                   "scatter of messages (auto: the engine's default, off on CPU, on elsewhere).")
 flags.DEFINE_enum("split_aggregations", "auto", ["auto", "on", "off"], "GeneralConv designs "
-                  "with max/min aggregation in population programs of their own (auto: the engine's "
-                  "default, on).")
+                  "with max/min aggregation in population programs of their own (auto: the "
+                  "engine's default, on).")
 flags.DEFINE_enum("split_stages", "auto", ["auto", "on", "off", "adaptive"], "Population "
                   "programs of their own for skipconcat designs, whose stage buffer is "
                   "(layers_mp + 1) x wider: cheaper steps for the others, more compilations; "

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from gnnjax import files
+from tests.conftest import REPO
 
 
 def test_write_json_atomic_round_trips_and_replaces(tmp_path):
@@ -43,10 +43,7 @@ def test_written_files_get_the_mode_open_would_give(tmp_path):
       "d = sys.argv[1]\n"
       "files.write_atomic(os.path.join(d, 'atomic.txt'), 'x')\n"
       "open(os.path.join(d, 'plain.txt'), 'w').write('x')\n")
-  root = pathlib.Path(__file__).resolve().parents[1]
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-  subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env)
+  subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, cwd=REPO)
   mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
   assert mode("plain.txt") == 0o644
   assert mode("atomic.txt") == 0o644

@@ -20,10 +20,10 @@ optax's arithmetic with per-member hyperparameters (Adam and AdamW share one mom
 SGD's momentum trace exists only when some member uses SGD). Evaluation mirrors `loop.evaluate`
 (host metrics on the same rows) at the same epochs, and divergence is detected as loop.fit does
 (non-finite mean loss of an epoch; the host reads the losses back only at evaluations, and
-takes the first non-finite epoch among those read). Caveat: a gradient that is zero only by symmetry (e.g. a
-batch-norm shift under max pooling and a batch-normalised head) is rounding noise, which Adam
-scales to full steps; such trajectories differ between any two programs, including two runs of
-the reference on a GPU (scatter-adds are not ordered there).
+takes the first non-finite epoch among those read). Caveat: a gradient that is zero only by
+symmetry (e.g. a batch-norm shift under max pooling and a batch-normalised head) is rounding
+noise, which Adam scales to full steps; such trajectories differ between any two programs,
+including two runs of the reference on a GPU (scatter-adds are not ordered there).
 
 Grouping and compilation. Members are grouped by (conv type, GAT heads, batch size): the conv
 type decides which modules exist and the batch size the steps per epoch. Designs with max/min
@@ -208,10 +208,10 @@ SHALLOW_LAYERS_MP = 4
 
 
 def is_extremal(design: Design) -> bool:
-  """Max/min aggregation in a conv that uses it: only GeneralConv does (`graphgym.make_conv`;
-  GCN and GAT designs carry an aggregation they ignore, so splitting them by it would only
-  double their programs)."""
-  return design.conv_type == "generalconv" and design.aggregation in EXTREMAL_AGGREGATIONS
+  """Max/min aggregation in a conv that reads it (`superset.reads_aggregation`; splitting
+  the others by a choice they ignore would only double their programs)."""
+  return (superset.reads_aggregation(design.conv_type)
+          and design.aggregation in EXTREMAL_AGGREGATIONS)
 
 
 def is_skipconcat(design: Design) -> bool:
@@ -405,6 +405,17 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
   return True
 
 
+def stable_programs_by_default(devices: Sequence[jax.Device]) -> bool:
+  """The policy for a search's populations (`layout_cover`, `size_buckets`; the
+  `TrainingEvaluator`'s cover): on for accelerators, off on CPUs. Measured (2026-12-04): on one
+  H200 a round of the real-training study compiled for 24-80 s without a cover against 8-14 s
+  of training, and needed 0.8-1.6 s for its programs with one; on the 2-core CPU a study round
+  of 20 MUTAG designs x 5 epochs took 139.1 s in the designs' own layouts against 212.8 s
+  under the cover (`benchmarks/results/study_round_MUTAG_cpu.json`): a CPU is compute-bound,
+  so each member paying its group's widest layout costs more than compiling each round."""
+  return not _all_cpu(devices)
+
+
 def block_extremes_by_default(devices: Sequence[jax.Device]) -> bool:
   """The policy for max/min on blocks (`blocks.block_max`): on for accelerators, off on CPUs.
 
@@ -486,16 +497,18 @@ def estimate_member_bytes(layout: superset.Layout, optimizers: Sequence[str],
   n_node, n_edge, n_graph = budget
   params = _layout_param_count(layout)
   heads = layout.conv[1]  # GAT's messages and states are heads x D wide
+  gat = layout.conv_type == "gat"
   # Per-graph block sums need no [E, D] messages; max/min still gather them.
   if layout.blocks_only:
     n_edge = n_graph * layout.block_nodes  # the blocks' [G, M, D] states stand in for them
-    if layout.conv_type == "gat":  # and GAT's [G, M, M, heads] attention logits and weights
-      n_edge += n_graph * layout.block_nodes ** 2 // max(layout.dim, 1)
+  # GAT's attention logits and weights per head: one per edge, or per block cell [G, M, M].
+  attention = (n_graph * layout.block_nodes ** 2 if layout.blocks_only else n_edge) if gat else 0
   state_copies = 3 + (2 if set(optimizers) & set(ADAM_FAMILY) else 0) + ("sgd" in optimizers)
   param_bytes = params * (4 * state_copies + 1)
   rows_head = n_node if layout.task_level == ds.NODE else n_graph
   floats = (layout.layers_pre * n_node * layout.dim * _PER_LAYER
-            + layout.layers_mp * (n_edge * layout.dim * heads * _PER_MESSAGE_LAYER
+            + layout.layers_mp * ((n_edge * layout.dim + attention) * heads
+                                  * _PER_MESSAGE_LAYER
                                   + n_node * layout.dim * _PER_LAYER
                                   + n_node * layout.head_dim * _PER_STAGE
                                   * len(layout.stages))
@@ -1462,8 +1475,8 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
     scan_layers: run the message-passing layers as one `lax.scan` (default:
       `scan_layers_by_default`: on); the same results up to float reassociation.
     block_aggregation: aggregate add/mean (and GAT's attention) over dense per-graph blocks
-      where the graphs are small (`block_nodes_for`; default: `block_aggregation_by_default`); the same results up
-      to float reassociation.
+      where the graphs are small (`block_nodes_for`; default: `block_aggregation_by_default`);
+      the same results up to float reassociation.
     block_extremes: with block_aggregation, max/min over the same blocks too (a fused masked
       reduction instead of a scatter of messages; default: `block_extremes_by_default`); the
       same results, gradients included.

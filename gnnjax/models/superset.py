@@ -69,6 +69,12 @@ def conv_key(design: Design) -> tuple[str, int]:
   return design.conv_type, design.heads if design.conv_type == "gat" else 1
 
 
+def reads_aggregation(conv_type: str) -> bool:
+  """Whether a conv type reads design.aggregation: only GeneralConv does (`graphgym.make_conv`);
+  GCN, SAGE, GIN and GAT designs carry the choice and ignore it."""
+  return conv_type == "generalconv"
+
+
 # Conv types that run on per-graph blocks when a layout has them (`Layout.block_nodes`):
 # GeneralConv's sum/mean (and max/min with block_extremes), and GAT's attention
 # (`blocks.block_attention`).
@@ -199,7 +205,7 @@ class Layout:
     """Every aggregation runs on per-graph blocks (block_nodes > 0: add and mean; max and min
     with block_extremes): no [E, D] messages, so a step costs the same for any number of
     edge slots."""
-    if self.conv_type == "gat":  # attention is GAT's aggregation; design.aggregation is unused
+    if not reads_aggregation(self.conv_type):  # GAT attends on the blocks; others have none
       return bool(self.block_nodes)
     on_blocks = {"add", "mean"} | ({"max", "min"} if self.block_extremes else set())
     return bool(self.block_nodes) and set(self.aggregations) <= on_blocks

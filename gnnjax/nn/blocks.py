@@ -174,8 +174,9 @@ def block_attention(blocks: GraphBlocks, values: Array, score_src: Array, score_
     [N, H, F]: per node i and head h, sum over incoming real edges j -> i (with multiplicity)
     of alpha_ijh values[j, h], alpha = softmax over those edges of LeakyReLU(score_dst[i] +
     score_src[j]); zeros for padding nodes. What the edge path (one gather of [E, H, F]
-    messages, three segment reductions) gives, as [G, M, M, H] logits and one batched matmul:
-    for small graphs far cheaper than scattering (XLA's CPU scatter adds row by row).
+    messages, three segment reductions) gives, as [G, M, M, H] logits and one batched matmul
+    with no [E, H, F] message array (on the 2-core CPU as fast as the edge path, whose cost
+    there is GAT's projection; on GPUs not measured yet).
   """
   counts = blocks.adjacency  # [G, M, M] edges j -> i
   if self_loops:

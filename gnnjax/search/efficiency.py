@@ -219,11 +219,10 @@ def _search_task(curves: dict[str, np.ndarray], ti: int, config: StudyConfig,
                                transferred if config.priors[pi] == "transferred" else None,
                                seed=config.seed + run, pool=pool, **kwargs)
                  for pi, run in searches]
-    rounds = math.ceil(config.trials / config.batch_size)
+    reporting = None if evaluate_batch is None else _reporting_rounds(
+        evaluate_batch, algorithm, math.ceil(config.trials / config.batch_size), say)
     results = run_searches(searchers, evaluate_fn, config.trials, batch_size=config.batch_size,
-                           evaluate_batch=evaluate_batch and _reporting_rounds(
-                               evaluate_batch, algorithm, rounds, say),
-                           higher_is_better=higher_is_better)
+                           evaluate_batch=reporting, higher_is_better=higher_is_better)
     for (pi, run), result in zip(searches, results):
       n = len(result.trials)
       report = np.where(np.isnan(result.report_best_so_far), result.best_so_far,
