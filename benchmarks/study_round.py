@@ -19,7 +19,7 @@ them), evaluated every --eval_every. Variants:
 * `stable_one_aggregation`: the same with max designs in the add/mean programs (fewer
   programs and chunks; every member computes both aggregations).
 * `stable_epoch_scan`: the same with one call per epoch for one-shape programs.
-* `stable_scatter`: the same with every aggregation (GeneralConv's and GAT's attention) a
+* `stable_scatter`: the same with every aggregation (GeneralConv's, GCN's and GAT's) a
   scatter over the edges instead of per-graph blocks.
 * `own_layouts`: no cover: each program is as wide as its round's designs, so every new round
   compiles new programs (round B), and each member computes less (B again).

@@ -17,7 +17,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("scan_layers", "auto", ["auto", "on", "off"], "Run the message-passing "
                   "layers of population programs as one lax.scan (auto: on).")
 flags.DEFINE_enum("block_aggregation", "auto", ["auto", "on", "off"], "Add/mean aggregation "
-                  "and GAT's attention as dense per-graph matmuls where the graphs are small "
+                  "and GCN's and GAT's as dense per-graph matmuls where the graphs are small "
                   "(auto: the engine's default, on).")
 flags.DEFINE_enum("block_extremes", "auto", ["auto", "on", "off"], "With block aggregation, "
                   "max/min as a fused reduction over the same per-graph blocks instead of a "

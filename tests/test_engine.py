@@ -842,15 +842,18 @@ def test_block_extremes_put_max_programs_on_one_shape_and_match_alone():
     assert_same_trial(got, reference.train_design(design, data, 1, eval_every=2))
 
 
-def test_gat_programs_attend_on_blocks_and_ignore_the_aggregation_choice():
-  """GAT layouts attend on per-graph blocks (`blocks.block_attention`): one batch shape, and
-  the results of the designs trained alone on the edge path. GAT ignores design.aggregation,
-  so a max and an add design share one program even with split_aggregations."""
+@pytest.mark.parametrize("conv_type,heads", [("gat", 2), ("gcn", 1)])
+def test_gat_and_gcn_programs_run_on_blocks_and_ignore_the_aggregation_choice(conv_type,
+                                                                              heads):
+  """GAT and GCN layouts aggregate on per-graph blocks (`blocks.block_attention`,
+  `blocks.block_gcn`): one batch shape, and the results of the designs trained alone on the
+  edge path. Both ignore design.aggregation, so a max and an add design share one program
+  even with split_aggregations."""
   data = ragged_dataset(seed=5)
-  gat = BASE.replace(batch_size=3, conv_type="gat", heads=2, conv_variant="release")
-  designs = [gat.replace(aggregation="max", stage_type="skipconcat", layers_mp=2),
-             gat.replace(aggregation="add", activation="prelu", optimizer="sgd",
-                         learning_rate=0.05)]
+  conv = BASE.replace(batch_size=3, conv_type=conv_type, heads=heads, conv_variant="release")
+  designs = [conv.replace(aggregation="max", stage_type="skipconcat", layers_mp=2),
+             conv.replace(aggregation="add", activation="prelu", optimizer="sgd",
+                          learning_rate=0.05)]
   assert not any(engine.is_extremal(d) for d in designs)
   results, traces = _traces(lambda: engine.train_population(
       designs, data, [1], eval_every=2, split_aggregations=True, split_stages=False,
@@ -1079,14 +1082,16 @@ def test_blocks_only_layouts(node_data):
   assert extremes.blocks_only  # ... unless it reduces the blocks too (blocks.block_max)
   assert not superset.Layout.from_designs(with_max, 4, 3, ds.NODE,
                                           block_extremes=True).block_extremes  # no blocks
-  # GAT attends on the blocks whatever aggregation its designs name (they ignore it); GCN
-  # keeps the scatter.
+  # GAT and GCN aggregate on the blocks whatever aggregation their designs name (they ignore
+  # it); SAGE and GIN keep the scatter.
   other = lambda conv, heads: [resolve(d.replace(conv_type=conv, heads=heads,
                                                  conv_variant="release")) for d in with_max]
-  assert layout(other("gat", 2), 12).blocks_only
-  assert layout(other("gat", 2), 12).block_nodes == 12
-  assert layout(other("gcn", 1), 12).block_nodes == 0
-  assert not layout(other("gcn", 1), 12).blocks_only
+  for conv, heads in (("gat", 2), ("gcn", 1)):
+    assert layout(other(conv, heads), 12).blocks_only
+    assert layout(other(conv, heads), 12).block_nodes == 12
+  for conv in ("sage", "gin"):
+    assert layout(other(conv, 1), 12).block_nodes == 0
+    assert not layout(other(conv, 1), 12).blocks_only
 
 
 def _devices_of(platform: str):

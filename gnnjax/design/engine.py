@@ -1474,7 +1474,7 @@ def train_population(designs: Sequence[Design], dataset: ds.GraphDataset, seeds:
       `precompile_by_default`). Only with more than one group.
     scan_layers: run the message-passing layers as one `lax.scan` (default:
       `scan_layers_by_default`: on); the same results up to float reassociation.
-    block_aggregation: aggregate add/mean (and GAT's attention) over dense per-graph blocks
+    block_aggregation: aggregate add/mean (and GCN's and GAT's) over dense per-graph blocks
       where the graphs are small (`block_nodes_for`; default: `block_aggregation_by_default`);
       the same results up to float reassociation.
     block_extremes: with block_aggregation, max/min over the same blocks too (a fused masked

@@ -76,9 +76,9 @@ def reads_aggregation(conv_type: str) -> bool:
 
 
 # Conv types that run on per-graph blocks when a layout has them (`Layout.block_nodes`):
-# GeneralConv's sum/mean (and max/min with block_extremes), and GAT's attention
-# (`blocks.block_attention`).
-BLOCK_CONVS = ("generalconv", "gat")
+# GeneralConv's sum/mean (and max/min with block_extremes), GCN's normalised sum
+# (`blocks.block_gcn`) and GAT's attention (`blocks.block_attention`).
+BLOCK_CONVS = ("generalconv", "gcn", "gat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ class Layout:
     batch_norms, l2norms: the on/off values present.
     dropout: whether some design has dropout > 0.
     scan_mp: the message-passing layers run as one `lax.scan` (`scan_possible`).
-    block_nodes: M > 0: GeneralConv's add and mean aggregations, and GAT's attention, run
+    block_nodes: M > 0: GeneralConv's add and mean aggregations, GCN's and GAT's, run
       as dense per-graph matmuls (`gnnjax.nn.blocks`) over batches whose graphs have at most
       M nodes; 0: as a scatter over the edges.
     block_extremes: max and min also run on the blocks (a fused masked reduction,
@@ -141,7 +141,7 @@ class Layout:
 
     `scan_mp`: run the message-passing layers as one `lax.scan` where `scan_possible` (fewer
     compiled ops: XLA compiles the layer body once). `block_nodes`: the largest graph of the
-    data, to aggregate add/mean by per-graph blocks (GeneralConv and GAT layouts, BLOCK_CONVS;
+    data, to aggregate add/mean by per-graph blocks (GeneralConv, GCN and GAT layouts, BLOCK_CONVS;
     0: by scatter).
     `block_extremes`: max/min too (with block_nodes; a fused reduction over G M^2 D cells
     instead of a scatter of E D messages, which pays on GPUs but not on CPUs).
@@ -205,7 +205,7 @@ class Layout:
     """Every aggregation runs on per-graph blocks (block_nodes > 0: add and mean; max and min
     with block_extremes): no [E, D] messages, so a step costs the same for any number of
     edge slots."""
-    if not reads_aggregation(self.conv_type):  # GAT attends on the blocks; others have none
+    if not reads_aggregation(self.conv_type):  # GCN and GAT aggregate on the blocks as a whole
       return bool(self.block_nodes)
     on_blocks = {"add", "mean"} | ({"max", "min"} if self.block_extremes else set())
     return bool(self.block_nodes) and set(self.aggregations) <= on_blocks
@@ -282,6 +282,8 @@ class _ConvCore(nn.Module):
     conv = graphgym.make_conv(self.design, self.features)
     if isinstance(conv, conv_lib.GATConv):
       return conv(x, graph, train=train, blocks=blocks)
+    if isinstance(conv, conv_lib.GCNConv):
+      return conv(x, graph, blocks=blocks)
     if isinstance(conv, conv_lib.GINConv):
       return conv(x, graph, train=train)
     return conv(x, graph)

@@ -1,4 +1,5 @@
-"""Sum, max, min and GAT's attention over a batch of small graphs as dense per-graph blocks.
+"""Sum, max, min, GCN's normalised sum and GAT's attention over a batch of small graphs as
+dense per-graph blocks.
 
 A padded batch of G graphs with at most M nodes each is also a block-diagonal adjacency. Held
 as G dense [M, M] blocks, the sum over incoming edges is one batched matmul,
@@ -156,6 +157,34 @@ def block_sum(blocks: GraphBlocks, values: Array) -> Array:
 def block_count(blocks: GraphBlocks) -> Array:
   """float32 [N]: incoming real edges per node (`aggregate.segment_count`)."""
   return from_blocks(blocks, blocks.adjacency.sum(axis=-1))
+
+
+def block_gcn(blocks: GraphBlocks, values: Array, self_loops: bool = True) -> Array:
+  """GCN's symmetric normalised sum D^-1/2 (A + I) D^-1/2 values on the blocks
+  (`conv.GCNConv` with unit edge weights; `graph.gcn_normalization`).
+
+  Args:
+    blocks: the batch's blocks.
+    values: [N, D] node states (W x).
+    self_loops: A + I with every real node's self-loop edges replaced by exactly one loop (as
+      PyG's `add_remaining_self_loops` does for unit weights); False: self-loop edges count
+      as ordinary edges and no loop is added.
+
+  Returns:
+    [N, D]: out_i = sum_j c_ij / sqrt(deg_i deg_j) values_j over the block's cells, c the
+    (self-loop adjusted) edge counts and deg_i = sum_j c_ij; zeros for padding nodes and for
+    nodes of degree 0. What the edge path (a gather of [E, D] messages and a segment sum)
+    gives, as one batched matmul scaled on both sides.
+  """
+  counts = blocks.adjacency  # [G, M, M] edges j -> i
+  if self_loops:
+    diagonal = jnp.eye(counts.shape[-1], dtype=bool)[None]
+    counts = jnp.where(diagonal, blocks.present[:, :, None].astype(counts.dtype), counts)
+  degree = counts.sum(axis=-1, keepdims=True)  # [G, M, 1]
+  inv_sqrt = jnp.where(degree > 0, lax.rsqrt(jnp.maximum(degree, 1e-30)), 0.0)
+  summed = jnp.einsum("gij,gjd->gid", counts, inv_sqrt * to_blocks(blocks, values),
+                      precision=jax.lax.Precision.HIGHEST)
+  return from_blocks(blocks, inv_sqrt * summed)
 
 
 def block_attention(blocks: GraphBlocks, values: Array, score_src: Array, score_dst: Array,

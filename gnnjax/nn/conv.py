@@ -36,13 +36,28 @@ class GCNConv(nn.Module):
   use_bias: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, graph: jraph.GraphsTuple, edge_weight: Array | None = None
-               ) -> Array:
+  def __call__(self, x: Array, graph: jraph.GraphsTuple, edge_weight: Array | None = None,
+               blocks: blocks_lib.GraphBlocks | None = None) -> Array:
+    """`blocks`: the batch's per-graph blocks (`blocks.graph_blocks`), to aggregate on them
+    (`blocks.block_gcn` / `block_sum`: the same result without gathering and scattering
+    [E, D] messages); used only without edge weights."""
     add_loops = self.normalize if self.add_self_loops is None else self.add_self_loops
     if add_loops and not self.normalize:
       raise ValueError("GCNConv: add_self_loops=True needs normalize=True (as in PyG)")
     h = nn.Dense(self.features, use_bias=False, kernel_init=glorot, name="lin")(x)
-    n = x.shape[0]
+    if blocks is not None and edge_weight is None:
+      out = (blocks_lib.block_gcn(blocks, h, add_loops) if self.normalize
+             else blocks_lib.block_sum(blocks, h))
+    else:
+      out = self._edge_path(h, graph, add_loops, edge_weight)
+    if self.use_bias:
+      out = out + self.param("bias", nn.initializers.zeros, (self.features,))
+    return out
+
+  def _edge_path(self, h: Array, graph: jraph.GraphsTuple, add_loops: bool,
+                 edge_weight: Array | None) -> Array:
+    """[N, D] -> [N, D]: the (normalised) sum as a gather of [E, D] messages and a scatter."""
+    n = h.shape[0]
     if self.normalize:
       edge_coef, self_coef = graph_lib.gcn_normalization(graph, add_loops, edge_weight)
     else:
@@ -50,10 +65,7 @@ class GCNConv(nn.Module):
       edge_coef = mask.astype(h.dtype) if edge_weight is None else jnp.where(mask, edge_weight, 0)
       self_coef = jnp.zeros((n,), h.dtype)
     messages = h[graph.senders] * edge_coef[:, None]
-    out = jax.ops.segment_sum(messages, graph.receivers, num_segments=n) + self_coef[:, None] * h
-    if self.use_bias:
-      out = out + self.param("bias", nn.initializers.zeros, (self.features,))
-    return out
+    return jax.ops.segment_sum(messages, graph.receivers, num_segments=n) + self_coef[:, None] * h
 
 
 class SAGEConv(nn.Module):
