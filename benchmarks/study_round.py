@@ -23,6 +23,8 @@ them), evaluated every --eval_every. Variants:
   scatter over the edges instead of per-graph blocks.
 * `own_layouts`: no cover: each program is as wide as its round's designs, so every new round
   compiles new programs (round B), and each member computes less (B again).
+* `own_scatter`: own layouts with every aggregation a scatter (on the CPU, where the blocks'
+  G M^2 D flops weigh against E D messages).
 
 Printed and written (results/study_round_<task>.json, RESULTS.md): per variant the seconds
 of each round, the programs traced in round B, its chunks, and the largest difference of a
@@ -52,6 +54,7 @@ VARIANTS = {
     "stable_epoch_scan": {**COVERED, "epoch_scan": True},
     "stable_scatter": {**COVERED, "block_aggregation": False},
     "own_layouts": {},
+    "own_scatter": {"block_aggregation": False},
 }
 
 FLAGS = flags.FLAGS
