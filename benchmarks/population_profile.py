@@ -12,6 +12,13 @@ that window are summed per HLO op (the `hlo_op` of each event: a fusion, a GEMM,
 and per kind of op. Printed: the step time, the top --top ops with their share of kernel
 time, and the kinds; written: results/<--results_name>.json and a RESULTS.md section. Set
 XLA_FLAGS=--xla_dump_to=DIR to read what a fusion computes (its name is the `hlo_op`).
+With --cover the programs are a real-training study's (`experiments.autotransfer
+--stable_programs`: every layout covers the whole space), e.g. a BZR round's chunk:
+
+    python -m benchmarks.population_profile --data_dir=../shared/datasets --task=BZR \
+        --space=autotransfer --num_designs=20 --batch_size=0 --aggregation=any --stage=any \
+        --depth=any --cover --results_name=population_profile_BZR_cover
+
 XLA's GPU command buffers (CUDA graphs) are turned off for the run (--command_buffers to keep
 them): the trace shows a command buffer as one event, which hides its kernels. Measured on
 one H200 (2026-12-03, 73 members) the step time is the same either way (28.5 ms with them,
@@ -60,6 +67,10 @@ flags.DEFINE_integer("trace_epochs", 2, "Epochs profiled, from the second.")
 flags.DEFINE_integer("top", 30, "Ops listed.")
 flags.DEFINE_bool("command_buffers", False, "Keep XLA's GPU command buffers on (their kernels "
                   "then show as one event each).")
+flags.DEFINE_bool("cover", False, "Every program's layout covers the whole --space, with "
+                  "chunks padded to a power of two (`layout_cover`, `size_buckets`): the "
+                  "stable programs of a real-training study (`experiments.autotransfer "
+                  "--stable_programs`).")
 flags.DEFINE_string("trace_dir", None, "Where the trace goes (default: a temporary folder).")
 flags.DEFINE_string("results_name", "population_profile", "Name of the results JSON.")
 flags.DEFINE_string("out_dir", "benchmarks", "Where results/<name>.json and RESULTS.md go.")
@@ -118,7 +129,8 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_gpu_enable_command_buffer=").strip()
   dataset = data_lib.load_dataset(FLAGS.task, FLAGS.data_dir)
-  sampled = spaces.get_space(FLAGS.space).sample(FLAGS.sample_seed, FLAGS.num_designs)
+  space = spaces.get_space(FLAGS.space)
+  sampled = space.sample(FLAGS.sample_seed, FLAGS.num_designs)
   designs = [d for d in sampled if keep(graphgym.build_model(d, dataset)[1])]
   if FLAGS.max_designs:
     designs = designs[:FLAGS.max_designs]
@@ -145,9 +157,11 @@ def main(argv):
       jax.profiler.stop_trace()
 
   # read_every_epoch: an epoch reported is an epoch run, so the window holds whole epochs.
+  policies = engine_flags.engine_policies()
+  if FLAGS.cover:
+    policies.update(layout_cover=tuple(space), size_buckets=True)
   results = list(engine.iter_population(designs, dataset, [1], eval_every=max(20, last_epoch + 1),
-                                        progress=progress, read_every_epoch=True,
-                                        **engine_flags.engine_policies()))
+                                        progress=progress, read_every_epoch=True, **policies))
   if "end" not in window:
     raise SystemExit(f"the first chunk ended before epoch {last_epoch}: raise --epochs")
   chunks = info_seen["chunks"]
@@ -193,7 +207,7 @@ def main(argv):
   metrics = {"task": dataset.name, "space": FLAGS.space, "members": members,
              "filters": {"batch_size": FLAGS.batch_size, "aggregation": FLAGS.aggregation,
                          "stage": FLAGS.stage, "depth": FLAGS.depth},
-             "engine_flags": engine_flags.flag_values(),
+             "engine_flags": engine_flags.flag_values(), "cover": FLAGS.cover,
              "layout": {"dim": layout.dim, "head_dim": layout.head_dim,
                         "layers_mp": layout.layers_mp, "block_nodes": layout.block_nodes,
                         "block_extremes": layout.block_extremes,
