@@ -400,7 +400,11 @@ def block_aggregation_by_default(devices: Sequence[jax.Device]) -> bool:
   attend on the same blocks (`blocks.block_attention`, since 2026-12-04): on the 2-core CPU
   (one MUTAG design alone, 4 GAT layers) the same seconds per epoch as the edge path (0.16 s
   at 1 head and D 64; 1.1 against 1.0 s at 4 heads and D 256, beside another process), since
-  GAT's heads x D projection is the cost there; on GPUs not measured yet."""
+  GAT's heads x D projection is the cost there; on GPUs not measured yet. GCN layouts sum on
+  them too (`blocks.block_gcn`, since 2026-12-05): on the 2-core CPU 1.5x faster per epoch on
+  smallworld at D 256, 1.25x slower on MUTAG (sparser, past the break-even but within
+  BLOCK_CELLS_PER_EDGE), and a whole MUTAG study round within the noise of all-scatter
+  (`benchmarks.study_round --variants=own_layouts,own_scatter`); on GPUs not measured yet."""
   del devices
   return True
 
