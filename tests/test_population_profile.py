@@ -60,3 +60,27 @@ def test_an_empty_group_is_a_clear_error(tmp_path):
        f"--out_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   assert "no sampled design is in the group" in out.stderr + out.stdout
+
+
+def test_cover_gives_the_engine_the_whole_space():
+  """--cover trains under a real-training study's stable programs: the whole --space as
+  every layout's cover, chunks in size buckets (checked at the engine call, in a child
+  process: parsing the global absl FLAGS here would leak into other tests)."""
+  code = ("from absl import flags; from benchmarks import population_profile as p; "
+          "from gnnjax.design import spaces\n"
+          "class Stop(Exception): pass\n"
+          "def fake(designs, dataset, seeds, **kwargs):\n"
+          "  print('cover', len(kwargs.get('layout_cover') or ()), kwargs.get('size_buckets'),"
+          " len(designs)); raise Stop\n"
+          "p.engine.iter_population = fake\n"
+          "flags.FLAGS(['prog', '--task=generated/smallworld/clustering/pagerank', "
+          "'--space=autotransfer', '--num_designs=3', '--batch_size=0', '--aggregation=any', "
+          "'--stage=any', '--depth=any', '--cover'])\n"
+          "try:\n  p.main([])\nexcept Stop:\n  pass\n"
+          "print('space', len(tuple(spaces.get_space('autotransfer'))))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.splitlines()
+  space_size = int(lines[-1].split()[1])
+  assert f"cover {space_size} True 3" in lines
