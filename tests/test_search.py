@@ -393,6 +393,19 @@ def test_training_study_trains_each_round_as_one_population_and_resumes_from_its
   np.testing.assert_array_equal(again.curves["report"], first.curves["report"])
 
 
+def test_study_rounds_past_the_expected_count_say_so():
+  """A searcher that suggests fewer than a full batch makes more rounds than trials / batch;
+  their label says how many were expected instead of counting past the total."""
+  lines = []
+  evaluate = efficiency._reporting_rounds(lambda designs, budgets: [None] * len(designs),
+                                          "tpe", 1, lines.append)
+  design = BIG.sample(0, 1)[0]
+  evaluate([design, design], [None, None])
+  evaluate([design], [None])
+  assert lines[0].startswith("    tpe round 1/1: 2 suggestions, 1 distinct, ")
+  assert lines[1].startswith("    tpe round 2 (1 expected): 1 suggestions, 1 distinct, ")
+
+
 def test_trials_to_reference_strict_and_within_one_standard_error():
   """Hand-built curves: plain TPE's runs end on 0.8 and 0.9 (mean 0.85, std 0.05, SE
   0.05/sqrt(2)); the prior's mean curve is 0.80, 0.83, 0.84, 0.86."""

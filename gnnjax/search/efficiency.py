@@ -188,7 +188,9 @@ def _reporting_rounds(evaluate_batch, algorithm: str, rounds: int,
                       say: Callable[[str], None]):
   """`evaluate_batch` that says which round of `rounds` it evaluated, how many suggestions
   (and distinct designs: the runs' suggestions often coincide) and in how long, so a long
-  real-training study shows where it is (and where a resumed one picks up)."""
+  real-training study shows where it is (and where a resumed one picks up). `rounds` counts
+  full batches; a searcher that suggests fewer makes more rounds, which say so ("round 31 (30
+  expected)") instead of a count past its total."""
   done = 0
 
   def evaluate(designs, budgets):
@@ -197,7 +199,8 @@ def _reporting_rounds(evaluate_batch, algorithm: str, rounds: int,
     evaluations = evaluate_batch(designs, budgets)
     done += 1
     distinct = len({(d.design_id, b) for d, b in zip(designs, budgets)})
-    say(f"    {algorithm} round {done}/{rounds}: {len(designs)} suggestions, {distinct} "
+    label = f"{done}/{rounds}" if done <= rounds else f"{done} ({rounds} expected)"
+    say(f"    {algorithm} round {label}: {len(designs)} suggestions, {distinct} "
         f"distinct, {time.perf_counter() - started:.1f} s")
     return evaluations
 
