@@ -179,6 +179,28 @@ def test_block_max_under_vmap_and_numerical_gradients():
   check_grads(block_fn, (xs[0],), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
+def assert_conv_on_blocks_matches_edge_path(conv, params, graph, blocks, width):
+  """`conv` applied with `blocks` against its edge path (no blocks): outputs on real nodes, and
+  gradients with respect to every parameter and the node inputs of a loss that reads only
+  real nodes (through tanh and fixed random weights, so every output channel matters)."""
+  x = jnp.asarray(graph.nodes["x"])
+  real = np.asarray(graph_lib.node_mask(graph))
+  weights = jax.random.normal(jax.random.PRNGKey(7), (x.shape[0], width))
+
+  def loss(params, x, on_blocks):
+    out = conv.apply(params, x, graph, blocks=blocks if on_blocks else None)
+    return jnp.sum(jnp.where(real[:, None], jnp.tanh(out) * weights, 0.0))
+
+  edge = conv.apply(params, x, graph)
+  block = conv.apply(params, x, graph, blocks=blocks)
+  np.testing.assert_allclose(np.asarray(block)[real], np.asarray(edge)[real], rtol=1e-5,
+                             atol=1e-5)
+  gradient = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+  want, got = gradient(params, x, False), gradient(params, x, True)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("sizes,heads,concat,self_loops", [
     ([5, 1, 7, 3], 1, False, True), ([2, 7, 7], 3, False, True), ([5, 1, 7, 3], 2, True, True),
     ([2, 7, 7], 2, False, False)])
@@ -193,21 +215,8 @@ def test_block_attention_equals_the_gat_edge_path(sizes, heads, concat, self_loo
   blocks = blocks_lib.graph_blocks(graph, 7)
   gat = conv_lib.GATConv(4, heads=heads, concat=concat, add_self_loops=self_loops)
   params = gat.init(jax.random.PRNGKey(heads), x, graph)
-  real = np.asarray(graph_lib.node_mask(graph))
-  weights = jax.random.normal(jax.random.PRNGKey(7), (x.shape[0], 4 * (heads if concat else 1)))
-
-  def loss(params, x, on_blocks):
-    out = gat.apply(params, x, graph, blocks=blocks if on_blocks else None)
-    return jnp.sum(jnp.where(real[:, None], jnp.tanh(out) * weights, 0.0))
-
-  edge = gat.apply(params, x, graph)
-  block = gat.apply(params, x, graph, blocks=blocks)
-  np.testing.assert_allclose(np.asarray(block)[real], np.asarray(edge)[real], rtol=1e-5,
-                             atol=1e-5)
-  gradient = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
-  want, got = gradient(params, x, False), gradient(params, x, True)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  assert_conv_on_blocks_matches_edge_path(gat, params, graph, blocks,
+                                          4 * (heads if concat else 1))
   # Attention dropout while training draws per edge: the edge path, blocks or not.
   dropped = gat.clone(attention_dropout=0.5)
   rngs = {"dropout": jax.random.PRNGKey(3)}
@@ -231,21 +240,7 @@ def test_block_gcn_equals_the_gcn_edge_path(sizes, normalize):
   gcn = conv_lib.GCNConv(4, normalize=normalize)
   params = gcn.init(jax.random.PRNGKey(1), x, graph)
   params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
-  real = np.asarray(graph_lib.node_mask(graph))
-  weights = jax.random.normal(jax.random.PRNGKey(7), (x.shape[0], 4))
-
-  def loss(params, x, on_blocks):
-    out = gcn.apply(params, x, graph, blocks=blocks if on_blocks else None)
-    return jnp.sum(jnp.where(real[:, None], jnp.tanh(out) * weights, 0.0))
-
-  edge = gcn.apply(params, x, graph)
-  block = gcn.apply(params, x, graph, blocks=blocks)
-  np.testing.assert_allclose(np.asarray(block)[real], np.asarray(edge)[real], rtol=1e-5,
-                             atol=1e-5)
-  gradient = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
-  want, got = gradient(params, x, False), gradient(params, x, True)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  assert_conv_on_blocks_matches_edge_path(gcn, params, graph, blocks, 4)
   # Edge weights live on the edges: the edge path, blocks or not.
   edge_weight = jnp.linspace(0.5, 2.0, graph.senders.shape[0])
   np.testing.assert_array_equal(gcn.apply(params, x, graph, edge_weight, blocks=blocks),

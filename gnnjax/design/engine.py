@@ -501,12 +501,13 @@ def estimate_member_bytes(layout: superset.Layout, optimizers: Sequence[str],
   n_node, n_edge, n_graph = budget
   params = _layout_param_count(layout)
   heads = layout.conv[1]  # GAT's messages and states are heads x D wide
-  gat = layout.conv_type == "gat"
+  # GAT's attention logits and weights per head: one per edge, or per block cell [G, M, M].
+  logits = n_edge
   # Per-graph block sums need no [E, D] messages; max/min still gather them.
   if layout.blocks_only:
     n_edge = n_graph * layout.block_nodes  # the blocks' [G, M, D] states stand in for them
-  # GAT's attention logits and weights per head: one per edge, or per block cell [G, M, M].
-  attention = (n_graph * layout.block_nodes ** 2 if layout.blocks_only else n_edge) if gat else 0
+    logits = n_graph * layout.block_nodes ** 2
+  attention = logits if layout.conv_type == "gat" else 0
   state_copies = 3 + (2 if set(optimizers) & set(ADAM_FAMILY) else 0) + ("sgd" in optimizers)
   param_bytes = params * (4 * state_copies + 1)
   rows_head = n_node if layout.task_level == ds.NODE else n_graph

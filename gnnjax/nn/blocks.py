@@ -159,6 +159,16 @@ def block_count(blocks: GraphBlocks) -> Array:
   return from_blocks(blocks, blocks.adjacency.sum(axis=-1))
 
 
+def _edge_counts(blocks: GraphBlocks, self_loops: bool) -> Array:
+  """float32 [G, M, M] edge counts j -> i; with `self_loops`, each real node's self-loop edges
+  replaced by exactly one loop (as PyG's GCNConv and GATConv do)."""
+  if not self_loops:
+    return blocks.adjacency
+  diagonal = jnp.eye(blocks.adjacency.shape[-1], dtype=bool)[None]
+  return jnp.where(diagonal, blocks.present[:, :, None].astype(blocks.adjacency.dtype),
+                   blocks.adjacency)
+
+
 def block_gcn(blocks: GraphBlocks, values: Array, self_loops: bool = True) -> Array:
   """GCN's symmetric normalised sum D^-1/2 (A + I) D^-1/2 values on the blocks
   (`conv.GCNConv` with unit edge weights; `graph.gcn_normalization`).
@@ -176,10 +186,7 @@ def block_gcn(blocks: GraphBlocks, values: Array, self_loops: bool = True) -> Ar
     nodes of degree 0. What the edge path (a gather of [E, D] messages and a segment sum)
     gives, as one batched matmul scaled on both sides.
   """
-  counts = blocks.adjacency  # [G, M, M] edges j -> i
-  if self_loops:
-    diagonal = jnp.eye(counts.shape[-1], dtype=bool)[None]
-    counts = jnp.where(diagonal, blocks.present[:, :, None].astype(counts.dtype), counts)
+  counts = _edge_counts(blocks, self_loops)  # [G, M, M] edges j -> i
   degree = counts.sum(axis=-1, keepdims=True)  # [G, M, 1]
   inv_sqrt = jnp.where(degree > 0, lax.rsqrt(jnp.maximum(degree, 1e-30)), 0.0)
   summed = jnp.einsum("gij,gjd->gid", counts, inv_sqrt * to_blocks(blocks, values),
@@ -207,10 +214,7 @@ def block_attention(blocks: GraphBlocks, values: Array, score_src: Array, score_
     with no [E, H, F] message array (on the 2-core CPU as fast as the edge path, whose cost
     there is GAT's projection; on GPUs not measured yet).
   """
-  counts = blocks.adjacency  # [G, M, M] edges j -> i
-  if self_loops:
-    diagonal = jnp.eye(counts.shape[-1], dtype=bool)[None]
-    counts = jnp.where(diagonal, blocks.present[:, :, None].astype(counts.dtype), counts)
+  counts = _edge_counts(blocks, self_loops)  # [G, M, M] edges j -> i
   src, dst = to_blocks(blocks, score_src), to_blocks(blocks, score_dst)  # [G, M, H]
   logits = dst[:, :, None, :] + src[:, None, :, :]  # [G, i, j, H]
   logits = jnp.where(logits >= 0, logits, negative_slope * logits)
