@@ -187,9 +187,11 @@ def main(argv):
     by_kind[op_kind(name)] += seconds
 
   members = info_seen["members"]
+  conv = layout.conv[0] + (f" x{layout.conv[1]} heads" if layout.conv[1] > 1 else "")
   head = (f"{members} members ({len(results)} trials, statuses "
-          f"{dict(collections.Counter(r.status for r in results))}); layout D {layout.dim} / "
-          f"H {layout.head_dim} / l_mp {layout.layers_mp}, aggregations "
+          f"{dict(collections.Counter(r.status for r in results))}); layout {conv}, "
+          f"stages {'/'.join(layout.stages)}, D {layout.dim} / H {layout.head_dim} / l_mp "
+          f"{layout.layers_mp} (layer inputs up to {max(layout.mp_in_dims)} columns), aggregations "
           f"{'/'.join(layout.aggregations)}{' (blocks)' if layout.blocks_only else ''}; "
           f"budget {info_seen['budget']}; {steps} steps traced: {step_ms:.2f} ms per step "
           f"({step_ms / members:.3f} per member), kernels {total / steps * 1e3:.2f} ms per step")
@@ -208,7 +210,9 @@ def main(argv):
              "filters": {"batch_size": FLAGS.batch_size, "aggregation": FLAGS.aggregation,
                          "stage": FLAGS.stage, "depth": FLAGS.depth},
              "engine_flags": engine_flags.flag_values(), "cover": FLAGS.cover,
-             "layout": {"dim": layout.dim, "head_dim": layout.head_dim,
+             "layout": {"conv": list(layout.conv), "stages": list(layout.stages),
+                        "dim": layout.dim, "head_dim": layout.head_dim,
+                        "mp_in_dims": list(layout.mp_in_dims),
                         "layers_mp": layout.layers_mp, "block_nodes": layout.block_nodes,
                         "block_extremes": layout.block_extremes,
                         "aggregations": list(layout.aggregations)},
