@@ -191,7 +191,8 @@ def main(argv):
   head = (f"{members} members ({len(results)} trials, statuses "
           f"{dict(collections.Counter(r.status for r in results))}); layout {conv}, "
           f"stages {'/'.join(layout.stages)}, D {layout.dim} / H {layout.head_dim} / l_mp "
-          f"{layout.layers_mp} (layer inputs up to {max(layout.mp_in_dims)} columns), aggregations "
+          f"{layout.layers_mp} (layer inputs up to {max(layout.mp_in_dims, default=0)} "
+          f"columns), aggregations "
           f"{'/'.join(layout.aggregations)}{' (blocks)' if layout.blocks_only else ''}; "
           f"budget {info_seen['budget']}; {steps} steps traced: {step_ms:.2f} ms per step "
           f"({step_ms / members:.3f} per member), kernels {total / steps * 1e3:.2f} ms per step")
