@@ -43,11 +43,11 @@ def test_profile_of_a_small_group_on_cpu(tmp_path):
   assert not {"max", "min"} & set(metrics["layout"]["aggregations"])  # --aggregation=sum
   # --stage=other: no skipconcat, so every layer reads D columns (a cover's skipconcat
   # designs would widen them to l_mp x D for every member: BUILD_NOTES, "fifth calls").
-  assert "skipconcat" not in metrics["layout"]["stages"]
   layout = metrics["layout"]
+  assert "skipconcat" not in layout["stages"]
   assert layout["mp_in_dims"] == [layout["dim"]] * layout["layers_mp"]
-  assert metrics["layout"]["conv"][0] == "generalconv"
-  assert f"layer inputs up to {metrics['layout']['dim']} columns" in out.stdout
+  assert layout["conv"][0] == "generalconv"
+  assert f"layer inputs up to {layout['dim']} columns" in out.stdout
   # The engine policies are recorded (A/Bs of them differ only there) beside the layout's.
   assert metrics["engine_flags"]["block_extremes"] == "auto"
   assert metrics["layout"]["block_extremes"] is False  # the CPU default
