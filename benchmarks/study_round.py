@@ -16,6 +16,9 @@ them), evaluated every --eval_every. Variants:
 * `stable_split`: the same with skipconcat and deep designs always split apart (on
   accelerators they otherwise split only where each part has 32 members, never in a round;
   on CPUs they always do, so there this is `stable` again).
+* `stable_split_stages`: the same with only skipconcat designs split apart: the other
+  members' layer inputs narrow to D columns (a BZR cover's skipconcat reads 8 x D), without
+  the depth split's extra chunks.
 * `stable_one_aggregation`: the same with max designs in the add/mean programs (fewer
   programs and chunks; every member computes both aggregations).
 * `stable_epoch_scan`: the same with one call per epoch for one-shape programs.
@@ -50,6 +53,7 @@ COVERED = {"layout_cover": None, "size_buckets": True}
 VARIANTS = {
     "stable": dict(COVERED),
     "stable_split": {**COVERED, "split_stages": True, "split_depths": True},
+    "stable_split_stages": {**COVERED, "split_stages": True},
     "stable_one_aggregation": {**COVERED, "split_aggregations": False},
     "stable_epoch_scan": {**COVERED, "epoch_scan": True},
     "stable_scatter": {**COVERED, "block_aggregation": False},
