@@ -55,6 +55,20 @@ def target(value: float, goal: float, higher_is_better: bool = True) -> dict[str
   return {"value": value, "target": goal, "met": bool(met)}
 
 
+def write_record(name: str, metrics: dict, targets: dict, out_dir: str | os.PathLike,
+                 provenance: dict | None = None) -> tuple[pathlib.Path, dict]:
+  """Writes results/<name>.json alone (no RESULTS.md section): what `write_results` records,
+  also usable mid-run, so that a benchmark stopped by a time limit keeps what it finished.
+  Returns the path and the record."""
+  record = {"benchmark": name, "device": device_description(),
+            "date": datetime.date.today().isoformat(), "commit": commit(), **(provenance or {}),
+            "metrics": metrics, "targets": targets}
+  path = pathlib.Path(out_dir) / "results" / f"{name}.json"
+  path.parent.mkdir(parents=True, exist_ok=True)  # names may hold folders (ab/<name>)
+  path.write_text(json.dumps(record, indent=1) + "\n")
+  return path, record
+
+
 def write_results(name: str, metrics: dict, targets: dict, out_dir: str | os.PathLike,
                   table_md: str, notes: str = "", provenance: dict | None = None
                   ) -> pathlib.Path:
@@ -64,13 +78,7 @@ def write_results(name: str, metrics: dict, targets: dict, out_dir: str | os.Pat
   from runs made elsewhere (e.g. one sweep split over several GPU calls).
   """
   out = pathlib.Path(out_dir)
-  (out / "results").mkdir(parents=True, exist_ok=True)
-  record = {"benchmark": name, "device": device_description(),
-            "date": datetime.date.today().isoformat(), "commit": commit(), **(provenance or {}),
-            "metrics": metrics, "targets": targets}
-  path = out / "results" / f"{name}.json"
-  path.parent.mkdir(parents=True, exist_ok=True)  # names may hold folders (ab/<name>)
-  path.write_text(json.dumps(record, indent=1) + "\n")
+  path, record = write_record(name, metrics, targets, out, provenance)
   met = ", ".join(f"{k}: {'met' if v['met'] else 'NOT met'}" for k, v in targets.items())
   with open(out / "RESULTS.md", "a") as f:
     f.write(f"\n## {name} — {record['date']}, {record['device']}, commit {record['commit']}\n\n"

@@ -29,11 +29,12 @@ them), evaluated every --eval_every. Variants:
 * `own_scatter`: own layouts with every aggregation a scatter (on the CPU, where the blocks'
   G M^2 D flops weigh against E D messages).
 
-Printed and written (results/study_round_<task>.json, RESULTS.md): per variant the seconds
-of each round, the programs traced in round B, its chunks, and the largest difference of a
-round-B trial's validation metric from the `stable` variant's (float noise: the layouts
-differ in width, and on a GPU two trainings of one design differ anyway; see BUILD_NOTES'
-known limits).
+Printed and written (results/study_round_<task>.json after every variant, with "complete"
+false until the last, so a run stopped by a time limit keeps what it finished; RESULTS.md at
+the end): per variant the seconds of each round, the programs traced in round B, its chunks,
+and the largest difference of a round-B trial's validation metric from the `stable` variant's
+(float noise: the layouts differ in width, and on a GPU two trainings of one design differ
+anyway; see BUILD_NOTES' known limits).
 """
 
 from __future__ import annotations
@@ -102,36 +103,46 @@ def main(argv):
   round_a, round_b = (space.sample(seed, FLAGS.designs) for seed in (1, 2))
   print(f"{dataset.name}: rounds of {FLAGS.designs} designs x {FLAGS.epochs} epochs; cover "
         f"{len(cover)} designs; device {common.device_description()}", flush=True)
+  name = FLAGS.results_name or f"study_round_{dataset.name}".replace("/", "_")
   measured = {}
-  for name in FLAGS.variants:
-    policies = {k: (cover if k == "layout_cover" else v) for k, v in VARIANTS[name].items()}
-    measured[name] = [run_round(designs, dataset, policies)
-                      for designs in (round_a, round_b, round_b)]
-    a, b, again = measured[name]
-    print(f"  {name}: A {a['seconds']:.1f} s, B {b['seconds']:.1f} s ({b['traced']} traced, "
+  for variant in FLAGS.variants:
+    policies = {k: (cover if k == "layout_cover" else v) for k, v in VARIANTS[variant].items()}
+    measured[variant] = [run_round(designs, dataset, policies)
+                         for designs in (round_a, round_b, round_b)]
+    a, b, again = measured[variant]
+    print(f"  {variant}: A {a['seconds']:.1f} s, B {b['seconds']:.1f} s ({b['traced']} traced, "
           f"{b['chunks']} chunks), B again {again['seconds']:.1f} s", flush=True)
+    # The JSON after every variant: a run stopped by a time limit keeps the variants it did.
+    metrics, _ = summarize(dataset, measured)
+    common.write_record(name, metrics, {}, FLAGS.out_dir)
+  metrics, table = summarize(dataset, measured)
+  print(table)
+  path = common.write_results(name, metrics, {}, FLAGS.out_dir, table)
+  print(f"wrote {path}")
+
+
+def summarize(dataset, measured: dict[str, list[dict]]) -> tuple[dict, str]:
+  """The results' metrics (the variants measured so far, "complete" once all of --variants
+  are) and their markdown table."""
   reference = measured.get("stable", next(iter(measured.values())))[2]["val"]
   lines = ["| variant | round A (s) | round B (s) | traced in B | chunks in B | B again (s) | "
            "trials/s, B again | max diff of val vs stable |",
            "|---|---|---|---|---|---|---|---|"]
   metrics = {"task": dataset.name, "designs": FLAGS.designs, "epochs": FLAGS.epochs,
-             "eval_every": FLAGS.eval_every, "variants": {}}
-  for name, (a, b, again) in measured.items():
+             "eval_every": FLAGS.eval_every, "complete": list(measured) == FLAGS.variants,
+             "variants": {}}
+  for variant, (a, b, again) in measured.items():
     diff = max((abs(x - y) for x, y in zip(again["val"], reference)
                 if math.isfinite(x) and math.isfinite(y)), default=0.0)
     rate = again["trials"] / again["seconds"]
-    lines.append(f"| {name} | {a['seconds']:.1f} | {b['seconds']:.1f} | {b['traced']} | "
+    lines.append(f"| {variant} | {a['seconds']:.1f} | {b['seconds']:.1f} | {b['traced']} | "
                  f"{b['chunks']} | {again['seconds']:.1f} | {rate:.2f} | {diff:.4f} |")
-    metrics["variants"][name] = {
+    metrics["variants"][variant] = {
         "round_seconds": {"A": a["seconds"], "B": b["seconds"], "B_again": again["seconds"]},
         "traced": {"A": a["traced"], "B": b["traced"], "B_again": again["traced"]},
         "chunks": {"A": a["chunks"], "B": b["chunks"]}, "trials_per_second": rate,
         "max_val_diff": diff, "statuses": again["statuses"]}
-  table = "\n".join(lines)
-  print(table)
-  path = common.write_results(FLAGS.results_name or f"study_round_{dataset.name}".replace(
-      "/", "_"), metrics, {}, FLAGS.out_dir, table)
-  print(f"wrote {path}")
+  return metrics, "\n".join(lines)
 
 
 if __name__ == "__main__":

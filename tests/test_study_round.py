@@ -31,4 +31,38 @@ def test_rounds_under_two_policies_that_agree_on_cpu(tmp_path):
     assert split["traced"] == {"A": 0, "B": 0, "B_again": 0}
     assert split["max_val_diff"] == 0.0
     assert all(v > 0 for v in split["round_seconds"].values())
-  assert "| stable_split |" in (tmp_path / "RESULTS.md").read_text()
+  assert record["metrics"]["complete"] is True
+  results_md = (tmp_path / "RESULTS.md").read_text()
+  assert "| stable_split |" in results_md and results_md.count("## study_round") == 1
+
+
+def test_a_run_stopped_mid_way_keeps_its_finished_variants(tmp_path):
+  """A device call's time limit can stop the run between variants: the JSON written after
+  each variant keeps those done (marked incomplete), and no RESULTS.md section is appended."""
+  code = (
+      "import sys\n"
+      "from absl import app\n"
+      "from benchmarks import study_round as bench\n"
+      "calls = []\n"
+      "def fake_round(designs, dataset, policies):\n"
+      "  calls.append(1)\n"
+      "  if len(calls) > 3:\n"  # the second variant's first round: the time limit
+      "    raise KeyboardInterrupt\n"
+      "  return {'seconds': 2.0, 'traced': 3, 'chunks': 4, 'trials': len(designs),\n"
+      "          'statuses': ['ok'], 'val': [0.5] * len(designs)}\n"
+      "bench.run_round = fake_round\n"
+      "sys.argv = ['study_round', '--task=generated/smallworld/clustering/pagerank',\n"
+      "            '--designs=2', '--variants=stable,stable_split', '--results_name=partial',\n"
+      f"            '--out_dir={tmp_path}']\n"
+      "try:\n"
+      "  app.run(bench.main)\n"
+      "except KeyboardInterrupt:\n"
+      "  print('stopped')\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0 and "stopped" in out.stdout, out.stderr[-3000:]
+  record = json.loads((tmp_path / "results" / "partial.json").read_text())
+  assert record["metrics"]["complete"] is False
+  assert list(record["metrics"]["variants"]) == ["stable"]
+  assert record["metrics"]["variants"]["stable"]["round_seconds"]["B_again"] == 2.0
+  assert not (tmp_path / "RESULTS.md").exists()
