@@ -112,10 +112,9 @@ def main(argv):
     a, b, again = measured[variant]
     print(f"  {variant}: A {a['seconds']:.1f} s, B {b['seconds']:.1f} s ({b['traced']} traced, "
           f"{b['chunks']} chunks), B again {again['seconds']:.1f} s", flush=True)
-    # The JSON after every variant: a run stopped by a time limit keeps the variants it did.
-    metrics, _ = summarize(dataset, measured)
-    common.write_record(name, metrics, {}, FLAGS.out_dir)
-  metrics, table = summarize(dataset, measured)
+    metrics, table = summarize(dataset, measured)
+    if not metrics["complete"]:  # a run stopped by a time limit keeps the variants it did
+      common.write_record(name, metrics, {}, FLAGS.out_dir)
   print(table)
   path = common.write_results(name, metrics, {}, FLAGS.out_dir, table)
   print(f"wrote {path}")
