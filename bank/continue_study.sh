@@ -8,11 +8,19 @@
 #   DATA_DIR=../shared/datasets LIMIT=540 bash bank/continue_study.sh MUTAG citeseer
 #
 # DATA_DIR: the data root (default ../shared/datasets); LIMIT: seconds per process (default:
-# none); EXTRA: more flags for experiments.autotransfer (e.g. engine policies); logs go to
-# results/study_train/<task>.log and each task's table and plot to results/study_train/<task>/.
+# none); XLA_PYTHON_CLIENT_MEM_FRACTION: each process's share of a GPU (default 0.9 / the
+# number of tasks, so that they fit on one GPU); EXTRA: more flags for
+# experiments.autotransfer (e.g. engine policies); logs go to results/study_train/<task>.log
+# and each task's table and plot to results/study_train/<task>/.
 set -u
 [ $# -ge 1 ] || { echo "usage: bash bank/continue_study.sh TASK [TASK ...]" >&2; exit 2; }
 DATA_DIR=${DATA_DIR:-../shared/datasets}
+# Each process would otherwise preallocate 75% of a GPU's memory, and the second process on
+# the GPU then fails to start cuBLASLt ("BlasLt is unavailable", 2026-12-05); the engine
+# packs its populations into the share it is given (memory_stats' bytes_limit).
+if [ $# -gt 1 ] && [ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ]; then
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $#, 2))")
+fi
 mkdir -p results/study_train
 counts() {
   python3 -c "import sqlite3; c = sqlite3.connect('bank/study_train.sqlite'); print('trials', \
