@@ -638,3 +638,38 @@ def test_progress_printers():
   assert engine_lines == [
       "  population: 0/16 trials done; chunk 1/2 (8 members) at epoch 3/40",
       "  population: 8/16 trials done; chunk 2/2 (8 members) at epoch 0/40"]
+
+
+def test_study_job_script_carries_trials_between_jobs(tmp_path):
+  # bank/study_job.sh in a checkout of its own: the study itself is cut off at once (LIMIT=1),
+  # what is tested is the state around it: an earlier job's trials merged in, the bank copied
+  # (WAL rows included) to the state and the output folder, the logs packed.
+  import os
+  import shutil
+  checkout = tmp_path / "checkout"
+  (checkout / "bank").mkdir(parents=True)
+  for script in ("continue_study.sh", "study_job.sh"):
+    shutil.copy(REPO / "bank" / script, checkout / "bank" / script)
+  designs = designs_sample(4)
+  with bank_lib.Bank(checkout / "bank" / "study_train.sqlite") as bank:
+    for design in designs[:2]:
+      bank.add(fake_result(design, 1))
+  state, out = tmp_path / "state", tmp_path / "out"
+  state.mkdir()
+  with bank_lib.Bank(state / "study_train.sqlite") as bank:  # trials the checkout lacks
+    for design in designs[1:]:
+      bank.add(fake_result(design, 1))
+  env = {**os.environ, "PYTHONPATH": str(REPO), "LIMIT": "1", "STATE": str(state),
+         "OUT": str(out), "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+  job = subprocess.run(["bash", "bank/study_job.sh", TASK], cwd=checkout, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert job.returncode == 0, job.stdout + job.stderr
+  assert "merged 2 new trial(s)" in job.stdout
+  for copy in (state / "study_train.sqlite", out / "study_train.sqlite"):
+    with bank_lib.Bank(copy) as bank:
+      assert bank.count(TASK) == 4
+  assert (out / "logs.tgz").stat().st_size > 0 and not list(state.glob("*.tmp"))
+  env.pop("STATE")
+  refused = subprocess.run(["bash", "bank/study_job.sh", TASK], cwd=checkout, env=env,
+                           capture_output=True, text=True, timeout=60)
+  assert refused.returncode != 0 and "set STATE" in refused.stderr
