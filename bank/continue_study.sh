@@ -8,33 +8,40 @@
 #   DATA_DIR=../shared/datasets LIMIT=540 bash bank/continue_study.sh MUTAG citeseer
 #
 # DATA_DIR: the data root (default ../shared/datasets); LIMIT: seconds per process (default:
-# none); XLA_PYTHON_CLIENT_MEM_FRACTION: each process's share of a GPU (default 0.9 / the
-# number of tasks, so that they fit on one GPU); EXTRA: more flags for
+# none); XLA_PYTHON_CLIENT_MEM_FRACTION: set it to share the GPUs yourself (by default each
+# of several processes is pinned as below); EXTRA: more flags for
 # experiments.autotransfer (e.g. engine policies); logs go to results/study_train/<task>.log
 # and each task's table and plot to results/study_train/<task>/.
 set -u
 [ $# -ge 1 ] || { echo "usage: bash bank/continue_study.sh TASK [TASK ...]" >&2; exit 2; }
 DATA_DIR=${DATA_DIR:-../shared/datasets}
-# Each process would otherwise preallocate 75% of a GPU's memory, and the second process on
-# the GPU then fails to start cuBLASLt ("BlasLt is unavailable", 2026-12-05); the engine
-# packs its populations into the share it is given (memory_stats' bytes_limit).
-if [ $# -gt 1 ] && [ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ]; then
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $#, 2))")
-fi
+# Several processes at once are pinned as `design_space --workers` pins its workers
+# (gnnjax.design.workers.slot_environments): one GPU each where the host has several, and an
+# equal share of 0.9 of its memory. With JAX's default 75% each, the second process on a GPU
+# failed to start cuBLASLt ("BlasLt is unavailable", 2026-12-05); the engine packs its
+# populations into the share it is given (memory_stats' bytes_limit).
+slot_env() {  # NAME=value words for process $1 of $2 (none for one process or a set share)
+  [ "$2" -gt 1 ] && [ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ] || return 0
+  python3 -c "from gnnjax.design import workers
+env = workers.slot_environments($2, workers.accelerator_ids())[$1]
+print(' '.join(f'{name}={value}' for name, value in env.items()))"
+}
 mkdir -p results/study_train
 counts() {
   python3 -c "import sqlite3; c = sqlite3.connect('bank/study_train.sqlite'); print('trials', \
 dict(c.execute('select task, count(*) from trials group by task').fetchall()))"
 }
 counts
+slot=0
 for task in "$@"; do
   safe=${task//\//_}
-  ${LIMIT:+timeout $LIMIT} python3 -m experiments.autotransfer --mode=study \
+  env $(slot_env $slot $#) ${LIMIT:+timeout $LIMIT} python3 -m experiments.autotransfer --mode=study \
       --db=bank/bank.sqlite --features=bank/features.json --data_dir="$DATA_DIR" \
       --space=autotransfer --fix=epochs=50 --anchor_epochs=50 --tasks="$task" \
       --evaluator=train --algorithms=tpe --runs=10 --trials=30 --eval_every=10 \
       --search_db=bank/study_train.sqlite --out_dir="results/study_train/$safe" ${EXTRA:-} \
       > "results/study_train/$safe.log" 2>&1 &
+  slot=$((slot + 1))
 done
 wait
 for task in "$@"; do

@@ -7,7 +7,9 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import os
 import pathlib
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -644,8 +646,6 @@ def test_study_job_script_carries_trials_between_jobs(tmp_path):
   # bank/study_job.sh in a checkout of its own: the study itself is cut off at once (LIMIT=1),
   # what is tested is the state around it: an earlier job's trials merged in, the bank copied
   # (WAL rows included) to the state and the output folder, the logs packed.
-  import os
-  import shutil
   checkout = tmp_path / "checkout"
   (checkout / "bank").mkdir(parents=True)
   for script in ("continue_study.sh", "study_job.sh"):
@@ -673,3 +673,21 @@ def test_study_job_script_carries_trials_between_jobs(tmp_path):
   refused = subprocess.run(["bash", "bank/study_job.sh", TASK], cwd=checkout, env=env,
                            capture_output=True, text=True, timeout=60)
   assert refused.returncode != 0 and "set STATE" in refused.stderr
+
+
+@pytest.mark.parametrize("visible, set_share, expected", [
+    ("0", "", "CUDA_VISIBLE_DEVICES=0 XLA_PYTHON_CLIENT_MEM_FRACTION=0.450"),  # two on one GPU
+    ("0,1", "", "CUDA_VISIBLE_DEVICES=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.900"),  # one GPU each
+    ("0", "0.3", ""),  # the user's own share: left alone
+    ("", "", ""),  # a CPU host
+])
+def test_continue_study_pins_several_processes_like_workers(visible, set_share, expected):
+  # bank/continue_study.sh's slot_env, for the second of two processes (slot 1 of 2).
+  env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": visible,
+         "XLA_PYTHON_CLIENT_MEM_FRACTION": set_share,
+         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+  define = 'source <(sed -n "/^slot_env()/,/^}/p" bank/continue_study.sh)'
+  got = subprocess.run(["bash", "-c", f"{define}; slot_env 1 2; slot_env 0 1"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=60)
+  assert got.returncode == 0, got.stderr
+  assert got.stdout.strip() == expected  # and one process alone gets no variables
