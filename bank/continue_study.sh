@@ -20,11 +20,14 @@ DATA_DIR=${DATA_DIR:-../shared/datasets}
 # equal share of 0.9 of its memory. With JAX's default 75% each, the second process on a GPU
 # failed to start cuBLASLt ("BlasLt is unavailable", 2026-12-05); the engine packs its
 # populations into the share it is given (memory_stats' bytes_limit).
-slot_env() {  # NAME=value words for process $1 of $2 (none for one process or a set share)
-  [ "$2" -gt 1 ] && [ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ] || return 0
-  python3 -c "from gnnjax.design import workers
-env = workers.slot_environments($2, workers.accelerator_ids())[$1]
-print(' '.join(f'{name}={value}' for name, value in env.items()))"
+slot_envs() {  # a line of NAME=value words per process of $1 (empty: one process, set share)
+  if [ "$1" -gt 1 ] && [ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ]; then
+    python3 -c "from gnnjax.design import workers
+for env in workers.slot_environments($1, workers.accelerator_ids()):
+  print(' '.join(f'{name}={value}' for name, value in env.items()))"
+  else
+    for _ in $(seq "$1"); do echo; done
+  fi
 }
 mkdir -p results/study_train
 counts() {
@@ -32,10 +35,11 @@ counts() {
 dict(c.execute('select task, count(*) from trials group by task').fetchall()))"
 }
 counts
+mapfile -t SLOT_ENVS < <(slot_envs $#)  # one Python start for all processes
 slot=0
 for task in "$@"; do
   safe=${task//\//_}
-  env $(slot_env $slot $#) ${LIMIT:+timeout $LIMIT} python3 -m experiments.autotransfer --mode=study \
+  env ${SLOT_ENVS[$slot]} ${LIMIT:+timeout $LIMIT} python3 -m experiments.autotransfer --mode=study \
       --db=bank/bank.sqlite --features=bank/features.json --data_dir="$DATA_DIR" \
       --space=autotransfer --fix=epochs=50 --anchor_epochs=50 --tasks="$task" \
       --evaluator=train --algorithms=tpe --runs=10 --trials=30 --eval_every=10 \

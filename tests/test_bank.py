@@ -682,12 +682,12 @@ def test_study_job_script_carries_trials_between_jobs(tmp_path):
     ("", "", ""),  # a CPU host
 ])
 def test_continue_study_pins_several_processes_like_workers(visible, set_share, expected):
-  # bank/continue_study.sh's slot_env, for the second of two processes (slot 1 of 2).
+  # bank/continue_study.sh's slot_envs, the second of two processes' line.
   env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": visible,
          "XLA_PYTHON_CLIENT_MEM_FRACTION": set_share,
          "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-  define = 'source <(sed -n "/^slot_env()/,/^}/p" bank/continue_study.sh)'
-  got = subprocess.run(["bash", "-c", f"{define}; slot_env 1 2; slot_env 0 1"], cwd=REPO,
+  define = 'source <(sed -n "/^slot_envs()/,/^}/p" bank/continue_study.sh)'
+  got = subprocess.run(["bash", "-c", f"{define}; slot_envs 2 | sed -n 2p; slot_envs 1"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=60)
   assert got.returncode == 0, got.stderr
   assert got.stdout.strip() == expected  # and one process alone gets no variables
